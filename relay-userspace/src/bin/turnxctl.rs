@@ -1,0 +1,98 @@
+//! turnxctl: inspect a running turnxd.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use turnx::xdp::{self, netlink};
+
+/// Operator CLI for the turnx TURN relay.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the XDP programs on each interface and turnx's packet counters.
+    Status {
+        /// Interfaces to show; default: every interface in this namespace.
+        #[arg(long = "interface", short)]
+        interfaces: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("turnxctl: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    match args.command {
+        Command::Status { interfaces, json } => status(interfaces, json),
+    }
+}
+
+fn status(mut interfaces: Vec<String>, json: bool) -> Result<()> {
+    if interfaces.is_empty() {
+        interfaces = std::fs::read_dir("/sys/class/net")
+            .context("listing /sys/class/net")?
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .collect();
+        interfaces.sort();
+    }
+    let mut report = Vec::new();
+    for name in &interfaces {
+        let ifindex = xdp::if_index(name)?;
+        let attached = netlink::attached_programs(ifindex)
+            .with_context(|| format!("querying XDP programs on {name}"))?;
+        let counters = xdp::attached_counters(name)?;
+        report.push(serde_json::json!({
+            "interface": name,
+            "xdp": attached.iter().map(|program| serde_json::json!({
+                "program_id": program.program_id,
+                "mode": program.mode.to_string(),
+            })).collect::<Vec<_>>(),
+            "turnx": counters.map(|(id, counters)| serde_json::json!({
+                "program_id": id,
+                "counters": counters.to_json(),
+            })),
+        }));
+        if !json {
+            print_text(name, &attached, counters);
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(report));
+    }
+    Ok(())
+}
+
+fn print_text(
+    name: &str,
+    attached: &[netlink::AttachedXdp],
+    counters: Option<(u32, xdp::ClassCounters)>,
+) {
+    match (attached, counters) {
+        ([], _) => println!("{name}: no XDP program"),
+        (_, Some((id, counters))) => println!("{name}: turnx (program {id}): {counters}"),
+        (programs, None) => {
+            for program in programs {
+                println!(
+                    "{name}: other XDP program {} ({} mode)",
+                    program.program_id, program.mode
+                );
+            }
+        }
+    }
+}

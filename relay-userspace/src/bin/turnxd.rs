@@ -1,0 +1,211 @@
+//! turnxd: the TURN relay daemon.
+//!
+//! Loads the XDP program, tells it the TURN listen ports, attaches it to the
+//! configured interfaces, logs its counters, and detaches on SIGINT/SIGTERM.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use turnx::{
+    config::{Config, DEFAULT_CONFIG_TOML, XdpMode},
+    ebpf_object, interfaces,
+    xdp::{XdpRelay, kernel_log},
+};
+
+/// TURN relay daemon with an XDP media plane.
+///
+/// Without --config it runs on the built-in configuration (print it with
+/// --print-default-config). Flags and TURNXD_* variables override the file.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, short, env = "TURNXD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the built-in configuration, which documents every key, and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// TURN listen address; repeat for several. Replaces [server] listen.
+    #[arg(long, env = "TURNXD_LISTEN", value_delimiter = ',')]
+    listen: Vec<std::net::SocketAddr>,
+    /// Interface to attach XDP to; repeat for several. Replaces [xdp] interfaces.
+    #[arg(
+        long = "interface",
+        short,
+        env = "TURNXD_INTERFACES",
+        value_delimiter = ','
+    )]
+    interfaces: Vec<String>,
+    /// XDP attach mode. Replaces [xdp] mode.
+    #[arg(long, env = "TURNXD_XDP_MODE")]
+    xdp_mode: Option<XdpMode>,
+    /// Do not load XDP at all; everything stays in userspace.
+    #[arg(long, env = "TURNXD_NO_XDP")]
+    no_xdp: bool,
+    /// error, warn, info, debug or trace. Replaces [log] level.
+    #[arg(long, env = "TURNXD_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Seconds between counter log lines, 0 for none. Replaces [log] stats_interval_secs.
+    #[arg(long, env = "TURNXD_STATS_INTERVAL")]
+    stats_interval: Option<u64>,
+    /// XDP object to load instead of the one built into this binary.
+    #[arg(long, env = "TURNXD_EBPF_OBJECT")]
+    ebpf_object: Option<PathBuf>,
+}
+
+impl Args {
+    /// The file's configuration with the command line applied on top.
+    fn config(&self) -> Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if !self.listen.is_empty() {
+            config.server.listen = self.listen.clone();
+        }
+        if !self.interfaces.is_empty() {
+            config.xdp.interfaces = self.interfaces.clone();
+        }
+        if let Some(mode) = self.xdp_mode {
+            config.xdp.mode = mode;
+        }
+        if self.no_xdp {
+            config.xdp.enabled = false;
+        }
+        if let Some(level) = &self.log_level {
+            config.log.level = level.clone();
+        }
+        if let Some(secs) = self.stats_interval {
+            config.log.stats_interval_secs = secs;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("turnxd: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(&config.log.level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    // The level applies to our own code and the kernel program's log;
+    // libraries only speak up on warnings. RUST_LOG, when set, replaces this.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "warn,turnx={level},turnxd={level},relay_ebpf={level}"
+        ))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(args: Args, config: Config) -> Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+    let mut relay = if config.xdp.enabled {
+        Some(start_xdp(&args, &config)?)
+    } else {
+        tracing::info!("XDP disabled by configuration");
+        None
+    };
+    tracing::info!(
+        "turnxd ready; listen ports {:?}",
+        config.listen_ports().into_iter().collect::<Vec<_>>()
+    );
+
+    let interval = Duration::from_secs(config.log.stats_interval_secs);
+    let mut ticker = tokio::time::interval(if interval.is_zero() {
+        Duration::MAX / 4
+    } else {
+        interval
+    });
+    ticker.tick().await;
+    let signal_name = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = ticker.tick(), if !interval.is_zero() => {
+                if let Some(relay) = &relay {
+                    log_counters(relay);
+                }
+            }
+        }
+    };
+
+    tracing::info!("{signal_name} received, shutting down");
+    if let Some(relay) = &mut relay {
+        log_counters(relay);
+        let failures = relay.detach_all();
+        for (interface, err) in &failures {
+            tracing::error!("detaching XDP from {interface}: {err}");
+        }
+        if !failures.is_empty() {
+            anyhow::bail!("XDP could not be detached from every interface");
+        }
+        tracing::info!("XDP detached from every interface");
+    }
+    Ok(())
+}
+
+/// Loads the program, sets the listen ports and attaches to every interface,
+/// or fails with everything attached so far detached again (on drop).
+fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
+    let object = ebpf_object::load(args.ebpf_object.as_deref())?;
+    let mut relay = XdpRelay::load(&object, &config.log.level)?;
+    match relay.take_logger() {
+        Some(logger) => {
+            kernel_log::spawn(logger).context("reading the XDP program's log")?;
+        }
+        None => tracing::warn!("the XDP program has no log buffer; kernel log lines are lost"),
+    }
+    let ports: Vec<u16> = config.listen_ports().into_iter().collect();
+    relay.set_listen_ports(&ports)?;
+
+    let names = if config.xdp.interfaces.is_empty() {
+        let found = interfaces::default_route_interfaces()?;
+        tracing::info!("no interfaces configured; using those with a default route: {found:?}");
+        found
+    } else {
+        config.xdp.interfaces.clone()
+    };
+    for name in &names {
+        let mode = relay.attach(name, config.xdp.mode)?;
+        tracing::info!("XDP attached to {name} in {mode} mode");
+    }
+    Ok(relay)
+}
+
+fn log_counters(relay: &XdpRelay) {
+    match relay.counters() {
+        Ok(counters) => tracing::info!("XDP counters: {counters}"),
+        Err(err) => tracing::warn!("cannot read XDP counters: {err}"),
+    }
+}

@@ -1,0 +1,242 @@
+//! turnxd's configuration: a TOML file, with an embedded default.
+//!
+//! Precedence, lowest first: the built-in defaults (`config/default.toml`),
+//! the file given with `--config`, then command-line flags and `TURNXD_*`
+//! environment variables (applied by the binary).
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The configuration turnxd runs with when given no file; also the reference
+/// for every key and its default.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
+
+/// Everything turnxd can be configured with.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// TURN listeners.
+    pub server: ServerConfig,
+    /// The XDP program.
+    pub xdp: XdpConfig,
+    /// Logging and counters.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Addresses the TURN server listens on.
+    pub listen: Vec<SocketAddr>,
+}
+
+/// `[xdp]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct XdpConfig {
+    /// Whether to load and attach the XDP program at all.
+    pub enabled: bool,
+    /// Interfaces to attach to; empty means those carrying a default route.
+    pub interfaces: Vec<String>,
+    /// Attach mode.
+    pub mode: XdpMode,
+}
+
+/// How the XDP program is attached to an interface.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, or generic mode where the driver refuses native.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only: works on every interface, slower.
+    Generic,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// error, warn, info, debug or trace.
+    pub level: String,
+    /// Seconds between counter log lines; 0 disables them.
+    pub stats_interval_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec![
+                SocketAddr::from(([0, 0, 0, 0], 3478)),
+                SocketAddr::from(([0u16; 8], 3478)),
+            ],
+        }
+    }
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        XdpConfig {
+            enabled: true,
+            interfaces: Vec::new(),
+            mode: XdpMode::Auto,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            stats_interval_secs: 10,
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid configuration in {origin}: {source}")]
+    Parse {
+        /// The file, or "built-in defaults".
+        origin: String,
+        /// What the parser said, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// The values parse but cannot work together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The log levels the `[log] level` key accepts.
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+impl Config {
+    /// Reads `path`, or returns the built-in defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::from_toml(DEFAULT_CONFIG_TOML, "built-in defaults"),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Config::from_toml(&text, &path.display().to_string())
+            }
+        }
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            origin: origin.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules the types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.listen.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[server] listen is empty; give at least one address such as \"0.0.0.0:3478\""
+                    .into(),
+            ));
+        }
+        if let Some(zero) = self.server.listen.iter().find(|a| a.port() == 0) {
+            return Err(ConfigError::Invalid(format!(
+                "[server] listen address {zero} has port 0; TURN clients need a fixed port"
+            )));
+        }
+        if !LOG_LEVELS.contains(&self.log.level.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "[log] level {:?} is not one of {}",
+                self.log.level,
+                LOG_LEVELS.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The distinct UDP ports of the listen addresses.
+    pub fn listen_ports(&self) -> BTreeSet<u16> {
+        self.server.listen.iter().map(SocketAddr::port).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_file_matches_defaults() {
+        assert_eq!(Config::load(None).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let config = Config::from_toml("[xdp]\ninterfaces = [\"eth1\"]\n", "test").unwrap();
+        assert_eq!(config.xdp.interfaces, vec!["eth1".to_owned()]);
+        assert_eq!(config.xdp.mode, XdpMode::Auto);
+        assert_eq!(config.server, ServerConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = Config::from_toml("[xdp]\nmodes = \"native\"\n", "test.toml").unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("test.toml"), "{message}");
+        assert!(message.contains("modes"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (text, needle) in [
+            ("[server]\nlisten = []\n", "listen is empty"),
+            ("[server]\nlisten = [\"0.0.0.0:0\"]\n", "port 0"),
+            ("[log]\nlevel = \"loud\"\n", "loud"),
+            ("[xdp]\nmode = \"fast\"\n", "fast"),
+        ] {
+            let message = Config::from_toml(text, "test").unwrap_err().to_string();
+            assert!(message.contains(needle), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn listen_ports_are_deduplicated() {
+        let config = Config::from_toml(
+            "[server]\nlisten = [\"0.0.0.0:3478\", \"[::]:3478\", \"0.0.0.0:5349\"]\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            config.listen_ports().into_iter().collect::<Vec<_>>(),
+            [3478, 5349]
+        );
+    }
+
+    #[test]
+    fn missing_file_error_names_the_path() {
+        let err = Config::load(Some(Path::new("/nonexistent/turnxd.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/turnxd.toml"));
+    }
+}

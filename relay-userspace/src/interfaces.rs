@@ -1,0 +1,85 @@
+//! Which interfaces turnxd attaches to when the configuration names none:
+//! those that carry a default route, i.e. the node's uplinks, where TURN
+//! clients' packets arrive.
+
+use std::collections::BTreeSet;
+
+use thiserror::Error;
+
+/// `RTF_UP` from `include/uapi/linux/route.h`.
+const RTF_UP: u32 = 0x0001;
+/// `RTF_REJECT`: unreachable routes, which the kernel lists on `lo`.
+const RTF_REJECT: u32 = 0x0200;
+
+/// Why the default-route interfaces could not be found.
+#[derive(Debug, Error)]
+pub enum InterfaceError {
+    /// /proc/net/route could not be read.
+    #[error("cannot read the IPv4 routing table from /proc/net/route: {0}")]
+    Ipv4Routes(#[from] procfs::ProcError),
+    /// /proc/net/ipv6_route could not be read.
+    #[error("cannot read the IPv6 routing table from /proc/net/ipv6_route: {0}")]
+    Ipv6Routes(std::io::Error),
+    /// No default route at all.
+    #[error(
+        "no interface carries a default route; name the interfaces to attach to \
+         with --interface or [xdp] interfaces"
+    )]
+    NoDefaultRoute,
+}
+
+/// Interfaces with an IPv4 or IPv6 default route, sorted, without `lo`.
+pub fn default_route_interfaces() -> Result<Vec<String>, InterfaceError> {
+    let mut names = BTreeSet::new();
+    for route in procfs::net::route()? {
+        let is_default = route.destination.is_unspecified() && route.mask.is_unspecified();
+        if is_default && u32::from(route.flags) & RTF_UP != 0 {
+            names.insert(route.iface);
+        }
+    }
+    // A host without IPv6 has no such file; that only means no IPv6 routes.
+    match std::fs::read_to_string("/proc/net/ipv6_route") {
+        Ok(table) => names.extend(ipv6_default_route_interfaces(&table)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(InterfaceError::Ipv6Routes(err)),
+    }
+    names.remove("lo");
+    if names.is_empty() {
+        return Err(InterfaceError::NoDefaultRoute);
+    }
+    Ok(names.into_iter().collect())
+}
+
+/// Parses `/proc/net/ipv6_route`: destination, prefix length, source,
+/// source prefix length, next hop, metric, refcount, use, flags, interface.
+fn ipv6_default_route_interfaces(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [destination, prefix_len, .., flags, iface] = fields.as_slice() else {
+                return None;
+            };
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let is_default = destination.bytes().all(|b| b == b'0') && *prefix_len == "00";
+            (fields.len() == 10 && is_default && flags & RTF_UP != 0 && flags & RTF_REJECT == 0)
+                .then(|| iface.to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_default_routes_skip_unreachable_and_specific_routes() {
+        let table = "\
+fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000001 00000000 00000003     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000001 00000000 00000003
+";
+        assert_eq!(ipv6_default_route_interfaces(table), vec!["eth0"]);
+    }
+}

@@ -1,0 +1,13 @@
+//! turnx: the userspace half of a TURN relay whose media plane runs in XDP.
+//!
+//! - [`config`]: the configuration file and its embedded defaults;
+//! - [`ebpf_object`]: where the XDP object comes from (embedded or a file);
+//! - [`xdp`]: loading, attaching and reading the XDP program;
+//! - [`interfaces`]: which interfaces to attach to by default;
+//! - [`frame`]: Ethernet frame builders for tests and benchmarks.
+
+pub mod config;
+pub mod ebpf_object;
+pub mod frame;
+pub mod interfaces;
+pub mod xdp;

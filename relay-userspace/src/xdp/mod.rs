@@ -1,0 +1,294 @@
+//! The XDP program seen from userspace: load it, tell it the listen ports,
+//! attach it to interfaces, read its counters, detach it.
+
+mod attach;
+pub mod counters;
+pub mod kernel_log;
+pub mod netlink;
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError, MapInfo, PerCpuArray},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, xdp::XdpLinkId},
+};
+use relay_common::{
+    Counter, ListenPortKey, ListenPortValue, MAP_CLASS_COUNTERS, MAP_LISTEN_PORTS,
+    MAX_LISTEN_PORTS, PROGRAM_NAME,
+};
+use thiserror::Error;
+
+pub use self::{attach::if_index, counters::ClassCounters, netlink::AttachMode};
+use crate::config::XdpMode;
+
+/// What can go wrong between loading the XDP object and detaching it.
+#[derive(Debug, Error)]
+pub enum XdpError {
+    /// The object could not be loaded (maps created, relocations applied).
+    #[error(
+        "cannot load the XDP object: {0}; turnxd needs root (or CAP_BPF, CAP_NET_ADMIN and \
+         CAP_PERFMON) and a kernel with BTF"
+    )]
+    Load(#[from] aya::EbpfError),
+    /// The object lacks something this build of turnxd expects.
+    #[error(
+        "the XDP object has no {0}; it does not match this turnxd, rebuild both with \
+         `cargo xtask build`"
+    )]
+    Mismatch(String),
+    /// The verifier or the kernel refused the program.
+    #[error("the kernel refused the XDP program: {0}")]
+    Program(#[from] ProgramError),
+    /// A map operation failed.
+    #[error("XDP map operation failed: {0}")]
+    Map(#[from] MapError),
+    /// More distinct listen ports than the kernel map holds.
+    #[error("{0} listen ports configured; the XDP program supports at most {MAX_LISTEN_PORTS}")]
+    TooManyPorts(usize),
+    /// No such interface in this network namespace.
+    #[error("no network interface named {0:?} in this network namespace")]
+    UnknownInterface(String),
+    /// Asking the kernel about an interface failed.
+    #[error("cannot query the XDP programs attached to {interface}: {source}")]
+    QueryInterface {
+        /// The interface.
+        interface: String,
+        /// What netlink said.
+        source: std::io::Error,
+    },
+    /// Another XDP program is attached; turnxd never replaces it.
+    #[error(
+        "interface {interface} already runs XDP {owner}; turnxd does not replace programs it \
+         did not attach: detach that program or leave {interface} out of the interface list"
+    )]
+    Occupied {
+        /// The interface.
+        interface: String,
+        /// Which program, by name, id and mode.
+        owner: String,
+    },
+    /// The kernel refused to attach for another reason.
+    #[error("cannot attach XDP in {mode} mode to {interface}: {reason}")]
+    Attach {
+        /// The interface.
+        interface: String,
+        /// The mode tried.
+        mode: AttachMode,
+        /// What the kernel said, with the errno.
+        reason: String,
+    },
+}
+
+/// One interface the program is attached to.
+#[derive(Debug)]
+pub struct Attachment {
+    /// The interface name.
+    pub interface: String,
+    /// The mode it runs in there.
+    pub mode: AttachMode,
+    link: XdpLinkId,
+}
+
+/// The result of running the program once (or `repeat` times) on a frame
+/// with BPF_PROG_TEST_RUN.
+#[derive(Debug)]
+pub struct FrameRun {
+    /// The XDP action returned (`XDP_PASS` is 2).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub output: Vec<u8>,
+    /// Mean time per run, as measured by the kernel.
+    pub duration: Duration,
+}
+
+/// The loaded XDP program and its maps.
+pub struct XdpRelay {
+    ebpf: Ebpf,
+    attachments: Vec<Attachment>,
+}
+
+/// The aya-log level the kernel program logs at, from a tracing level name.
+fn kernel_log_level(level: &str) -> u8 {
+    let level = match level {
+        "error" => aya_log::Level::Error,
+        "warn" => aya_log::Level::Warn,
+        "info" => aya_log::Level::Info,
+        "debug" => aya_log::Level::Debug,
+        _ => aya_log::Level::Trace,
+    };
+    level as u8
+}
+
+impl XdpRelay {
+    /// Loads the object into the kernel (maps and the verified program), with
+    /// the kernel's own logging filtered at `log_level` (a `[log] level`
+    /// value), and nothing attached yet.
+    pub fn load(object: &[u8], log_level: &str) -> Result<Self, XdpError> {
+        let level = kernel_log_level(log_level);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(object)?;
+        program_mut(&mut ebpf)?.load()?;
+        Ok(XdpRelay {
+            ebpf,
+            attachments: Vec::new(),
+        })
+    }
+
+    /// Takes the reader of the program's aya-log records; `None` the second
+    /// time.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// Replaces the set of UDP ports the program treats as TURN traffic.
+    pub fn set_listen_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
+        if ports.len() > MAX_LISTEN_PORTS as usize {
+            return Err(XdpError::TooManyPorts(ports.len()));
+        }
+        let map = self
+            .ebpf
+            .map_mut(MAP_LISTEN_PORTS)
+            .ok_or_else(|| XdpError::Mismatch(format!("map {MAP_LISTEN_PORTS}")))?;
+        let mut map: HashMap<_, ListenPortKey, ListenPortValue> = HashMap::try_from(map)?;
+        let stale: Vec<ListenPortKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !ports.contains(&u16::from_be_bytes(*key)))
+            .collect();
+        for key in stale {
+            map.remove(&key)?;
+        }
+        for port in ports {
+            map.insert(port.to_be_bytes(), ListenPortValue::default(), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to `interface`; see [`XdpMode`] for the fallback rules.
+    /// Refuses with [`XdpError::Occupied`] when another program is there.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<AttachMode, XdpError> {
+        let (link, mode) = attach::attach(program_mut(&mut self.ebpf)?, interface, mode)?;
+        self.attachments.push(Attachment {
+            interface: interface.to_owned(),
+            mode,
+            link,
+        });
+        Ok(mode)
+    }
+
+    /// The interfaces the program is attached to.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Detaches from every interface, returning those where the kernel
+    /// reported an error (the link is closed when `self` drops either way).
+    pub fn detach_all(&mut self) -> Vec<(String, XdpError)> {
+        let mut failures = Vec::new();
+        let attachments = std::mem::take(&mut self.attachments);
+        match program_mut(&mut self.ebpf) {
+            Ok(program) => {
+                for attachment in attachments {
+                    if let Err(err) = program.detach(attachment.link) {
+                        failures.push((attachment.interface, err.into()));
+                    }
+                }
+            }
+            Err(err) => failures.push((String::new(), err)),
+        }
+        failures
+    }
+
+    /// Reads the packet counters, summed over CPUs.
+    pub fn counters(&self) -> Result<ClassCounters, XdpError> {
+        let map = self
+            .ebpf
+            .map(MAP_CLASS_COUNTERS)
+            .ok_or_else(|| XdpError::Mismatch(format!("map {MAP_CLASS_COUNTERS}")))?;
+        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
+        Ok(ClassCounters::read(&map)?)
+    }
+
+    /// Runs the program on `frame` with BPF_PROG_TEST_RUN, `repeat` times.
+    /// The counters count every run.
+    pub fn run_on_frame(&self, frame: &[u8], repeat: u32) -> Result<FrameRun, XdpError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| XdpError::Mismatch(format!("program {PROGRAM_NAME}")))?
+            .try_into()?;
+        // Room for the program to grow the frame (later: ChannelData headers).
+        let mut output = vec![0u8; frame.len() + 256];
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut output),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        output.truncate(result.data_size_out as usize);
+        Ok(FrameRun {
+            action: result.return_value,
+            output,
+            duration: result.duration,
+        })
+    }
+}
+
+impl Drop for XdpRelay {
+    fn drop(&mut self) {
+        for (interface, err) in self.detach_all() {
+            tracing::warn!("detaching XDP from {interface} failed: {err}");
+        }
+    }
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
+    Ok(ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| XdpError::Mismatch(format!("program {PROGRAM_NAME}")))?
+        .try_into()?)
+}
+
+/// Our program's counters on `interface` in this network namespace, read
+/// through the kernel (no pinning needed), for operators and tests.
+/// `Ok(None)` when the interface runs no XDP program of ours.
+pub fn attached_counters(interface: &str) -> Result<Option<(u32, ClassCounters)>, XdpError> {
+    let ifindex = if_index(interface)?;
+    let attached =
+        netlink::attached_programs(ifindex).map_err(|source| XdpError::QueryInterface {
+            interface: interface.to_owned(),
+            source,
+        })?;
+    for program in attached {
+        let Some(info) = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|info| info.id() == program.program_id)
+        else {
+            continue;
+        };
+        if !kernel_name_is(info.name_as_str(), PROGRAM_NAME) {
+            continue;
+        }
+        let Some(map_ids) = info.map_ids()? else {
+            continue;
+        };
+        for id in map_ids {
+            let info = MapInfo::from_id(id)?;
+            if !kernel_name_is(info.name_as_str(), MAP_CLASS_COUNTERS) {
+                continue;
+            }
+            let map = aya::maps::Map::PerCpuArray(MapData::from_id(id)?);
+            let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
+            return Ok(Some((program.program_id, ClassCounters::read(&map)?)));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a kernel object name is `full`, which the kernel truncates to its
+/// first 15 bytes.
+fn kernel_name_is(kernel: Option<&str>, full: &str) -> bool {
+    kernel.is_some_and(|name| !name.is_empty() && full.starts_with(name))
+}

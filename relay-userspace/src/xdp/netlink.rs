@@ -1,0 +1,239 @@
+//! Asks the kernel, over rtnetlink, which XDP program an interface runs.
+//!
+//! aya attaches and detaches, but does not say who else is attached; turnxd
+//! needs that to name the owner of an interface it must not take over, and
+//! turnxctl to find our program's maps.
+
+use std::{io, mem::size_of};
+
+/// The XDP program attached to an interface, in one mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachedXdp {
+    /// Kernel program id.
+    pub program_id: u32,
+    /// Mode it runs in.
+    pub mode: AttachMode,
+}
+
+/// The XDP attach modes the kernel reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (native).
+    Native,
+    /// In the generic network stack (skb).
+    Generic,
+    /// Offloaded to the NIC.
+    Hardware,
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+            AttachMode::Hardware => "hardware",
+        })
+    }
+}
+
+// From include/uapi/linux/if_link.h; not all of them are in the libc crate.
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_DRV_PROG_ID: u16 = 5;
+const IFLA_XDP_SKB_PROG_ID: u16 = 6;
+const IFLA_XDP_HW_PROG_ID: u16 = 7;
+/// Attribute type bits that are flags (NLA_F_NESTED, NLA_F_NET_BYTEORDER).
+const NLA_TYPE_MASK: u16 = 0x3FFF;
+
+/// Returns every XDP program attached to the interface with index `ifindex`
+/// in the caller's network namespace (at most one per mode).
+pub fn attached_programs(ifindex: u32) -> io::Result<Vec<AttachedXdp>> {
+    let reply = get_link(ifindex)?;
+    Ok(parse_xdp_attachments(&reply))
+}
+
+/// Sends RTM_GETLINK for one interface and returns the RTM_NEWLINK payload
+/// (after the ifinfomsg header).
+fn get_link(ifindex: u32) -> io::Result<Vec<u8>> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own; OwnedFd closes it.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+
+    let header_len = size_of::<libc::nlmsghdr>() + size_of::<libc::ifinfomsg>();
+    let mut request = vec![0u8; header_len];
+    let header = libc::nlmsghdr {
+        nlmsg_len: header_len as u32,
+        nlmsg_type: libc::RTM_GETLINK,
+        nlmsg_flags: libc::NLM_F_REQUEST as u16,
+        nlmsg_seq: 1,
+        nlmsg_pid: 0,
+    };
+    // SAFETY: ifinfomsg is plain C data for which all zeroes is valid.
+    let mut info: libc::ifinfomsg = unsafe { std::mem::zeroed() };
+    info.ifi_family = libc::AF_UNSPEC as u8;
+    info.ifi_index = ifindex as i32;
+    // SAFETY: both structs are plain C data and the buffer is large enough.
+    unsafe {
+        std::ptr::write_unaligned(request.as_mut_ptr().cast(), header);
+        std::ptr::write_unaligned(
+            request.as_mut_ptr().add(size_of::<libc::nlmsghdr>()).cast(),
+            info,
+        );
+    }
+    // SAFETY: sending an initialised buffer of the given length.
+    let sent = unsafe { libc::send(raw, request.as_ptr().cast(), request.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+
+    let mut buffer = vec![0u8; 64 * 1024];
+    // SAFETY: receiving into a buffer we own, of the given length.
+    let received = unsafe { libc::recv(raw, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buffer.truncate(received as usize);
+    first_link_message(&buffer)
+}
+
+/// Picks the RTM_NEWLINK answer (or the error) out of a netlink reply.
+fn first_link_message(buffer: &[u8]) -> io::Result<Vec<u8>> {
+    let hdr_len = size_of::<libc::nlmsghdr>();
+    let mut rest = buffer;
+    while rest.len() >= hdr_len {
+        let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
+        if len < hdr_len || len > rest.len() {
+            break;
+        }
+        let body = &rest[hdr_len..len];
+        if kind == libc::NLMSG_ERROR as u16 && body.len() >= 4 {
+            let errno = -i32::from_ne_bytes(body[0..4].try_into().unwrap());
+            if errno != 0 {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        }
+        if kind == libc::RTM_NEWLINK && body.len() >= size_of::<libc::ifinfomsg>() {
+            return Ok(body[size_of::<libc::ifinfomsg>()..].to_vec());
+        }
+        rest = &rest[align4(len).min(rest.len())..];
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "no RTM_NEWLINK in the kernel's reply to RTM_GETLINK",
+    ))
+}
+
+/// Reads the IFLA_XDP_*_PROG_ID attributes from link attributes.
+fn parse_xdp_attachments(link_attrs: &[u8]) -> Vec<AttachedXdp> {
+    let mut found = Vec::new();
+    for (kind, value) in attributes(link_attrs) {
+        if kind != IFLA_XDP {
+            continue;
+        }
+        for (kind, value) in attributes(value) {
+            let mode = match kind {
+                IFLA_XDP_DRV_PROG_ID => AttachMode::Native,
+                IFLA_XDP_SKB_PROG_ID => AttachMode::Generic,
+                IFLA_XDP_HW_PROG_ID => AttachMode::Hardware,
+                _ => continue,
+            };
+            if let Ok(id) = <[u8; 4]>::try_from(value) {
+                found.push(AttachedXdp {
+                    program_id: u32::from_ne_bytes(id),
+                    mode,
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Iterates over netlink attributes (type, value), stopping at the first
+/// malformed one.
+fn attributes(mut buffer: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buffer.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buffer[0], buffer[1]]) as usize;
+        let kind = u16::from_ne_bytes([buffer[2], buffer[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buffer.len() {
+            return None;
+        }
+        let value = &buffer[4..len];
+        buffer = &buffer[align4(len).min(buffer.len())..];
+        Some((kind, value))
+    })
+}
+
+const fn align4(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize(align4(out.len()), 0);
+        out
+    }
+
+    #[test]
+    fn finds_program_ids_per_mode() {
+        let mut xdp = attr(2, &[1]); // IFLA_XDP_ATTACHED: ignored
+        xdp.extend(attr(IFLA_XDP_DRV_PROG_ID, &7u32.to_ne_bytes()));
+        xdp.extend(attr(IFLA_XDP_SKB_PROG_ID, &9u32.to_ne_bytes()));
+        let mut link = attr(3, b"eth0\0"); // IFLA_IFNAME
+        link.extend(attr(IFLA_XDP | 0x8000, &xdp)); // NLA_F_NESTED set
+        assert_eq!(
+            parse_xdp_attachments(&link),
+            vec![
+                AttachedXdp {
+                    program_id: 7,
+                    mode: AttachMode::Native
+                },
+                AttachedXdp {
+                    program_id: 9,
+                    mode: AttachMode::Generic
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_attributes_end_the_walk_without_panicking() {
+        let mut link = attr(IFLA_XDP, &attr(IFLA_XDP_DRV_PROG_ID, &[1, 0, 0, 0]));
+        link.extend_from_slice(&[200, 0, 1, 0]); // claims 200 bytes
+        assert_eq!(parse_xdp_attachments(&link).len(), 1);
+        assert!(parse_xdp_attachments(&[0xFF; 3]).is_empty());
+        assert!(parse_xdp_attachments(&[2, 0, 43, 0]).is_empty());
+    }
+
+    #[test]
+    fn netlink_error_reply_becomes_io_error() {
+        let mut reply = Vec::new();
+        let len = (size_of::<libc::nlmsghdr>() + 4) as u32;
+        reply.extend_from_slice(&len.to_ne_bytes());
+        reply.extend_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
+        reply.extend_from_slice(&[0; 10]);
+        reply.extend_from_slice(&(-libc::ENODEV).to_ne_bytes());
+        let err = first_link_message(&reply).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENODEV));
+    }
+}

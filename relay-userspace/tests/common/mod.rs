@@ -1,0 +1,211 @@
+//! Helpers shared by the integration tests: gating on root and on the XDP
+//! object, and throwaway network namespaces with veth pairs.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// The embedded XDP object, or `None` after printing why the calling test
+/// skips. Under `cargo xtask test` (TURNX_REQUIRE_XDP_TESTS=1) a missing
+/// object is a failure, never a skip.
+pub fn xdp_object_or_skip(test: &str) -> Option<&'static [u8]> {
+    if !is_root() {
+        eprintln!("skipping {test}: it loads XDP programs and needs root");
+        return None;
+    }
+    match turnx::ebpf_object::embedded() {
+        Some(object) => Some(object),
+        None if std::env::var_os("TURNX_REQUIRE_XDP_TESTS").is_some() => {
+            panic!("{test}: no XDP object embedded although TURNX_REQUIRE_XDP_TESTS is set")
+        }
+        None => {
+            eprintln!(
+                "skipping {test}: built without the XDP object; run `cargo xtask test`, which \
+                 builds and embeds it"
+            );
+            None
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A name no other test run on this machine uses: prefix, our PID, and a
+/// per-process counter. Interface names stay within 15 bytes.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{prefix}{:x}{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    assert!(name.len() <= 15, "interface name {name} too long");
+    name
+}
+
+/// Runs `ip` with `args`, panicking with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (package iproute2)");
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A network namespace that is deleted, with everything in it, on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique_name(prefix);
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n <ns> args...`
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full);
+    }
+
+    /// `ip -n <ns> args...`, returning stdout.
+    pub fn ip_output(&self, args: &[&str]) -> String {
+        let output = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("running ip");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A command that runs inside this namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets and
+    /// interface lookups inside `f` see this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let ns = File::open(&path).expect("opening the namespace");
+                    // SAFETY: setns on a namespace fd we hold open; only this
+                    // thread changes namespace.
+                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("namespace thread panicked")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces joined by a veth pair, addressed from 198.18.0.0/15 and
+/// fd00::/8, with checksum offload off on both ends so datagrams carry full
+/// checksums as they would from a NIC.
+pub struct Link {
+    pub client: Netns,
+    pub relay: Netns,
+    pub client_if: String,
+    pub relay_if: String,
+    pub client_v4: String,
+    pub relay_v4: String,
+    pub client_v6: String,
+    pub relay_v6: String,
+}
+
+impl Link {
+    pub fn new() -> Link {
+        let client = Netns::new("txc");
+        let relay = Netns::new("txr");
+        let client_if = unique_name("vc");
+        let relay_if = unique_name("vr");
+        ip(&[
+            "link",
+            "add",
+            &client_if,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &relay_if,
+            "netns",
+            &relay.name,
+        ]);
+        // A /30 per run would be tidier, but namespaces are private: the
+        // same addresses in every run cannot collide.
+        let (client_v4, relay_v4) = ("198.18.0.1".to_owned(), "198.18.0.2".to_owned());
+        let (client_v6, relay_v6) = ("fd00:5eed::1".to_owned(), "fd00:5eed::2".to_owned());
+        for (ns, dev, v4, v6) in [
+            (&client, &client_if, &client_v4, &client_v6),
+            (&relay, &relay_if, &relay_v4, &relay_v6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            ns.ip(&["link", "set", dev, "up"]);
+            let status = ns
+                .command("ethtool")
+                .args(["-K", dev, "tx", "off"])
+                .output()
+                .expect("running ethtool");
+            assert!(status.status.success(), "ethtool -K {dev} tx off failed");
+        }
+        Link {
+            client,
+            relay,
+            client_if,
+            relay_if,
+            client_v4,
+            relay_v4,
+            client_v6,
+            relay_v6,
+        }
+    }
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,172 @@
+//! `cargo xtask`: set up, build, run, test and benchmark the relay.
+//!
+//! Every command that builds runs `setup` first, so a fresh clone needs
+//! nothing but `cargo xtask run` or `cargo xtask test`.
+
+mod compile;
+mod setup;
+mod util;
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::util::{cargo, is_root, run};
+
+#[derive(Debug, Parser)]
+#[command(about = "Project automation for the turnx TURN relay")]
+struct Args {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install the toolchain pieces: nightly rust-src, bpf-linker, bpffs.
+    Setup,
+    /// Build the XDP object and the userspace binaries (release).
+    Build,
+    /// Build, then run turnxd (as root) on its built-in configuration;
+    /// arguments after `--` go to turnxd.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run every check and test: format, clippy, unit tests,
+    /// BPF_PROG_TEST_RUN and network-namespace tests, benchmark smoke run.
+    Test,
+    /// Build, then run the benchmarks; arguments after `--` go to relay-bench.
+    Bench {
+        /// A short run that only checks the benchmarks work.
+        #[arg(long)]
+        smoke: bool,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Set by `cargo xtask test`: tests that need the XDP object fail instead of
+/// skipping when it is missing, so CI never passes by skipping.
+const REQUIRE_XDP_TESTS_ENV: &str = "TURNX_REQUIRE_XDP_TESTS";
+
+fn main() -> ExitCode {
+    match run_task(Args::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask/Cargo.toml sits one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn run_task(task: Task) -> Result<()> {
+    let root = workspace_root();
+    match task {
+        Task::Setup => {
+            setup::setup(&root, false)?;
+            println!("setup: done");
+            Ok(())
+        }
+        Task::Build => build(&root).map(|_| ()),
+        Task::Run { args } => {
+            build(&root)?;
+            require_root("turnxd attaches XDP programs")?;
+            Err(Command::new(root.join("target/release/turnxd"))
+                .args(args)
+                .exec())
+            .context("starting target/release/turnxd")
+        }
+        Task::Test => test(&root),
+        Task::Bench { smoke, args } => {
+            build(&root)?;
+            require_root("the benchmarks load XDP programs and create network namespaces")?;
+            let mut command = Command::new(root.join("target/release/relay-bench"));
+            if smoke {
+                command.arg("--smoke");
+            }
+            run(command.args(args).current_dir(&root))
+        }
+    }
+}
+
+fn build(root: &Path) -> Result<PathBuf> {
+    let toolchain = setup::setup(root, false)?;
+    let object = compile::ebpf(root, &toolchain)?;
+    compile::userspace(&object)?;
+    Ok(object)
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{why}: run this as root (or with CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)");
+    }
+    Ok(())
+}
+
+fn test(root: &Path) -> Result<()> {
+    let toolchain = setup::setup(root, true)?;
+    let object = compile::ebpf(root, &toolchain)?;
+
+    println!("test: cargo fmt --check");
+    run(cargo().args(["fmt", "--all", "--check"]).current_dir(root))
+        .context("formatting differs; run `cargo fmt --all`")?;
+    run(cargo()
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(root.join("relay-ebpf/Cargo.toml")))
+    .context("relay-ebpf formatting differs; run `cargo fmt` in relay-ebpf")?;
+
+    println!("test: cargo clippy");
+    run(cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env(compile::OBJECT_ENV, &object)
+        .current_dir(root))
+    .context("clippy found problems")?;
+    run(&mut compile::ebpf_command(
+        root,
+        &toolchain,
+        &["clippy", "--release"],
+        &["--", "-D", "warnings"],
+    ))
+    .context("clippy found problems in relay-ebpf")?;
+
+    println!("test: cargo test");
+    let mut command = cargo();
+    command
+        .args(["test", "--workspace"])
+        .env(compile::OBJECT_ENV, &object)
+        .env(REQUIRE_XDP_TESTS_ENV, "1")
+        .current_dir(root);
+    run(&mut command).context("tests failed")?;
+
+    if is_root() {
+        println!("test: benchmark smoke run");
+        compile::userspace(&object)?;
+        run(Command::new(root.join("target/release/relay-bench"))
+            .arg("--smoke")
+            .current_dir(root))
+        .context("the benchmark smoke run failed")?;
+    } else {
+        println!("test: skipping the benchmark smoke run: it needs root to load XDP");
+    }
+    Ok(())
+}
