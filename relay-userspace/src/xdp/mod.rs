@@ -57,6 +57,13 @@ pub enum XdpError {
         /// What netlink said.
         source: std::io::Error,
     },
+    /// The kernel attached the program without a bpf link (kernels before
+    /// 5.9); such an attachment would outlive turnxd.
+    #[error(
+        "the kernel attached XDP to {0} without a bpf link, so it would stay attached if \
+         turnxd died; turnxd needs Linux 5.9 or newer"
+    )]
+    NotALink(String),
     /// Another XDP program is attached; turnxd never replaces it.
     #[error(
         "interface {interface} already runs XDP {owner}; turnxd does not replace programs it \
@@ -78,6 +85,17 @@ pub enum XdpError {
         /// What the kernel said, with the errno.
         reason: String,
     },
+}
+
+/// How many XDP bpf links point at program `program_id`.
+fn xdp_links_of(program_id: u32) -> usize {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|link| {
+            link.program_id() == program_id
+                && matches!(link.link_type(), Ok(aya::programs::links::LinkType::Xdp))
+        })
+        .count()
 }
 
 /// One interface the program is attached to.
@@ -168,8 +186,19 @@ impl XdpRelay {
 
     /// Attaches to `interface`; see [`XdpMode`] for the fallback rules.
     /// Refuses with [`XdpError::Occupied`] when another program is there.
+    ///
+    /// The attachment is a bpf link, which the kernel removes when turnxd
+    /// exits, however it exits. aya falls back to a netlink attachment on
+    /// kernels without XDP links; that would outlive a crash, so it is
+    /// undone and refused.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<AttachMode, XdpError> {
-        let (link, mode) = attach::attach(program_mut(&mut self.ebpf)?, interface, mode)?;
+        let program = program_mut(&mut self.ebpf)?;
+        let (link, mode) = attach::attach(program, interface, mode)?;
+        let program_id = program.info()?.id();
+        if xdp_links_of(program_id) <= self.attachments.len() {
+            program.detach(link)?;
+            return Err(XdpError::NotALink(interface.to_owned()));
+        }
         self.attachments.push(Attachment {
             interface: interface.to_owned(),
             mode,
