@@ -4,10 +4,12 @@
 //! - [`ebpf_object`]: where the XDP object comes from (embedded or a file);
 //! - [`xdp`]: loading, attaching and reading the XDP program;
 //! - [`interfaces`]: which interfaces to attach to by default;
+//! - [`turn`]: the TURN protocol core, without I/O;
 //! - [`frame`]: Ethernet frame builders for tests and benchmarks.
 
 pub mod config;
 pub mod ebpf_object;
 pub mod frame;
 pub mod interfaces;
+pub mod turn;
 pub mod xdp;

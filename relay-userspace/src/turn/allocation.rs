@@ -1,0 +1,234 @@
+//! One allocation: its permissions, channel bindings and their timers
+//! (RFC 8656 sections 9 and 12).
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use super::{Event, FiveTuple, policy::canonical};
+
+/// Permission lifetime (RFC 8656 section 9).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// Channel binding lifetime (RFC 8656 section 12).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// After a binding expires, neither its number nor its peer may be bound to
+/// anything else for this long (RFC 8656 section 12).
+pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy, Debug)]
+struct Binding {
+    peer: SocketAddr,
+    expires: Instant,
+}
+
+/// Why a ChannelBind is refused (400 Bad Request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindConflict {
+    /// The channel is bound, or was recently, to another peer.
+    ChannelInUse,
+    /// The peer is bound, or was recently, to another channel.
+    PeerInUse,
+}
+
+/// An allocation's state. Every mutation reports the events it causes.
+#[derive(Debug)]
+pub struct Allocation {
+    pub client: FiveTuple,
+    pub username: String,
+    /// Relayed addresses: one, or IPv4 and IPv6 for a dual allocation.
+    pub relayed: Vec<SocketAddr>,
+    pub expires: Instant,
+    /// Transaction id and response of the Allocate that created it, to answer
+    /// a retransmission identically (RFC 8656 section 7.2).
+    pub created_by: (u128, Vec<u8>),
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, Binding>,
+    peer_channels: HashMap<SocketAddr, u16>,
+    /// Expired bindings still reserved: (channel, peer, until).
+    cooling: Vec<(u16, SocketAddr, Instant)>,
+}
+
+impl Allocation {
+    pub fn new(
+        client: FiveTuple,
+        username: String,
+        relayed: Vec<SocketAddr>,
+        expires: Instant,
+        created_by: (u128, Vec<u8>),
+    ) -> Self {
+        Allocation {
+            client,
+            username,
+            relayed,
+            expires,
+            created_by,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            peer_channels: HashMap::new(),
+            cooling: Vec::new(),
+        }
+    }
+
+    /// The relayed address of the peer's family, if the allocation has one.
+    pub fn relayed_for(&self, peer: IpAddr) -> Option<SocketAddr> {
+        let peer_is_v4 = canonical(peer).is_ipv4();
+        self.relayed
+            .iter()
+            .copied()
+            .find(|relayed| relayed.is_ipv4() == peer_is_v4)
+    }
+
+    pub fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .get(&canonical(peer))
+            .is_some_and(|expires| *expires > now)
+    }
+
+    /// Installs or refreshes the permission for `peer`'s IP.
+    pub fn permit(&mut self, peer: IpAddr, now: Instant, events: &mut Vec<Event>) {
+        let peer = canonical(peer);
+        let previous = self.permissions.insert(peer, now + PERMISSION_LIFETIME);
+        if previous.is_none() {
+            events.push(Event::PermissionCreated {
+                client: self.client,
+                peer,
+            });
+        }
+    }
+
+    pub fn channel_peer(&self, channel: u16) -> Option<SocketAddr> {
+        self.channels.get(&channel).map(|binding| binding.peer)
+    }
+
+    pub fn peer_channel(&self, peer: SocketAddr) -> Option<u16> {
+        self.peer_channels.get(&peer).copied()
+    }
+
+    /// Checks that `channel` may be bound to `peer` without binding it.
+    pub fn check_bind(&self, channel: u16, peer: SocketAddr) -> Result<(), BindConflict> {
+        if let Some(bound) = self.channels.get(&channel) {
+            return if bound.peer == peer {
+                Ok(())
+            } else {
+                Err(BindConflict::ChannelInUse)
+            };
+        }
+        if self.peer_channels.contains_key(&peer) {
+            return Err(BindConflict::PeerInUse);
+        }
+        for (cooling_channel, cooling_peer, _) in &self.cooling {
+            if *cooling_channel == channel && *cooling_peer != peer {
+                return Err(BindConflict::ChannelInUse);
+            }
+            if *cooling_peer == peer && *cooling_channel != channel {
+                return Err(BindConflict::PeerInUse);
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds or refreshes `channel` to `peer` (after [`Self::check_bind`]),
+    /// refreshing the peer's permission too (RFC 8656 section 12.2).
+    pub fn bind(&mut self, channel: u16, peer: SocketAddr, now: Instant, events: &mut Vec<Event>) {
+        self.permit(peer.ip(), now, events);
+        let expires = now + CHANNEL_LIFETIME;
+        match self.channels.insert(channel, Binding { peer, expires }) {
+            Some(_) => events.push(Event::ChannelRefreshed {
+                client: self.client,
+                channel,
+            }),
+            None => {
+                self.cooling
+                    .retain(|(c, p, _)| !(*c == channel && *p == peer));
+                self.peer_channels.insert(peer, channel);
+                if let Some(relayed) = self.relayed_for(peer.ip()) {
+                    events.push(Event::ChannelBound {
+                        client: self.client,
+                        relayed,
+                        channel,
+                        peer,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Removes what has expired at `now`: channels (including those whose
+    /// permission expired), then permissions, then finished cool-downs.
+    pub fn expire(&mut self, now: Instant, events: &mut Vec<Event>) {
+        let expired_permissions: Vec<IpAddr> = self
+            .permissions
+            .iter()
+            .filter(|(_, expires)| **expires <= now)
+            .map(|(ip, _)| *ip)
+            .collect();
+        let mut expired_channels: Vec<u16> = self
+            .channels
+            .iter()
+            .filter(|(_, binding)| {
+                binding.expires <= now
+                    || expired_permissions.contains(&canonical(binding.peer.ip()))
+            })
+            .map(|(channel, _)| *channel)
+            .collect();
+        expired_channels.sort_unstable();
+        for channel in expired_channels {
+            self.end_channel(channel, now, events);
+        }
+        for peer in expired_permissions {
+            self.permissions.remove(&peer);
+            events.push(Event::PermissionExpired {
+                client: self.client,
+                peer,
+            });
+        }
+        self.cooling.retain(|(_, _, until)| *until > now);
+    }
+
+    /// Ends every channel and permission, for deletion of the allocation.
+    pub fn teardown(&mut self, now: Instant, events: &mut Vec<Event>) {
+        let mut channels: Vec<u16> = self.channels.keys().copied().collect();
+        channels.sort_unstable();
+        for channel in channels {
+            self.end_channel(channel, now, events);
+        }
+        let mut peers: Vec<IpAddr> = self.permissions.drain().map(|(ip, _)| ip).collect();
+        peers.sort_unstable();
+        for peer in peers {
+            events.push(Event::PermissionExpired {
+                client: self.client,
+                peer,
+            });
+        }
+    }
+
+    fn end_channel(&mut self, channel: u16, now: Instant, events: &mut Vec<Event>) {
+        let Some(binding) = self.channels.remove(&channel) else {
+            return;
+        };
+        self.peer_channels.remove(&binding.peer);
+        self.cooling
+            .push((channel, binding.peer, now + CHANNEL_COOLDOWN));
+        if let Some(relayed) = self.relayed_for(binding.peer.ip()) {
+            events.push(Event::ChannelExpired {
+                client: self.client,
+                relayed,
+                channel,
+                peer: binding.peer,
+            });
+        }
+    }
+
+    /// The earliest time something in this allocation expires.
+    pub fn next_deadline(&self) -> Instant {
+        let permissions = self.permissions.values().copied();
+        let channels = self.channels.values().map(|binding| binding.expires);
+        let cooling = self.cooling.iter().map(|(_, _, until)| *until);
+        permissions
+            .chain(channels)
+            .chain(cooling)
+            .fold(self.expires, Instant::min)
+    }
+}

@@ -1,0 +1,206 @@
+//! The TURN server's protocol core (RFC 8656 over RFC 8489), without I/O.
+//!
+//! [`Server`] consumes what arrived (bytes, the 5-tuple they came on, and
+//! the time) and produces datagrams to send ([`Transmit`]), lifecycle
+//! [`Event`]s and its next deadline. It opens no sockets and reads no clock;
+//! relayed addresses come from a [`RelayAllocator`] the caller provides.
+//!
+//! - [`auth`]: long-term credentials, TURN REST API credentials, nonces;
+//! - [`policy`]: which peers a client may reach;
+//! - `allocation`: one allocation's permissions, channels and timers;
+//! - `server`: request handling and the relay path;
+//! - `reply`: building responses.
+
+mod allocation;
+pub mod auth;
+pub mod policy;
+mod reply;
+mod server;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+pub use server::{Server, ServerConfig, Stats};
+
+/// How a client reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP datagrams.
+    Udp,
+    /// A TCP connection, with STUN and ChannelData framing.
+    Tcp,
+    /// TLS over TCP (TURNS).
+    Tls,
+}
+
+impl Transport {
+    /// Whether messages arrive on a byte stream (TCP or TLS), where
+    /// ChannelData is padded to a multiple of 4 (RFC 8656 section 12.5).
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
+/// The client's 5-tuple: transport, client address, server address.
+/// An allocation is identified by it (RFC 8656 section 2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    /// Transport between client and server.
+    pub transport: Transport,
+    /// The client's address as the server sees it.
+    pub client: SocketAddr,
+    /// The server's listen address the client talks to.
+    pub server: SocketAddr,
+}
+
+/// Something to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// To a client, over the transport and listener of `to`.
+    ToClient {
+        /// Where it goes.
+        to: FiveTuple,
+        /// A STUN message or a ChannelData message.
+        data: Vec<u8>,
+    },
+    /// To a peer, from a relayed address.
+    ToPeer {
+        /// The relayed address it is sent from.
+        from: SocketAddr,
+        /// The peer.
+        to: SocketAddr,
+        /// The application data.
+        data: Vec<u8>,
+    },
+}
+
+/// Why an allocation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// The client sent Refresh with LIFETIME 0.
+    Refreshed,
+    /// Its lifetime ran out.
+    Expired,
+    /// The client's TCP or TLS connection closed.
+    ConnectionClosed,
+    /// The server shut down.
+    Shutdown,
+}
+
+/// A change of allocation state, for whoever mirrors it (the kernel offload,
+/// metrics). Emitted in order, one per change. Dependent state ends first:
+/// a channel's expiry is reported before its permission's, and both before
+/// their allocation's deletion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A new allocation.
+    AllocationCreated {
+        /// The client's 5-tuple.
+        client: FiveTuple,
+        /// Relayed addresses (one, or two for a dual-stack allocation).
+        relayed: Vec<SocketAddr>,
+        /// Authenticated username.
+        username: String,
+        /// Time to expiry.
+        lifetime: Duration,
+    },
+    /// Lifetime extended by a Refresh.
+    AllocationRefreshed {
+        /// The client's 5-tuple.
+        client: FiveTuple,
+        /// New time to expiry.
+        lifetime: Duration,
+    },
+    /// The allocation is gone, with its relayed addresses.
+    AllocationDeleted {
+        /// The client's 5-tuple.
+        client: FiveTuple,
+        /// Its relayed addresses, now released.
+        relayed: Vec<SocketAddr>,
+        /// Why.
+        reason: DeleteReason,
+    },
+    /// A permission for a peer IP was installed.
+    PermissionCreated {
+        /// The client's 5-tuple.
+        client: FiveTuple,
+        /// The peer address (the port is ignored by permissions).
+        peer: std::net::IpAddr,
+    },
+    /// A permission lapsed (or went with its allocation).
+    PermissionExpired {
+        /// The client's 5-tuple.
+        client: FiveTuple,
+        /// The peer address.
+        peer: std::net::IpAddr,
+    },
+    /// A channel was bound to a peer.
+    ChannelBound {
+        /// The client's 5-tuple.
+        client: FiveTuple,
+        /// The relayed address the peer talks to.
+        relayed: SocketAddr,
+        /// The channel number.
+        channel: u16,
+        /// The peer.
+        peer: SocketAddr,
+    },
+    /// An existing binding was refreshed by ChannelBind.
+    ChannelRefreshed {
+        /// The client's 5-tuple.
+        client: FiveTuple,
+        /// The channel number.
+        channel: u16,
+    },
+    /// A channel binding lapsed (or went with its permission or
+    /// allocation).
+    ChannelExpired {
+        /// The client's 5-tuple.
+        client: FiveTuple,
+        /// The relayed address.
+        relayed: SocketAddr,
+        /// The channel number.
+        channel: u16,
+        /// The peer.
+        peer: SocketAddr,
+    },
+}
+
+/// Why no relayed address could be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocateError {
+    /// The server has no relay address of that family (440).
+    FamilyNotSupported,
+    /// No free port (508).
+    InsufficientCapacity,
+}
+
+/// Hands out relayed transport addresses. The I/O shell's implementation
+/// binds a UDP socket; tests use an in-memory one.
+pub trait RelayAllocator: Send {
+    /// Reserves a relayed address of the given family (IPv6 when `ipv6`),
+    /// on an even port when `even_port` (RFC 8656 EVEN-PORT), sending with
+    /// the IP Don't Fragment bit when `dont_fragment`.
+    fn allocate(
+        &mut self,
+        ipv6: bool,
+        even_port: bool,
+        dont_fragment: bool,
+    ) -> Result<SocketAddr, AllocateError>;
+    /// Gives a relayed address back.
+    fn release(&mut self, relayed: SocketAddr);
+}
+
+/// The time, as an input. `at` drives timers; `unix_secs` checks the expiry
+/// of TURN REST API usernames.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic time.
+    pub at: Instant,
+    /// Seconds since the Unix epoch.
+    pub unix_secs: u64,
+}

@@ -1,0 +1,1372 @@
+//! Tests of the TURN core, by RFC section, with a fake clock and an
+//! in-memory relay allocator.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use stun_types::{
+    attribute::{
+        AttributeStaticType, ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256,
+        Nonce, PasswordAlgorithm, PasswordAlgorithmValue, PasswordAlgorithms, Realm,
+        UnknownAttributes, Username, XorMappedAddress,
+    },
+    message::{
+        BINDING, IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageWrite,
+        MessageWriteExt, MessageWriteVec, Method, ShortTermCredentials, TransactionId,
+    },
+};
+use turn_types::{
+    attribute::{
+        AdditionalAddressFamily, ChannelNumber, Data, EvenPort, Lifetime, RequestedAddressFamily,
+        RequestedTransport, XorPeerAddress, XorRelayedAddress,
+    },
+    message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND},
+};
+
+use super::{
+    AllocateError, DeleteReason, Event, FiveTuple, Now, RelayAllocator, Server, ServerConfig,
+    Transmit, Transport,
+    auth::{Credentials, rest_password},
+    policy::{PeerPolicy, default_denied},
+};
+
+fn hex(text: &str) -> Vec<u8> {
+    let digits: String = text.split_whitespace().collect();
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+// RFC 5769 section 2.1: sample request, short-term credentials.
+const RFC5769_REQUEST: &str = "00 01 00 58 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae
+    80 22 00 10 53 54 55 4e 20 74 65 73 74 20 63 6c 69 65 6e 74 00 24 00 04 6e 00 01 ff
+    80 29 00 08 93 2f f9 b1 51 26 3b 36 00 06 00 09 65 76 74 6a 3a 68 36 76 59 20 20 20
+    00 08 00 14 9a ea a7 0c bf d8 cb 56 78 1e f2 b5 b2 d3 f2 49 c1 b5 71 a2
+    80 28 00 04 e5 7a 3b cf";
+// RFC 5769 section 2.2: sample IPv4 response.
+const RFC5769_IPV4_RESPONSE: &str = "01 01 00 3c 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae
+    80 22 00 0b 74 65 73 74 20 76 65 63 74 6f 72 20 00 20 00 08 00 01 a1 47 e1 12 a6 43
+    00 08 00 14 2b 91 f5 99 fd 9e 90 c3 8c 74 89 f9 2a f9 ba 53 f0 6b e7 d7
+    80 28 00 04 c0 7d 4c 96";
+// RFC 5769 section 2.4: sample request with long-term credentials.
+const RFC5769_LONG_TERM: &str = "00 01 00 60 21 12 a4 42 78 ad 34 33 c6 ad 72 c0 29 da 41 2e
+    00 06 00 12 e3 83 9e e3 83 88 e3 83 aa e3 83 83 e3 82 af e3 82 b9 00 00
+    00 15 00 1c 66 2f 2f 34 39 39 6b 39 35 34 64 36 4f 4c 33 34 6f 4c 39 46 53 54 76 79 36 34 73 41
+    00 14 00 0b 65 78 61 6d 70 6c 65 2e 6f 72 67 00
+    00 08 00 14 f6 70 24 65 6d d6 4a 3e 02 b8 e0 71 2e 85 c9 a2 8c a8 96 66";
+const SHORT_TERM_PASSWORD: &str = "VOkJxbRl1RmTxUk/WvJxBt";
+
+#[test]
+fn rfc5769_short_term_integrity_and_fingerprint() {
+    let credentials = ShortTermCredentials::new(SHORT_TERM_PASSWORD.into()).into();
+    for vector in [RFC5769_REQUEST, RFC5769_IPV4_RESPONSE] {
+        let bytes = hex(vector);
+        // Parsing checks FINGERPRINT.
+        let message = Message::from_bytes(&bytes).expect("vector parses");
+        assert!(message.validate_integrity(&credentials).is_ok());
+        let wrong = ShortTermCredentials::new("wrong".into()).into();
+        assert!(message.validate_integrity(&wrong).is_err());
+        let mut corrupted = bytes.clone();
+        corrupted[30] ^= 1;
+        assert!(
+            Message::from_bytes(&corrupted).is_err(),
+            "FINGERPRINT catches a flipped bit"
+        );
+    }
+    let response = hex(RFC5769_IPV4_RESPONSE);
+    let response = Message::from_bytes(&response).unwrap();
+    let mapped = response.attribute::<XorMappedAddress>().unwrap();
+    assert_eq!(
+        mapped.addr(response.transaction_id()),
+        "192.0.2.1:32853".parse().unwrap()
+    );
+}
+
+#[test]
+fn rfc5769_long_term_integrity() {
+    let bytes = hex(RFC5769_LONG_TERM);
+    let message = Message::from_bytes(&bytes).unwrap();
+    let username = message.attribute::<Username>().unwrap();
+    assert_eq!(
+        username.username(),
+        "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}"
+    );
+    // The password after SASLprep, as the RFC gives it.
+    let key = LongTermKeyCredentials::new(
+        username.username().into(),
+        "TheMatrIX".into(),
+        "example.org".into(),
+    )
+    .make_key(IntegrityAlgorithm::Sha1);
+    assert!(message.validate_integrity_with_key(&key).is_ok());
+    let wrong = LongTermKeyCredentials::new(
+        username.username().into(),
+        "thematrix".into(),
+        "example.org".into(),
+    )
+    .make_key(IntegrityAlgorithm::Sha1);
+    assert!(message.validate_integrity_with_key(&wrong).is_err());
+}
+
+/// Hands out 198.51.100.1 and fd00:5eed::1 ports in order; IPv6 can be
+/// switched off.
+struct FakeAllocator {
+    next_port: u16,
+    ipv6: bool,
+    released: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+}
+
+impl RelayAllocator for FakeAllocator {
+    fn allocate(
+        &mut self,
+        ipv6: bool,
+        even_port: bool,
+        _dont_fragment: bool,
+    ) -> Result<SocketAddr, AllocateError> {
+        if ipv6 && !self.ipv6 {
+            return Err(AllocateError::FamilyNotSupported);
+        }
+        if even_port && self.next_port % 2 == 1 {
+            self.next_port += 1;
+        }
+        let port = self.next_port;
+        self.next_port += 1;
+        let ip = if ipv6 {
+            "fd00:5eed::1".parse().unwrap()
+        } else {
+            "198.51.100.1".parse().unwrap()
+        };
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    fn release(&mut self, relayed: SocketAddr) {
+        self.released.lock().unwrap().push(relayed);
+    }
+}
+
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+const SECRET: &str = "rest-secret";
+const REALM: &str = "turnx";
+const START_UNIX: u64 = 1_800_000_000;
+
+/// A server, a fake clock and the client-side bookkeeping of a test.
+struct Harness {
+    server: Server,
+    start: Instant,
+    elapsed: Duration,
+    released: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+}
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        credentials: Credentials {
+            realm: REALM.into(),
+            users: HashMap::from([(USER.into(), PASSWORD.into())]),
+            secrets: vec!["old-secret".into(), SECRET.into()],
+            nonce_lifetime_secs: 600,
+        },
+        policy: PeerPolicy {
+            allowed: vec![
+                "198.18.0.0/15".parse().unwrap(),
+                "fd00::/8".parse().unwrap(),
+            ],
+            denied: default_denied(),
+        },
+        ..ServerConfig::default()
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness::with(config(), true)
+    }
+
+    fn with(config: ServerConfig, ipv6: bool) -> Self {
+        let released = std::sync::Arc::default();
+        let allocator = FakeAllocator {
+            next_port: 49152,
+            ipv6,
+            released: std::sync::Arc::clone(&released),
+        };
+        Harness {
+            server: Server::new(config, [9; 32], Box::new(allocator)),
+            start: Instant::now(),
+            elapsed: Duration::ZERO,
+            released,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            at: self.start + self.elapsed,
+            unix_secs: START_UNIX + self.elapsed.as_secs(),
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.elapsed += by;
+        let now = self.now();
+        self.server.handle_timeout(now);
+    }
+
+    fn send(&mut self, from: FiveTuple, bytes: &[u8]) -> Vec<Transmit> {
+        let mut out = Vec::new();
+        let now = self.now();
+        self.server.handle_client(from, bytes, now, &mut out);
+        out
+    }
+
+    /// Sends a request and returns the response bytes (the only transmit).
+    fn request(&mut self, from: FiveTuple, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut out = self.send(from, bytes);
+        assert!(out.len() <= 1, "one response at most: {out:?}");
+        out.pop().map(|transmit| match transmit {
+            Transmit::ToClient { to, data } => {
+                assert_eq!(to, from, "responses go back on the same 5-tuple");
+                data
+            }
+            other => panic!("a request produced {other:?}"),
+        })
+    }
+
+    fn peer_sends(&mut self, relayed: SocketAddr, peer: SocketAddr, data: &[u8]) -> Vec<Transmit> {
+        let mut out = Vec::new();
+        let now = self.now();
+        self.server.handle_peer(relayed, peer, data, now, &mut out);
+        out
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.server.poll_event()).collect()
+    }
+}
+
+fn client(port: u16) -> FiveTuple {
+    FiveTuple {
+        transport: Transport::Udp,
+        client: SocketAddr::from(([198, 18, 0, 1], port)),
+        server: "198.18.0.2:3478".parse().unwrap(),
+    }
+}
+
+fn peer(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::from(([198, 18, 1, last], port))
+}
+
+/// Credentials a test client signs with.
+#[derive(Clone)]
+struct Signing {
+    username: String,
+    password: String,
+    nonce: String,
+    algorithm: IntegrityAlgorithm,
+}
+
+/// Builds a request of `method` with `add`'s attributes, signed when
+/// `signing` is given, always fingerprinted.
+fn build(
+    method: Method,
+    signing: Option<&Signing>,
+    add: impl FnOnce(&mut MessageWriteVec, TransactionId),
+) -> Vec<u8> {
+    let mut builder = Message::builder_request(method, MessageWriteVec::new());
+    let transaction = builder.transaction_id();
+    add(&mut builder, transaction);
+    if let Some(signing) = signing {
+        builder
+            .add_attribute(&Username::new(&signing.username).unwrap())
+            .unwrap();
+        builder.add_attribute(&Realm::new(REALM).unwrap()).unwrap();
+        builder
+            .add_attribute(&Nonce::new(&signing.nonce).unwrap())
+            .unwrap();
+        let key = LongTermKeyCredentials::new(
+            signing.username.clone(),
+            signing.password.clone(),
+            REALM.into(),
+        )
+        .make_key(signing.algorithm);
+        builder
+            .add_message_integrity_with_key(&key, signing.algorithm)
+            .unwrap();
+    }
+    builder.add_fingerprint().unwrap();
+    builder.finish()
+}
+
+/// Writes a test request's attributes.
+type AttributeWriter = dyn Fn(&mut MessageWriteVec, TransactionId);
+
+fn allocate_body(builder: &mut MessageWriteVec, _: TransactionId) {
+    builder.add_attribute(&RequestedTransport::new(17)).unwrap();
+}
+
+fn error_code(response: &[u8]) -> Option<u16> {
+    let message = Message::from_bytes(response).unwrap();
+    message
+        .attribute::<ErrorCode>()
+        .ok()
+        .map(|error| error.code())
+}
+
+fn nonce_of(response: &[u8]) -> String {
+    let message = Message::from_bytes(response).unwrap();
+    message.attribute::<Nonce>().unwrap().nonce().to_owned()
+}
+
+/// An unauthenticated first Allocate, padded with SOFTWARE as real clients
+/// pad theirs, so that the challenge fits the amplification limit.
+fn first_allocate() -> Vec<u8> {
+    build(ALLOCATE, None, |b, t| {
+        allocate_body(b, t);
+        let padding = "a test client that pads its first request like coturn's uclient does";
+        b.add_attribute(&stun_types::attribute::Software::new(padding).unwrap())
+            .unwrap();
+    })
+}
+
+/// Does the 401 dance and returns signing credentials for `from`.
+fn login(harness: &mut Harness, from: FiveTuple, username: &str, password: &str) -> Signing {
+    let challenge = harness.request(from, &first_allocate()).expect("401");
+    assert_eq!(error_code(&challenge), Some(401));
+    Signing {
+        username: username.into(),
+        password: password.into(),
+        nonce: nonce_of(&challenge),
+        algorithm: IntegrityAlgorithm::Sha1,
+    }
+}
+
+/// Allocates for `from` and returns the signing credentials and relayed
+/// address.
+fn allocate(harness: &mut Harness, from: FiveTuple) -> (Signing, SocketAddr) {
+    let signing = login(harness, from, USER, PASSWORD);
+    let response = harness
+        .request(from, &build(ALLOCATE, Some(&signing), allocate_body))
+        .expect("response");
+    let message = Message::from_bytes(&response).unwrap();
+    assert_eq!(message.class(), MessageClass::Success, "{message}");
+    let relayed = message
+        .attribute::<XorRelayedAddress>()
+        .unwrap()
+        .addr(message.transaction_id());
+    (signing, relayed)
+}
+
+fn channel_bind(channel: u16, to: SocketAddr) -> impl FnOnce(&mut MessageWriteVec, TransactionId) {
+    move |builder, transaction| {
+        builder.add_attribute(&ChannelNumber::new(channel)).unwrap();
+        builder
+            .add_attribute(&XorPeerAddress::new(to, transaction))
+            .unwrap();
+    }
+}
+
+fn permission(to: SocketAddr) -> impl FnOnce(&mut MessageWriteVec, TransactionId) {
+    move |builder, transaction| {
+        builder
+            .add_attribute(&XorPeerAddress::new(to, transaction))
+            .unwrap();
+    }
+}
+
+fn expect_success(harness: &mut Harness, from: FiveTuple, request: &[u8]) -> Vec<u8> {
+    let response = harness.request(from, request).expect("a response");
+    assert_eq!(
+        error_code(&response),
+        None,
+        "{}",
+        Message::from_bytes(&response).unwrap()
+    );
+    response
+}
+
+fn expect_error(harness: &mut Harness, from: FiveTuple, request: &[u8], code: u16) {
+    let response = harness.request(from, request).expect("a response");
+    assert_eq!(
+        error_code(&response),
+        Some(code),
+        "{}",
+        Message::from_bytes(&response).unwrap()
+    );
+}
+
+// RFC 8489 section 6 / RFC 8656 section 3: Binding.
+#[test]
+fn binding_returns_the_mapped_address() {
+    let mut harness = Harness::new();
+    let from = client(40000);
+    // With SOFTWARE the request is large enough to be answered under the
+    // default amplification limit.
+    let request = build(BINDING, None, |b, _| {
+        b.add_attribute(&stun_types::attribute::Software::new("test client").unwrap())
+            .unwrap();
+    });
+    let response = expect_success(&mut harness, from, &request);
+    let message = Message::from_bytes(&response).unwrap();
+    let mapped = message.attribute::<XorMappedAddress>().unwrap();
+    assert_eq!(mapped.addr(message.transaction_id()), from.client);
+    assert!(
+        message.has_attribute(Fingerprint::TYPE),
+        "fingerprinted like the request"
+    );
+}
+
+// RFC 8489 section 9.2: long-term credentials.
+#[test]
+fn long_term_authentication_table() {
+    struct Case {
+        name: &'static str,
+        username: &'static str,
+        password: &'static str,
+        tamper_nonce: bool,
+        expect: Option<u16>,
+    }
+    let cases = [
+        Case {
+            name: "static user",
+            username: USER,
+            password: PASSWORD,
+            tamper_nonce: false,
+            expect: None,
+        },
+        Case {
+            name: "wrong password",
+            username: USER,
+            password: "nope",
+            tamper_nonce: false,
+            expect: Some(401),
+        },
+        Case {
+            name: "unknown user",
+            username: "mallory",
+            password: PASSWORD,
+            tamper_nonce: false,
+            expect: Some(401),
+        },
+        Case {
+            name: "forged nonce",
+            username: USER,
+            password: PASSWORD,
+            tamper_nonce: true,
+            expect: Some(438),
+        },
+    ];
+    for case in cases {
+        let mut harness = Harness::new();
+        let from = client(40001);
+        let mut signing = login(&mut harness, from, case.username, case.password);
+        if case.tamper_nonce {
+            signing.nonce = "AAAAAAAAAAAAAAAA".into();
+        }
+        let response = harness
+            .request(from, &build(ALLOCATE, Some(&signing), allocate_body))
+            .unwrap();
+        assert_eq!(error_code(&response), case.expect, "{}", case.name);
+        let message = Message::from_bytes(&response).unwrap();
+        if case.expect.is_none() {
+            let key = LongTermKeyCredentials::new(USER.into(), PASSWORD.into(), REALM.into())
+                .make_key(IntegrityAlgorithm::Sha1);
+            assert!(
+                message.validate_integrity_with_key(&key).is_ok(),
+                "{}: response signed",
+                case.name
+            );
+        } else {
+            assert!(
+                !message.has_attribute(MessageIntegrity::TYPE),
+                "{}: errors to unauthenticated requests are unsigned",
+                case.name
+            );
+            assert!(
+                message.has_attribute(Nonce::TYPE) && message.has_attribute(Realm::TYPE),
+                "{}",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn nonce_expires_and_is_bound_to_the_client() {
+    let mut harness = Harness::new();
+    let from = client(40002);
+    let signing = login(&mut harness, from, USER, PASSWORD);
+    // Another client may not use it.
+    expect_error(
+        &mut harness,
+        client(40003),
+        &build(ALLOCATE, Some(&signing), allocate_body),
+        438,
+    );
+    harness.advance(Duration::from_secs(601));
+    expect_error(
+        &mut harness,
+        from,
+        &build(ALLOCATE, Some(&signing), allocate_body),
+        438,
+    );
+}
+
+#[test]
+fn missing_realm_or_nonce_is_bad_request() {
+    let mut harness = Harness::new();
+    let from = client(40004);
+    let request = build(ALLOCATE, None, |b, t| {
+        allocate_body(b, t);
+        b.add_attribute(&Username::new(USER).unwrap()).unwrap();
+        let key = LongTermKeyCredentials::new(USER.into(), PASSWORD.into(), REALM.into())
+            .make_key(IntegrityAlgorithm::Sha1);
+        b.add_message_integrity_with_key(&key, IntegrityAlgorithm::Sha1)
+            .unwrap();
+    });
+    expect_error(&mut harness, from, &request, 400);
+}
+
+// TURN REST API credentials (coturn use-auth-secret, STUNner ephemeral).
+#[test]
+fn rest_api_credentials_with_rotation_and_expiry() {
+    for (username, secret, expect) in [
+        (format!("{}:bob", START_UNIX + 3600), SECRET, None),
+        (format!("{}:bob", START_UNIX + 3600), "old-secret", None),
+        (format!("{}", START_UNIX + 3600), SECRET, None),
+        (format!("{}:bob", START_UNIX - 1), SECRET, Some(401)),
+        (
+            format!("{}:bob", START_UNIX + 3600),
+            "unknown-secret",
+            Some(401),
+        ),
+    ] {
+        let mut harness = Harness::new();
+        let from = client(40005);
+        let password = rest_password(secret, &username);
+        let signing = login(&mut harness, from, &username, &password);
+        let response = harness
+            .request(from, &build(ALLOCATE, Some(&signing), allocate_body))
+            .unwrap();
+        assert_eq!(error_code(&response), expect, "{username} with {secret}");
+    }
+}
+
+// RFC 8489 section 9.2 with RFC 8489 security features: SHA-256.
+#[test]
+fn message_integrity_sha256_with_password_algorithms() {
+    let mut harness = Harness::new();
+    let from = client(40006);
+    // A large enough first request receives the full challenge.
+    let first = first_allocate();
+    let challenge = harness.request(from, &first).unwrap();
+    let message = Message::from_bytes(&challenge).unwrap();
+    let offered = message
+        .attribute::<PasswordAlgorithms>()
+        .expect("PASSWORD-ALGORITHMS offered");
+    assert!(
+        offered
+            .algorithms()
+            .contains(&PasswordAlgorithmValue::SHA256)
+    );
+    let nonce = nonce_of(&challenge);
+    assert!(nonce.starts_with("obMatJos2"), "{nonce}");
+    let signing = Signing {
+        username: USER.into(),
+        password: PASSWORD.into(),
+        nonce,
+        algorithm: IntegrityAlgorithm::Sha256,
+    };
+    let algorithms = offered.algorithms().to_vec();
+    let request = build(ALLOCATE, Some(&signing), |b, t| {
+        allocate_body(b, t);
+        b.add_attribute(&PasswordAlgorithms::new(&algorithms))
+            .unwrap();
+        b.add_attribute(&PasswordAlgorithm::new(PasswordAlgorithmValue::SHA256))
+            .unwrap();
+    });
+    let response = expect_success(&mut harness, from, &request);
+    let message = Message::from_bytes(&response).unwrap();
+    assert!(message.has_attribute(MessageIntegritySha256::TYPE));
+
+    // Dropping PASSWORD-ALGORITHMS after a cookie nonce is a bid-down.
+    let from = client(40007);
+    let challenge = harness.request(from, &first).unwrap();
+    let signing = Signing {
+        nonce: nonce_of(&challenge),
+        ..signing
+    };
+    let request = build(ALLOCATE, Some(&signing), |b, t| {
+        allocate_body(b, t);
+        b.add_attribute(&PasswordAlgorithm::new(PasswordAlgorithmValue::SHA256))
+            .unwrap();
+    });
+    expect_error(&mut harness, from, &request, 400);
+}
+
+// RFC 8656 section 7.2: Allocate.
+#[test]
+fn allocate_success_response_and_event() {
+    let mut harness = Harness::new();
+    let from = client(40010);
+    let signing = login(&mut harness, from, USER, PASSWORD);
+    let request = build(ALLOCATE, Some(&signing), |b, t| {
+        allocate_body(b, t);
+        b.add_attribute(&Lifetime::new(1200)).unwrap();
+    });
+    let response = expect_success(&mut harness, from, &request);
+    let message = Message::from_bytes(&response).unwrap();
+    let transaction = message.transaction_id();
+    assert_eq!(message.attribute::<Lifetime>().unwrap().seconds(), 1200);
+    assert_eq!(
+        message
+            .attribute::<XorMappedAddress>()
+            .unwrap()
+            .addr(transaction),
+        from.client
+    );
+    let relayed = message
+        .attribute::<XorRelayedAddress>()
+        .unwrap()
+        .addr(transaction);
+    assert!(relayed.is_ipv4());
+    assert!(message.has_attribute(stun_types::attribute::Software::TYPE));
+    assert_eq!(
+        harness.events(),
+        [Event::AllocationCreated {
+            client: from,
+            relayed: vec![relayed],
+            username: USER.into(),
+            lifetime: Duration::from_secs(1200)
+        }]
+    );
+    // A retransmission gets the same bytes; a new transaction gets 437.
+    assert_eq!(harness.request(from, &request).unwrap(), response);
+    expect_error(
+        &mut harness,
+        from,
+        &build(ALLOCATE, Some(&signing), allocate_body),
+        437,
+    );
+}
+
+#[test]
+fn allocate_errors_table() {
+    let unknown_attribute = |b: &mut MessageWriteVec, t| {
+        allocate_body(b, t);
+        b.add_attribute(&stun_types::attribute::RawAttribute::new(
+            stun_types::attribute::AttributeType::new(0x0077),
+            &[0; 4],
+        ))
+        .unwrap();
+    };
+    let cases: Vec<(&str, Box<AttributeWriter>, u16)> = vec![
+        ("no REQUESTED-TRANSPORT", Box::new(|_, _| {}), 400),
+        (
+            "TCP relaying",
+            Box::new(|b, _| b.add_attribute(&RequestedTransport::new(6)).unwrap()),
+            442,
+        ),
+        (
+            "unknown comprehension-required attribute",
+            Box::new(unknown_attribute),
+            420,
+        ),
+        (
+            "EVEN-PORT with reservation",
+            Box::new(|b, t| {
+                allocate_body(b, t);
+                b.add_attribute(&EvenPort::new(true)).unwrap();
+            }),
+            508,
+        ),
+        (
+            "both address-family attributes",
+            Box::new(|b, t| {
+                allocate_body(b, t);
+                b.add_attribute(&RequestedAddressFamily::new(
+                    stun_types::AddressFamily::IPV4,
+                ))
+                .unwrap();
+                b.add_attribute(&AdditionalAddressFamily::new(
+                    stun_types::AddressFamily::IPV6,
+                ))
+                .unwrap();
+            }),
+            400,
+        ),
+    ];
+    for (name, body, code) in cases {
+        let mut harness = Harness::new();
+        let from = client(40011);
+        let signing = login(&mut harness, from, USER, PASSWORD);
+        let response = harness
+            .request(from, &build(ALLOCATE, Some(&signing), |b, t| body(b, t)))
+            .unwrap();
+        assert_eq!(error_code(&response), Some(code), "{name}");
+        if code == 420 {
+            let message = Message::from_bytes(&response).unwrap();
+            let unknown = message.attribute::<UnknownAttributes>().unwrap();
+            assert!(unknown.has_attribute(stun_types::attribute::AttributeType::new(0x0077)));
+        }
+        assert_eq!(harness.server.allocation_count(), 0, "{name}");
+    }
+    // IPv6 relaying on a server without IPv6: 440.
+    let mut harness = Harness::with(config(), false);
+    let from = client(40012);
+    let signing = login(&mut harness, from, USER, PASSWORD);
+    let request = build(ALLOCATE, Some(&signing), |b, t| {
+        allocate_body(b, t);
+        b.add_attribute(&RequestedAddressFamily::new(
+            stun_types::AddressFamily::IPV6,
+        ))
+        .unwrap();
+    });
+    expect_error(&mut harness, from, &request, 440);
+}
+
+#[test]
+fn even_port_and_dual_allocations() {
+    let mut harness = Harness::new();
+    let from = client(40013);
+    let signing = login(&mut harness, from, USER, PASSWORD);
+    let request = build(ALLOCATE, Some(&signing), |b, t| {
+        allocate_body(b, t);
+        b.add_attribute(&EvenPort::new(false)).unwrap();
+        b.add_attribute(&AdditionalAddressFamily::new(
+            stun_types::AddressFamily::IPV6,
+        ))
+        .unwrap();
+    });
+    let response = expect_success(&mut harness, from, &request);
+    let message = Message::from_bytes(&response).unwrap();
+    let transaction = message.transaction_id();
+    let first = message
+        .nth_attribute::<XorRelayedAddress>(0)
+        .unwrap()
+        .addr(transaction);
+    let second = message
+        .nth_attribute::<XorRelayedAddress>(1)
+        .unwrap()
+        .addr(transaction);
+    assert!(first.is_ipv4() && second.is_ipv6());
+    assert_eq!(first.port() % 2, 0, "EVEN-PORT");
+}
+
+// RFC 8656 section 8: Refresh.
+#[test]
+fn refresh_extends_and_zero_deletes() {
+    let mut harness = Harness::new();
+    let from = client(40020);
+    let (signing, relayed) = allocate(&mut harness, from);
+    harness.events();
+    harness.advance(Duration::from_secs(500));
+    let refresh = build(REFRESH, Some(&signing), |b, _| {
+        b.add_attribute(&Lifetime::new(99_999)).unwrap()
+    });
+    let response = expect_success(&mut harness, from, &refresh);
+    let lifetime = Message::from_bytes(&response)
+        .unwrap()
+        .attribute::<Lifetime>()
+        .unwrap()
+        .seconds();
+    assert_eq!(lifetime, 3600, "capped at the maximum");
+    assert_eq!(
+        harness.events(),
+        [Event::AllocationRefreshed {
+            client: from,
+            lifetime: Duration::from_secs(3600)
+        }]
+    );
+    harness.advance(Duration::from_secs(3000));
+    assert_eq!(
+        harness.server.allocation_count(),
+        1,
+        "still alive after the original 600 s"
+    );
+    // The nonce has expired meanwhile; a client gets a fresh one.
+    let signing = login(&mut harness, from, USER, PASSWORD);
+
+    let delete = build(REFRESH, Some(&signing), |b, _| {
+        b.add_attribute(&Lifetime::new(0)).unwrap()
+    });
+    expect_success(&mut harness, from, &delete);
+    assert_eq!(harness.server.allocation_count(), 0);
+    assert_eq!(
+        harness.events(),
+        [Event::AllocationDeleted {
+            client: from,
+            relayed: vec![relayed],
+            reason: DeleteReason::Refreshed
+        }]
+    );
+    assert_eq!(*harness.released.lock().unwrap(), [relayed]);
+    expect_error(
+        &mut harness,
+        from,
+        &build(REFRESH, Some(&signing), |_, _| {}),
+        437,
+    );
+}
+
+#[test]
+fn requests_without_allocation_or_with_another_user() {
+    let mut harness = Harness::new();
+    let from = client(40021);
+    let signing = login(&mut harness, from, USER, PASSWORD);
+    expect_error(
+        &mut harness,
+        from,
+        &build(CREATE_PERMISSION, Some(&signing), permission(peer(1, 5000))),
+        437,
+    );
+    let (_, _) = allocate(&mut harness, from);
+    let rest_user = format!("{}:eve", START_UNIX + 100);
+    let other = Signing {
+        username: rest_user.clone(),
+        password: rest_password(SECRET, &rest_user),
+        ..signing
+    };
+    expect_error(
+        &mut harness,
+        from,
+        &build(CREATE_PERMISSION, Some(&other), permission(peer(1, 5000))),
+        441,
+    );
+}
+
+// RFC 8656 sections 9 and 10: permissions, and the peer policy.
+#[test]
+fn create_permission_policy_and_family() {
+    let mut harness = Harness::new();
+    let from = client(40030);
+    let (signing, _) = allocate(&mut harness, from);
+    harness.events();
+    for (peer_address, code) in [
+        ("127.0.0.1:5000", 403),
+        ("169.254.169.254:80", 403),
+        ("[::ffff:127.0.0.1]:5000", 403),
+        ("10.1.2.3:5000", 403),  // outside the allow-list
+        ("[fd00::9]:5000", 443), // IPv6 peer on an IPv4 allocation
+    ] {
+        expect_error(
+            &mut harness,
+            from,
+            &build(
+                CREATE_PERMISSION,
+                Some(&signing),
+                permission(peer_address.parse().unwrap()),
+            ),
+            code,
+        );
+    }
+    assert!(harness.events().is_empty(), "refusals change nothing");
+    expect_success(
+        &mut harness,
+        from,
+        &build(CREATE_PERMISSION, Some(&signing), permission(peer(1, 5000))),
+    );
+    assert_eq!(
+        harness.events(),
+        [Event::PermissionCreated {
+            client: from,
+            peer: peer(1, 0).ip()
+        }]
+    );
+    // Refreshing an existing permission is not a new one.
+    expect_success(
+        &mut harness,
+        from,
+        &build(CREATE_PERMISSION, Some(&signing), permission(peer(1, 6000))),
+    );
+    assert!(harness.events().is_empty());
+    assert_eq!(harness.server.stats().denied_peers, 4);
+}
+
+// RFC 8656 sections 11 and 12: Send/Data and channels.
+#[test]
+fn send_indication_and_data_indication() {
+    let mut harness = Harness::new();
+    let from = client(40040);
+    let (signing, relayed) = allocate(&mut harness, from);
+    let to = peer(2, 7000);
+    let indication = {
+        let mut builder = Message::builder_indication(SEND, MessageWriteVec::new());
+        let t = builder.transaction_id();
+        builder.add_attribute(&XorPeerAddress::new(to, t)).unwrap();
+        builder.add_attribute(&Data::new(b"hello peer")).unwrap();
+        builder.finish()
+    };
+    assert!(
+        harness.send(from, &indication).is_empty(),
+        "no permission yet: dropped"
+    );
+    expect_success(
+        &mut harness,
+        from,
+        &build(CREATE_PERMISSION, Some(&signing), permission(to)),
+    );
+    assert_eq!(
+        harness.send(from, &indication),
+        [Transmit::ToPeer {
+            from: relayed,
+            to,
+            data: b"hello peer".to_vec()
+        }]
+    );
+
+    let back = harness.peer_sends(relayed, to, b"hello client");
+    let [Transmit::ToClient { to: back_to, data }] = back.as_slice() else {
+        panic!("{back:?}")
+    };
+    assert_eq!(*back_to, from);
+    let message = Message::from_bytes(data).unwrap();
+    assert_eq!(message.method(), DATA);
+    assert_eq!(
+        message
+            .attribute::<XorPeerAddress>()
+            .unwrap()
+            .addr(message.transaction_id()),
+        to
+    );
+    assert_eq!(message.attribute::<Data>().unwrap().data(), b"hello client");
+    assert!(
+        harness
+            .peer_sends(relayed, peer(3, 7000), b"stranger")
+            .is_empty(),
+        "no permission for this peer"
+    );
+}
+
+#[test]
+fn channel_bind_and_channel_data_both_ways() {
+    let mut harness = Harness::new();
+    let from = client(40050);
+    let (signing, relayed) = allocate(&mut harness, from);
+    harness.events();
+    let to = peer(4, 8000);
+    for (channel, code) in [(0x3FFF, 400), (0x5000, 400)] {
+        expect_error(
+            &mut harness,
+            from,
+            &build(CHANNEL_BIND, Some(&signing), channel_bind(channel, to)),
+            code,
+        );
+    }
+    expect_error(
+        &mut harness,
+        from,
+        &build(
+            CHANNEL_BIND,
+            Some(&signing),
+            channel_bind(0x4000, "127.0.0.1:9".parse().unwrap()),
+        ),
+        403,
+    );
+    expect_success(
+        &mut harness,
+        from,
+        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4000, to)),
+    );
+    assert_eq!(
+        harness.events(),
+        [
+            Event::PermissionCreated {
+                client: from,
+                peer: to.ip()
+            },
+            Event::ChannelBound {
+                client: from,
+                relayed,
+                channel: 0x4000,
+                peer: to
+            },
+        ]
+    );
+    // Client to peer, with and without padding on UDP.
+    for message in [
+        crate::frame::channel_data(0x4000, b"media", false),
+        crate::frame::channel_data(0x4000, b"media", true),
+    ] {
+        assert_eq!(
+            harness.send(from, &message),
+            [Transmit::ToPeer {
+                from: relayed,
+                to,
+                data: b"media".to_vec()
+            }]
+        );
+    }
+    // Truncated, unbound and out-of-range channels are dropped.
+    assert!(
+        harness
+            .send(from, &[0x40, 0x00, 0x00, 0x09, 1, 2])
+            .is_empty()
+    );
+    assert!(
+        harness
+            .send(from, &crate::frame::channel_data(0x4001, b"x", false))
+            .is_empty()
+    );
+    // Peer to client.
+    assert_eq!(
+        harness.peer_sends(relayed, to, b"back"),
+        [Transmit::ToClient {
+            to: from,
+            data: crate::frame::channel_data(0x4000, b"back", false)
+        }]
+    );
+    // Conflicts: the channel to another peer, the peer to another channel.
+    expect_error(
+        &mut harness,
+        from,
+        &build(
+            CHANNEL_BIND,
+            Some(&signing),
+            channel_bind(0x4000, peer(5, 8000)),
+        ),
+        400,
+    );
+    expect_error(
+        &mut harness,
+        from,
+        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4001, to)),
+        400,
+    );
+    // The same binding again is a refresh.
+    expect_success(
+        &mut harness,
+        from,
+        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4000, to)),
+    );
+    assert_eq!(
+        harness.events(),
+        [Event::ChannelRefreshed {
+            client: from,
+            channel: 0x4000
+        }]
+    );
+    let stats = harness.server.stats();
+    assert_eq!((stats.to_peer_packets, stats.to_client_packets), (2, 1));
+}
+
+#[test]
+fn channel_data_is_padded_on_streams() {
+    let mut harness = Harness::new();
+    let from = FiveTuple {
+        transport: Transport::Tcp,
+        ..client(40051)
+    };
+    let (signing, relayed) = allocate(&mut harness, from);
+    let to = peer(6, 8000);
+    expect_success(
+        &mut harness,
+        from,
+        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4001, to)),
+    );
+    assert_eq!(
+        harness.peer_sends(relayed, to, b"12345"),
+        [Transmit::ToClient {
+            to: from,
+            data: crate::frame::channel_data(0x4001, b"12345", true)
+        }]
+    );
+}
+
+// Timers, driven by the fake clock.
+#[test]
+fn permission_channel_and_allocation_expiry_in_order() {
+    let mut harness = Harness::new();
+    let from = client(40060);
+    let (signing, relayed) = allocate(&mut harness, from);
+    let to = peer(7, 9000);
+    expect_success(
+        &mut harness,
+        from,
+        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4002, to)),
+    );
+    harness.events();
+
+    harness.advance(Duration::from_secs(299));
+    assert!(harness.events().is_empty());
+    assert_eq!(
+        harness
+            .send(from, &crate::frame::channel_data(0x4002, b"x", false))
+            .len(),
+        1
+    );
+    // The permission (300 s) ends first and takes the channel with it.
+    harness.advance(Duration::from_secs(2));
+    assert_eq!(
+        harness.events(),
+        [
+            Event::ChannelExpired {
+                client: from,
+                relayed,
+                channel: 0x4002,
+                peer: to
+            },
+            Event::PermissionExpired {
+                client: from,
+                peer: to.ip()
+            },
+        ]
+    );
+    assert!(
+        harness
+            .send(from, &crate::frame::channel_data(0x4002, b"x", false))
+            .is_empty()
+    );
+    assert!(harness.peer_sends(relayed, to, b"x").is_empty());
+
+    // Within 5 minutes the number and the peer stay reserved for each other.
+    expect_error(
+        &mut harness,
+        from,
+        &build(
+            CHANNEL_BIND,
+            Some(&signing),
+            channel_bind(0x4002, peer(8, 9000)),
+        ),
+        400,
+    );
+    expect_error(
+        &mut harness,
+        from,
+        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4003, to)),
+        400,
+    );
+    // ...but rebinding the same pair is allowed.
+    expect_success(
+        &mut harness,
+        from,
+        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4002, to)),
+    );
+    harness.events();
+
+    // Without a Refresh the allocation ends at 600 s.
+    harness.advance(Duration::from_secs(298));
+    harness.events();
+    harness.advance(Duration::from_secs(2));
+    let events = harness.events();
+    assert_eq!(
+        events.last(),
+        Some(&Event::AllocationDeleted {
+            client: from,
+            relayed: vec![relayed],
+            reason: DeleteReason::Expired
+        })
+    );
+    assert_eq!(harness.server.allocation_count(), 0);
+    assert!(harness.server.next_deadline().is_none());
+}
+
+#[test]
+fn channel_cooldown_ends_after_five_minutes() {
+    let mut harness = Harness::new();
+    let from = client(40061);
+    let (signing, _) = allocate(&mut harness, from);
+    let to = peer(9, 9000);
+    expect_success(
+        &mut harness,
+        from,
+        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4100, to)),
+    );
+    // Keep the allocation alive; let the channel lapse (600 s), then wait
+    // out the 300 s cool-down.
+    let refresh = |harness: &mut Harness| {
+        let signing = login(harness, from, USER, PASSWORD);
+        expect_success(
+            harness,
+            from,
+            &build(REFRESH, Some(&signing), |b, _| {
+                b.add_attribute(&Lifetime::new(3600)).unwrap()
+            }),
+        );
+    };
+    refresh(&mut harness);
+    harness.advance(Duration::from_secs(301));
+    let signing = Signing {
+        nonce: nonce_of(&harness.request(from, &first_allocate()).unwrap()),
+        ..signing
+    };
+    expect_error(
+        &mut harness,
+        from,
+        &build(
+            CHANNEL_BIND,
+            Some(&signing),
+            channel_bind(0x4100, peer(10, 9000)),
+        ),
+        400,
+    );
+    harness.advance(Duration::from_secs(300));
+    let signing = Signing {
+        nonce: nonce_of(&harness.request(from, &first_allocate()).unwrap()),
+        ..signing
+    };
+    expect_success(
+        &mut harness,
+        from,
+        &build(
+            CHANNEL_BIND,
+            Some(&signing),
+            channel_bind(0x4100, peer(10, 9000)),
+        ),
+    );
+}
+
+// Quotas.
+#[test]
+fn user_and_total_quotas() {
+    let mut config = config();
+    config.user_quota = 1;
+    let mut harness = Harness::with(config, true);
+    allocate(&mut harness, client(40070));
+    let signing = login(&mut harness, client(40071), USER, PASSWORD);
+    expect_error(
+        &mut harness,
+        client(40071),
+        &build(ALLOCATE, Some(&signing), allocate_body),
+        486,
+    );
+    // Another user is not limited by alice's quota.
+    let bob = format!("{}:bob", START_UNIX + 100);
+    let signing = login(
+        &mut harness,
+        client(40072),
+        &bob,
+        &rest_password(SECRET, &bob),
+    );
+    expect_success(
+        &mut harness,
+        client(40072),
+        &build(ALLOCATE, Some(&signing), allocate_body),
+    );
+
+    let mut config = self::config();
+    config.total_quota = 1;
+    let mut harness = Harness::with(config, true);
+    allocate(&mut harness, client(40073));
+    let signing = login(
+        &mut harness,
+        client(40074),
+        &bob,
+        &rest_password(SECRET, &bob),
+    );
+    expect_error(
+        &mut harness,
+        client(40074),
+        &build(ALLOCATE, Some(&signing), allocate_body),
+        508,
+    );
+    assert_eq!(harness.server.stats().quota_refusals, 1);
+}
+
+// No amplification for unauthenticated requests on UDP.
+#[test]
+fn unauthenticated_responses_never_exceed_the_request_on_udp() {
+    let mut harness = Harness::new();
+    // A bare 28-byte Allocate and a bare 20-byte Binding.
+    let mut small_allocate = Message::builder_request(ALLOCATE, MessageWriteVec::new());
+    small_allocate
+        .add_attribute(&RequestedTransport::new(17))
+        .unwrap();
+    let small_allocate = small_allocate.finish();
+    let small_binding = Message::builder_request(BINDING, MessageWriteVec::new()).finish();
+    for request in [&small_allocate, &small_binding] {
+        assert!(
+            harness.request(client(40080), request).is_none(),
+            "{} bytes",
+            request.len()
+        );
+    }
+    assert_eq!(harness.server.stats().dropped_amplification, 2);
+    // coturn's client pads its first Allocate to 60 bytes: it is answered,
+    // and never with more than it sent.
+    let uclient_like = build(ALLOCATE, None, |b, t| {
+        allocate_body(b, t);
+        b.add_attribute(&Lifetime::new(600)).unwrap();
+        b.add_attribute(&EvenPort::new(false)).unwrap();
+        b.add_attribute(&RequestedAddressFamily::new(
+            stun_types::AddressFamily::IPV4,
+        ))
+        .unwrap();
+    });
+    let response = harness
+        .request(client(40081), &uclient_like)
+        .expect("answered");
+    assert!(
+        response.len() <= uclient_like.len(),
+        "{} > {}",
+        response.len(),
+        uclient_like.len()
+    );
+    assert_eq!(error_code(&response), Some(401));
+    // On TCP the source is verified by the handshake: answered anyway.
+    let tcp = FiveTuple {
+        transport: Transport::Tcp,
+        ..client(40082)
+    };
+    assert!(harness.request(tcp, &small_allocate).is_some());
+}
+
+/// Random and mutated input never panics, and unauthenticated input never
+/// draws a larger response on UDP.
+#[test]
+fn malformed_input_never_panics_or_amplifies() {
+    let mut harness = Harness::new();
+    let from = client(40090);
+    let (signing, relayed) = allocate(&mut harness, from);
+    let seeds = [
+        first_allocate(),
+        build(
+            CHANNEL_BIND,
+            Some(&signing),
+            channel_bind(0x4000, peer(1, 1)),
+        ),
+        build(REFRESH, Some(&signing), |b, _| {
+            b.add_attribute(&Lifetime::new(600)).unwrap()
+        }),
+        build(CREATE_PERMISSION, Some(&signing), permission(peer(1, 1))),
+        crate::frame::channel_data(0x4000, b"abcdefgh", true),
+        hex(RFC5769_REQUEST),
+    ];
+    // xorshift: deterministic, so a failure reproduces.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..30_000u32 {
+        let seed = &seeds[round as usize % seeds.len()];
+        let mut input = seed.clone();
+        match next() % 4 {
+            0 => input.truncate((next() % (seed.len() as u64 + 1)) as usize),
+            1 => {
+                for _ in 0..=next() % 4 {
+                    let index = (next() % input.len() as u64) as usize;
+                    input[index] ^= 1 << (next() % 8);
+                }
+            }
+            2 => input = (0..next() % 100).map(|_| next() as u8).collect(),
+            _ => input.extend((0..next() % 40).map(|_| next() as u8)),
+        }
+        let stranger = client(41000 + (round % 100) as u16);
+        for transmit in harness.send(stranger, &input) {
+            if let Transmit::ToClient { data, .. } = transmit {
+                assert!(
+                    data.len() <= input.len(),
+                    "amplified {} -> {}",
+                    input.len(),
+                    data.len()
+                );
+            }
+        }
+        harness.send(from, &input);
+        harness.peer_sends(relayed, peer(1, 1), &input);
+    }
+}
