@@ -5,24 +5,32 @@
 //! environment variables (applied by the binary).
 
 use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::turn::policy::Cidr;
+
 /// The configuration turnxd runs with when given no file; also the reference
 /// for every key and its default.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
 
 /// Everything turnxd can be configured with.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// TURN listeners.
+    /// TURN listeners and relaying.
     pub server: ServerConfig,
+    /// Credentials.
+    pub auth: AuthConfig,
+    /// Lifetimes and quotas.
+    pub limits: LimitsConfig,
+    /// Which peers are reachable.
+    pub peers: PeersConfig,
     /// The XDP program.
     pub xdp: XdpConfig,
     /// Logging and counters.
@@ -35,6 +43,54 @@ pub struct Config {
 pub struct ServerConfig {
     /// Addresses the TURN server listens on.
     pub listen: Vec<SocketAddr>,
+    /// Realm of the long-term credentials.
+    pub realm: String,
+    /// Relayed socket addresses; empty picks them (see the default file).
+    pub relay_addresses: Vec<IpAddr>,
+    /// First and last relay port.
+    pub relay_ports: [u16; 2],
+    /// SOFTWARE attribute; empty for none.
+    pub software: String,
+    /// Accept RFC 5766 channel numbers up to 0x7FFF.
+    pub legacy_channel_numbers: bool,
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Static users: name to password.
+    pub users: BTreeMap<String, String>,
+    /// TURN REST API shared secrets.
+    pub secrets: Vec<String>,
+    /// Nonce lifetime in seconds.
+    pub nonce_lifetime_secs: u64,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest allocation lifetime, seconds.
+    pub max_lifetime_secs: u64,
+    /// Allocations per username; 0 for no limit.
+    pub user_quota: u32,
+    /// Allocations in all; 0 for no limit.
+    pub total_quota: u32,
+    /// Response/request size ratio allowed for unauthenticated UDP requests.
+    pub amplification_limit: f64,
+}
+
+/// `[peers]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeersConfig {
+    /// Allowed peer blocks; empty allows any peer not denied.
+    pub allowed: Vec<Cidr>,
+    /// Extra denied peer blocks.
+    pub denied: Vec<Cidr>,
+    /// Whether the built-in deny-list applies.
+    pub deny_defaults: bool,
 }
 
 /// `[xdp]`
@@ -79,6 +135,42 @@ impl Default for ServerConfig {
                 SocketAddr::from(([0, 0, 0, 0], 3478)),
                 SocketAddr::from(([0u16; 8], 3478)),
             ],
+            realm: "turnx".into(),
+            relay_addresses: Vec::new(),
+            relay_ports: [49152, 65535],
+            software: "turnx".into(),
+            legacy_channel_numbers: false,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users: BTreeMap::new(),
+            secrets: Vec::new(),
+            nonce_lifetime_secs: 600,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_lifetime_secs: 3600,
+            user_quota: 0,
+            total_quota: 0,
+            amplification_limit: 1.0,
+        }
+    }
+}
+
+impl Default for PeersConfig {
+    fn default() -> Self {
+        PeersConfig {
+            allowed: Vec::new(),
+            denied: Vec::new(),
+            deny_defaults: true,
         }
     }
 }
@@ -167,6 +259,37 @@ impl Config {
                 "[server] listen address {zero} has port 0; TURN clients need a fixed port"
             )));
         }
+        let [first, last] = self.server.relay_ports;
+        if first == 0 || first > last {
+            return Err(ConfigError::Invalid(format!(
+                "[server] relay_ports [{first}, {last}] is not a range of non-zero ports"
+            )));
+        }
+        let families = |v4: bool| {
+            self.server
+                .relay_addresses
+                .iter()
+                .filter(|a| a.is_ipv4() == v4)
+                .count()
+        };
+        if families(true) > 1 || families(false) > 1 {
+            return Err(ConfigError::Invalid(
+                "[server] relay_addresses holds at most one IPv4 and one IPv6 address".into(),
+            ));
+        }
+        if self.server.realm.is_empty() {
+            return Err(ConfigError::Invalid("[server] realm is empty".into()));
+        }
+        if self.limits.max_lifetime_secs < 600 {
+            return Err(ConfigError::Invalid(
+                "[limits] max_lifetime_secs is below the RFC default lifetime of 600 s".into(),
+            ));
+        }
+        if !(self.limits.amplification_limit >= 1.0) {
+            return Err(ConfigError::Invalid(
+                "[limits] amplification_limit must be 1.0 or more".into(),
+            ));
+        }
         if !LOG_LEVELS.contains(&self.log.level.as_str()) {
             return Err(ConfigError::Invalid(format!(
                 "[log] level {:?} is not one of {}",
@@ -175,6 +298,56 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The protocol core's configuration.
+    pub fn turn(&self) -> crate::turn::ServerConfig {
+        use crate::turn::{auth::Credentials, policy};
+        let mut denied = self.peers.denied.clone();
+        if self.peers.deny_defaults {
+            denied.extend(policy::default_denied());
+        }
+        crate::turn::ServerConfig {
+            credentials: Credentials {
+                realm: self.server.realm.clone(),
+                users: self.auth.users.clone().into_iter().collect(),
+                secrets: self.auth.secrets.clone(),
+                nonce_lifetime_secs: self.auth.nonce_lifetime_secs,
+            },
+            policy: policy::PeerPolicy {
+                allowed: self.peers.allowed.clone(),
+                denied,
+            },
+            software: (!self.server.software.is_empty()).then(|| self.server.software.clone()),
+            default_lifetime: std::time::Duration::from_secs(600),
+            max_lifetime: std::time::Duration::from_secs(self.limits.max_lifetime_secs),
+            user_quota: self.limits.user_quota,
+            total_quota: self.limits.total_quota,
+            amplification_limit: self.limits.amplification_limit,
+            legacy_channel_numbers: self.server.legacy_channel_numbers,
+        }
+    }
+
+    /// The relay's IPv4 and IPv6 address: configured, else the specific
+    /// listen addresses, else those of the default-route interfaces.
+    pub fn relay_addresses(&self) -> (Option<IpAddr>, Option<IpAddr>) {
+        let mut candidates = self.server.relay_addresses.clone();
+        if candidates.is_empty() {
+            candidates = self
+                .server
+                .listen
+                .iter()
+                .map(SocketAddr::ip)
+                .filter(|ip| !ip.is_unspecified())
+                .collect();
+        }
+        if candidates.is_empty() {
+            let names = crate::interfaces::default_route_interfaces().unwrap_or_default();
+            candidates = crate::interfaces::addresses_of(&names).unwrap_or_default();
+        }
+        let v4 = candidates.iter().copied().find(IpAddr::is_ipv4);
+        let v6 = candidates.iter().copied().find(IpAddr::is_ipv6);
+        (v4, v6)
     }
 
     /// The distinct UDP ports of the listen addresses.
@@ -211,6 +384,17 @@ mod tests {
     #[test]
     fn bad_values_are_rejected() {
         for (text, needle) in [
+            ("[server]\nrelay_ports = [5000, 4000]\n", "relay_ports"),
+            (
+                "[server]\nrelay_addresses = [\"198.18.0.1\", \"198.18.0.2\"]\n",
+                "at most one",
+            ),
+            ("[peers]\nallowed = [\"10.0.0.0/33\"]\n", "10.0.0.0/33"),
+            ("[limits]\nmax_lifetime_secs = 60\n", "600"),
+            (
+                "[limits]\namplification_limit = 0.5\n",
+                "amplification_limit",
+            ),
             ("[server]\nlisten = []\n", "listen is empty"),
             ("[server]\nlisten = [\"0.0.0.0:0\"]\n", "port 0"),
             ("[log]\nlevel = \"loud\"\n", "loud"),

@@ -83,3 +83,51 @@ fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
         assert_eq!(ipv6_default_route_interfaces(table), vec!["eth0"]);
     }
 }
+
+/// The addresses configured on the named interfaces, IPv4 first, skipping
+/// link-local IPv6 (not usable as a relayed address).
+pub fn addresses_of(names: &[String]) -> std::io::Result<Vec<std::net::IpAddr>> {
+    let mut found = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` walks the list getifaddrs returned.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a NUL-terminated name owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_string_lossy();
+        if !names.iter().any(|wanted| *wanted == name) {
+            continue;
+        }
+        // SAFETY: the family tells which sockaddr type the pointer has.
+        let address = unsafe {
+            match i32::from((*entry.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let v4 = &*(entry.ifa_addr as *const libc::sockaddr_in);
+                    std::net::IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes())
+                }
+                libc::AF_INET6 => {
+                    let v6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
+                    std::net::IpAddr::from(v6.sin6_addr.s6_addr)
+                }
+                _ => continue,
+            }
+        };
+        let link_local_v6 =
+            matches!(address, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xFFC0 == 0xFE80);
+        if !link_local_v6 {
+            found.push(address);
+        }
+    }
+    // SAFETY: freeing the list getifaddrs allocated, once.
+    unsafe { libc::freeifaddrs(list) };
+    found.sort_by_key(|address| address.is_ipv6());
+    Ok(found)
+}

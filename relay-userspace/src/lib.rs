@@ -5,11 +5,13 @@
 //! - [`xdp`]: loading, attaching and reading the XDP program;
 //! - [`interfaces`]: which interfaces to attach to by default;
 //! - [`turn`]: the TURN protocol core, without I/O;
+//! - [`shell`]: the TURN server's sockets and timers on tokio;
 //! - [`frame`]: Ethernet frame builders for tests and benchmarks.
 
 pub mod config;
 pub mod ebpf_object;
 pub mod frame;
 pub mod interfaces;
+pub mod shell;
 pub mod turn;
 pub mod xdp;

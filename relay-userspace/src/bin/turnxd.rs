@@ -1,7 +1,9 @@
 //! turnxd: the TURN relay daemon.
 //!
-//! Loads the XDP program, tells it the TURN listen ports, attaches it to the
-//! configured interfaces, logs its counters, and detaches on SIGINT/SIGTERM.
+//! Serves TURN (UDP and TCP) on the listen addresses, loads the XDP
+//! program, tells it the TURN listen ports, attaches it to the configured
+//! interfaces, logs its counters, and on SIGINT/SIGTERM deletes every
+//! allocation and detaches.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -11,6 +13,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use turnx::{
     config::{Config, DEFAULT_CONFIG_TOML, XdpMode},
     ebpf_object, interfaces,
+    shell::{ShellConfig, TurnServer},
+    turn::policy::Cidr,
     xdp::{XdpRelay, kernel_log},
 };
 
@@ -136,10 +140,14 @@ async fn run(args: Args, config: Config) -> Result<()> {
         tracing::info!("XDP disabled by configuration");
         None
     };
-    tracing::info!(
-        "turnxd ready; listen ports {:?}",
-        config.listen_ports().into_iter().collect::<Vec<_>>()
-    );
+    let (turn, mut events) = start_turn(&config).await?;
+    tokio::spawn(async move {
+        // The kernel offload will subscribe here; for now, the log.
+        while let Some(event) = events.recv().await {
+            tracing::debug!(?event, "allocation state");
+        }
+    });
+    tracing::info!("turnxd ready; listening on {:?}", config.server.listen);
 
     let interval = Duration::from_secs(config.log.stats_interval_secs);
     let mut ticker = tokio::time::interval(if interval.is_zero() {
@@ -161,6 +169,12 @@ async fn run(args: Args, config: Config) -> Result<()> {
     };
 
     tracing::info!("{signal_name} received, shutting down");
+    tracing::info!(
+        "deleting {} allocations; relayed {:?}",
+        turn.allocations(),
+        turn.stats()
+    );
+    turn.shutdown();
     if let Some(relay) = &mut relay {
         log_counters(relay);
         let failures = relay.detach_all();
@@ -201,6 +215,46 @@ fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
         tracing::info!("XDP attached to {name} in {mode} mode");
     }
     Ok(relay)
+}
+
+/// Binds the TURN listeners and starts serving.
+async fn start_turn(
+    config: &Config,
+) -> Result<(
+    TurnServer,
+    tokio::sync::mpsc::UnboundedReceiver<turnx::turn::Event>,
+)> {
+    let (relay_ipv4, relay_ipv6) = config.relay_addresses();
+    let mut server = config.turn();
+    // The relay's own addresses are never peers.
+    for own in [relay_ipv4, relay_ipv6].into_iter().flatten() {
+        server
+            .policy
+            .denied
+            .extend(Cidr::new(own, if own.is_ipv4() { 32 } else { 128 }));
+    }
+    if config.auth.users.is_empty() && config.auth.secrets.is_empty() {
+        tracing::warn!("no [auth] users or secrets configured: every allocation will be refused");
+    }
+    tracing::info!(
+        "relaying from {}",
+        [relay_ipv4, relay_ipv6]
+            .into_iter()
+            .flatten()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
+    let [first, last] = config.server.relay_ports;
+    TurnServer::start(ShellConfig {
+        listen: config.server.listen.clone(),
+        relay_ipv4,
+        relay_ipv6,
+        relay_ports: first..=last,
+        server,
+    })
+    .await
+    .context("starting the TURN server")
 }
 
 fn log_counters(relay: &XdpRelay) {

@@ -3,9 +3,12 @@
 //! (`use-auth-secret`) and STUNner (ephemeral) use, and the nonces that make
 //! them replay-resistant.
 //!
-//! Nonces are stateless: an expiry time and a MAC over it and the client's
-//! 5-tuple, so a nonce works only for the client it was given to and only
-//! until it expires, with nothing stored per client.
+//! Nonces are stateless: the minute they were issued and a 32-bit MAC over
+//! it and the client's 5-tuple, so a nonce works only for the client it was
+//! given to and only for its lifetime, with nothing stored per client. They
+//! are 8 characters, so that a 401 fits in the size of the request that
+//! caused it (no amplification): a forged nonce buys an attacker nothing,
+//! since MESSAGE-INTEGRITY over it still needs the password.
 
 use std::collections::HashMap;
 
@@ -115,10 +118,10 @@ impl Authenticator {
     /// A nonce for `client`, valid for the configured lifetime; with the
     /// security-feature cookie when `cookie` is set.
     pub fn nonce(&self, client: &FiveTuple, unix_now: u64, cookie: bool) -> String {
-        let expiry = unix_now.saturating_add(self.credentials.nonce_lifetime_secs) as u32;
-        let mut raw = [0u8; 12];
-        raw[..4].copy_from_slice(&expiry.to_be_bytes());
-        raw[4..].copy_from_slice(&self.nonce_tag(expiry, client));
+        let issued = minute(unix_now);
+        let mut raw = [0u8; 6];
+        raw[..2].copy_from_slice(&issued.to_be_bytes());
+        raw[2..].copy_from_slice(&self.nonce_tag(issued, client));
         let body = URL_SAFE_NO_PAD.encode(raw);
         if cookie {
             format!("{NONCE_COOKIE}{FEATURES_PASSWORD_ALGORITHMS}{body}")
@@ -140,23 +143,25 @@ impl Authenticator {
         let Ok(raw) = URL_SAFE_NO_PAD.decode(body) else {
             return NonceStatus::Stale;
         };
-        let Ok(raw) = <[u8; 12]>::try_from(raw.as_slice()) else {
+        let Ok(raw) = <[u8; 6]>::try_from(raw.as_slice()) else {
             return NonceStatus::Stale;
         };
-        let expiry = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
-        let tag_matches = self.nonce_tag(expiry, client)[..] == raw[4..];
-        if tag_matches && u64::from(expiry) > unix_now {
+        let issued = u16::from_be_bytes([raw[0], raw[1]]);
+        let tag_matches = self.nonce_tag(issued, client)[..] == raw[2..];
+        // Minutes wrap every 45 days; the age is taken modulo that.
+        let age_secs = u64::from(minute(unix_now).wrapping_sub(issued)) * 60 + unix_now % 60;
+        if tag_matches && age_secs < self.credentials.nonce_lifetime_secs {
             NonceStatus::Valid { cookie }
         } else {
             NonceStatus::Stale
         }
     }
 
-    /// 64 bits of HMAC-SHA256 over the expiry and the 5-tuple.
-    fn nonce_tag(&self, expiry: u32, client: &FiveTuple) -> [u8; 8] {
+    /// 32 bits of HMAC-SHA256 over the issue minute and the 5-tuple.
+    fn nonce_tag(&self, issued: u16, client: &FiveTuple) -> [u8; 4] {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.nonce_key).expect("HMAC takes any key length");
-        mac.update(&expiry.to_be_bytes());
+        mac.update(&issued.to_be_bytes());
         mac.update(&[match client.transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
@@ -170,8 +175,13 @@ impl Authenticator {
             mac.update(&address.port().to_be_bytes());
         }
         let tag = mac.finalize().into_bytes();
-        tag[..8].try_into().expect("SHA-256 is longer than 8 bytes")
+        tag[..4].try_into().expect("SHA-256 is longer than 4 bytes")
     }
+}
+
+/// The minute of `unix_secs`, wrapping at 2^16.
+fn minute(unix_secs: u64) -> u16 {
+    (unix_secs / 60) as u16
 }
 
 /// The TURN REST API password: base64(HMAC-SHA1(secret, username)).
@@ -241,26 +251,35 @@ mod tests {
     fn nonces_are_bound_to_client_and_expire() {
         let auth = auth();
         for cookie in [false, true] {
-            let nonce = auth.nonce(&client(1), 1000, cookie);
+            // Issued at 1020 (the start of minute 17): valid until 1620; the
+            // age counts from the start of the issue minute.
+            let nonce = auth.nonce(&client(1), 1020, cookie);
+            let valid = NonceStatus::Valid { cookie };
+            assert_eq!(auth.check_nonce(&nonce, &client(1), 1020), valid);
+            assert_eq!(auth.check_nonce(&nonce, &client(1), 1619), valid);
             assert_eq!(
-                auth.check_nonce(&nonce, &client(1), 1000),
-                NonceStatus::Valid { cookie }
-            );
-            assert_eq!(
-                auth.check_nonce(&nonce, &client(1), 1599),
-                NonceStatus::Valid { cookie }
-            );
-            assert_eq!(
-                auth.check_nonce(&nonce, &client(1), 1600),
+                auth.check_nonce(&nonce, &client(1), 1620),
                 NonceStatus::Stale
             );
             assert_eq!(
-                auth.check_nonce(&nonce, &client(2), 1000),
+                auth.check_nonce(&nonce, &client(2), 1020),
+                NonceStatus::Stale
+            );
+            // Issued "in the future" (the clock stepped back): a huge age.
+            assert_eq!(
+                auth.check_nonce(&nonce, &client(1), 960),
                 NonceStatus::Stale
             );
         }
-        assert_eq!(auth.nonce(&client(1), 0, false).len(), 16);
-        for garbage in ["", "obMatJos2", "obMatJos2XXXX", "!!!!", "AAAAAAAAAAAAAAAA"] {
+        assert_eq!(auth.nonce(&client(1), 0, false).len(), 8);
+        for garbage in [
+            "",
+            "obMatJos2",
+            "obMatJos2XXXX",
+            "!!!!",
+            "AAAAAAAA",
+            "AAAAAAAAAAAAAAAA",
+        ] {
             assert_eq!(auth.check_nonce(garbage, &client(1), 0), NonceStatus::Stale);
         }
     }

@@ -37,6 +37,9 @@ use super::{
     reply::{Reply, Signer},
 };
 
+/// Highest channel number of RFC 5766, for `legacy_channel_numbers`.
+const LEGACY_CHANNEL_MAX: u16 = 0x7FFF;
+
 /// UDP, the only relayed transport (REQUESTED-TRANSPORT value).
 const PROTOCOL_UDP: u8 = 17;
 
@@ -61,6 +64,10 @@ pub struct ServerConfig {
     /// Largest ratio of response to request size for requests that are not
     /// authenticated, on UDP (whose source addresses can be forged).
     pub amplification_limit: f64,
+    /// Accept the RFC 5766 channel range 0x4000-0x7FFF, which older
+    /// clients (coturn's tools among them) use, instead of RFC 8656's
+    /// 0x4000-0x4FFF.
+    pub legacy_channel_numbers: bool,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +85,7 @@ impl Default for ServerConfig {
             user_quota: 0,
             total_quota: 0,
             amplification_limit: 1.0,
+            legacy_channel_numbers: false,
         }
     }
 }
@@ -741,15 +749,30 @@ impl Server {
         reply: &Reply,
         now: Now,
     ) -> Result<Vec<u8>, StunWriteError> {
-        let (Ok(channel), Ok(peer)) = (
+        let (channel, peer) = (
             request.attribute::<ChannelNumber>(),
             request.attribute::<XorPeerAddress>(),
-        ) else {
+        );
+        let (Ok(channel), Ok(peer)) = (channel, peer) else {
+            tracing::debug!(
+                "ChannelBind from {} lacks CHANNEL-NUMBER or XOR-PEER-ADDRESS: {request}",
+                from.client
+            );
             return reply.error(400, |_| Ok(()));
         };
         let channel = channel.channel();
         let peer = peer.addr(request.transaction_id());
-        if !(relay_common::CHANNEL_MIN..=relay_common::CHANNEL_MAX).contains(&channel) {
+        let max = if self.config.legacy_channel_numbers {
+            LEGACY_CHANNEL_MAX
+        } else {
+            relay_common::CHANNEL_MAX
+        };
+        if !(relay_common::CHANNEL_MIN..=max).contains(&channel) {
+            tracing::debug!(
+                "ChannelBind from {} with channel {channel:#x} outside {:#x}-{max:#x}",
+                from.client,
+                relay_common::CHANNEL_MIN
+            );
             return reply.error(400, |_| Ok(()));
         }
         if let Err(code) = self.check_peer(from, peer) {
@@ -760,7 +783,11 @@ impl Server {
             .get_mut(&from)
             .expect("checked by the caller");
         if let Err(conflict) = allocation.check_bind(channel, peer) {
-            let _: BindConflict = conflict;
+            let conflict: BindConflict = conflict;
+            tracing::debug!(
+                "ChannelBind {channel:#x} to {peer} from {} refused: {conflict:?}",
+                from.client
+            );
             return reply.error(400, |_| Ok(()));
         }
         allocation.bind(channel, peer, now.at, &mut self.pending);

@@ -462,7 +462,7 @@ fn long_term_authentication_table() {
         let from = client(40001);
         let mut signing = login(&mut harness, from, case.username, case.password);
         if case.tamper_nonce {
-            signing.nonce = "AAAAAAAAAAAAAAAA".into();
+            signing.nonce = "AAAAAAAA".into();
         }
         let response = harness
             .request(from, &build(ALLOCATE, Some(&signing), allocate_body))

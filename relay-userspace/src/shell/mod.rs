@@ -1,0 +1,318 @@
+//! The TURN server's I/O on tokio: UDP and TCP listeners, one relayed UDP
+//! socket per allocation, the timer, and the event stream. The protocol
+//! lives in [`crate::turn`]; this module only moves bytes and time in and
+//! out of it.
+//!
+//! The core sits behind one mutex, held only while it computes; sends
+//! happen after it is released.
+
+mod framing;
+pub mod relay_sockets;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    ops::RangeInclusive,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::mpsc,
+};
+
+use self::{
+    framing::StreamFramer,
+    relay_sockets::{RelaySockets, UdpRelayAllocator},
+};
+use crate::turn::{Event, FiveTuple, Now, Server, ServerConfig, Transmit, Transport};
+
+/// Where the server listens and relays.
+#[derive(Clone, Debug)]
+pub struct ShellConfig {
+    /// UDP and TCP listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// IPv4 address of relayed sockets; `None` offers no IPv4 relaying.
+    pub relay_ipv4: Option<IpAddr>,
+    /// IPv6 address of relayed sockets; `None` offers no IPv6 relaying.
+    pub relay_ipv6: Option<IpAddr>,
+    /// Ports relayed sockets bind to.
+    pub relay_ports: RangeInclusive<u16>,
+    /// The protocol configuration.
+    pub server: ServerConfig,
+}
+
+/// The running server's shared state.
+struct Shared {
+    core: Mutex<Server>,
+    udp_listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
+    relays: Arc<RelaySockets>,
+    streams: Mutex<HashMap<FiveTuple, mpsc::UnboundedSender<Vec<u8>>>>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// A handle on the running server.
+pub struct TurnServer {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        unix_secs: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+    }
+}
+
+/// Binds a socket2 socket: IPv6 sockets are IPv6-only so that `[::]:p`
+/// and `0.0.0.0:p` can both be bound.
+fn bind_socket(address: SocketAddr, kind: socket2::Type) -> Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, kind, None)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket)
+}
+
+impl TurnServer {
+    /// Binds every listener and starts serving. Returns the receiver of
+    /// lifecycle events, in order.
+    pub async fn start(
+        config: ShellConfig,
+    ) -> Result<(TurnServer, mpsc::UnboundedReceiver<Event>)> {
+        let relays = Arc::new(RelaySockets::default());
+        let allocator = UdpRelayAllocator::new(
+            config.relay_ipv4,
+            config.relay_ipv6,
+            config.relay_ports.clone(),
+            Arc::clone(&relays),
+        );
+        let core = Server::new(config.server.clone(), rand::random(), Box::new(allocator));
+        let mut udp_listeners = HashMap::new();
+        let mut tcp_listeners = Vec::new();
+        for address in &config.listen {
+            let udp = bind_socket(*address, socket2::Type::DGRAM)
+                .with_context(|| format!("binding UDP listener {address}"))?;
+            let udp = UdpSocket::from_std(udp.into())?;
+            udp_listeners.insert(*address, Arc::new(udp));
+            let tcp = bind_socket(*address, socket2::Type::STREAM)
+                .with_context(|| format!("binding TCP listener {address}"))?;
+            tcp.listen(1024)?;
+            tcp_listeners.push((*address, TcpListener::from_std(tcp.into())?));
+        }
+        let (events, receiver) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            udp_listeners,
+            relays,
+            streams: Mutex::new(HashMap::new()),
+            events,
+        });
+        let mut tasks = Vec::new();
+        for (address, socket) in &shared.udp_listeners {
+            tasks.push(tokio::spawn(udp_listener(
+                Arc::clone(&shared),
+                *address,
+                Arc::clone(socket),
+            )));
+        }
+        for (address, listener) in tcp_listeners {
+            tasks.push(tokio::spawn(tcp_listener(
+                Arc::clone(&shared),
+                address,
+                listener,
+            )));
+        }
+        tasks.push(tokio::spawn(timer(Arc::clone(&shared))));
+        Ok((TurnServer { shared, tasks }, receiver))
+    }
+
+    /// Counters of the core.
+    pub fn stats(&self) -> crate::turn::Stats {
+        self.shared.core.lock().expect("core lock").stats()
+    }
+
+    /// Number of live allocations.
+    pub fn allocations(&self) -> usize {
+        self.shared
+            .core
+            .lock()
+            .expect("core lock")
+            .allocation_count()
+    }
+
+    /// Deletes every allocation and stops serving.
+    pub fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.shared.run(|core| core.shutdown(now()));
+    }
+}
+
+impl Shared {
+    /// Runs `f` on the core (which writes its transmits where `f` says),
+    /// then passes on events and starts receive loops for new relayed
+    /// sockets.
+    fn run(self: &Arc<Self>, f: impl FnOnce(&mut Server)) {
+        let mut core = self.core.lock().expect("core lock");
+        f(&mut core);
+        while let Some(event) = core.poll_event() {
+            tracing::debug!(?event, "TURN lifecycle");
+            let _ = self.events.send(event);
+        }
+        drop(core);
+        for (relayed, socket) in self.relays.take_fresh() {
+            let task = tokio::spawn(relay_receiver(Arc::clone(self), relayed, socket));
+            self.relays.set_receiver(relayed, task.abort_handle());
+        }
+    }
+
+    /// Sends what the core produced.
+    async fn transmit(&self, out: &mut Vec<Transmit>) {
+        for transmit in out.drain(..) {
+            let result = match transmit {
+                Transmit::ToClient { to, data } => match to.transport {
+                    Transport::Udp => match self.udp_listeners.get(&to.server) {
+                        Some(socket) => socket.send_to(&data, to.client).await.map(drop),
+                        None => Ok(()),
+                    },
+                    Transport::Tcp | Transport::Tls => {
+                        if let Some(writer) = self.streams.lock().expect("streams lock").get(&to) {
+                            let _ = writer.send(data);
+                        }
+                        Ok(())
+                    }
+                },
+                Transmit::ToPeer { from, to, data } => match self.relays.get(&from) {
+                    Some(socket) => socket.send_to(&data, to).await.map(drop),
+                    None => Ok(()),
+                },
+            };
+            if let Err(err) = result {
+                tracing::debug!("send failed: {err}");
+            }
+        }
+    }
+}
+
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65536;
+
+async fn udp_listener(shared: Arc<Shared>, address: SocketAddr, socket: Arc<UdpSocket>) {
+    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::new();
+    loop {
+        let (len, client) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            Err(err) => {
+                tracing::debug!("UDP receive on {address}: {err}");
+                continue;
+            }
+        };
+        let from = FiveTuple {
+            transport: Transport::Udp,
+            client,
+            server: address,
+        };
+        let data = &buffer[..len];
+        shared.run(|core| core.handle_client(from, data, now(), &mut out));
+        shared.transmit(&mut out).await;
+    }
+}
+
+async fn relay_receiver(shared: Arc<Shared>, relayed: SocketAddr, socket: Arc<UdpSocket>) {
+    let mut buffer = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::new();
+    loop {
+        let Ok((len, peer)) = socket.recv_from(&mut buffer).await else {
+            continue;
+        };
+        let data = &buffer[..len];
+        shared.run(|core| core.handle_peer(relayed, peer, data, now(), &mut out));
+        shared.transmit(&mut out).await;
+    }
+}
+
+async fn timer(shared: Arc<Shared>) {
+    // Lifetimes are in seconds; a one-second tick bounds the lateness.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        shared.run(|core| core.handle_timeout(now()));
+    }
+}
+
+async fn tcp_listener(shared: Arc<Shared>, address: SocketAddr, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, client)) => {
+                let from = FiveTuple {
+                    transport: Transport::Tcp,
+                    client,
+                    server: address,
+                };
+                tokio::spawn(tcp_connection(Arc::clone(&shared), from, stream));
+            }
+            Err(err) => {
+                tracing::warn!("accepting on {address}: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Reads frames from one TCP client until it closes or sends garbage; the
+/// allocation goes with the connection.
+async fn tcp_connection(shared: Arc<Shared>, from: FiveTuple, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (sender, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    shared
+        .streams
+        .lock()
+        .expect("streams lock")
+        .insert(from, sender);
+    let write_task = tokio::spawn(async move {
+        while let Some(data) = outgoing.recv().await {
+            if writer.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut framer = StreamFramer::default();
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut out = Vec::new();
+    'connection: loop {
+        let len = match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(len) => len,
+        };
+        framer.push(&buffer[..len]);
+        loop {
+            match framer.next_frame() {
+                Ok(Some(frame)) => {
+                    shared.run(|core| core.handle_client(from, &frame, now(), &mut out));
+                    shared.transmit(&mut out).await;
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!("closing TCP connection from {}: {err}", from.client);
+                    break 'connection;
+                }
+            }
+        }
+    }
+    shared.streams.lock().expect("streams lock").remove(&from);
+    write_task.abort();
+    shared.run(|core| core.close_client(from, now()));
+}

@@ -1,0 +1,204 @@
+//! Relayed addresses as real UDP sockets: the [`RelayAllocator`] the core
+//! calls when it grants an allocation.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket},
+    ops::RangeInclusive,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{net::UdpSocket, task::AbortHandle};
+
+use crate::turn::{AllocateError, RelayAllocator};
+
+/// The sockets of live allocations, by relayed address, shared between the
+/// allocator (which adds and removes) and the shell (which sends and
+/// receives).
+#[derive(Default)]
+pub struct RelaySockets {
+    sockets: Mutex<HashMap<SocketAddr, Relay>>,
+    /// Sockets bound since the shell last looked; it starts their receive
+    /// loops.
+    fresh: Mutex<Vec<(SocketAddr, Arc<UdpSocket>)>>,
+}
+
+impl RelaySockets {
+    /// The socket of a relayed address.
+    pub fn get(&self, relayed: &SocketAddr) -> Option<Arc<UdpSocket>> {
+        self.sockets
+            .lock()
+            .expect("relay sockets lock")
+            .get(relayed)
+            .map(|relay| Arc::clone(&relay.socket))
+    }
+
+    /// Records the receive loop of a relayed socket so that releasing the
+    /// address stops it (and so closes the socket). A loop whose address
+    /// was already released is stopped at once.
+    pub fn set_receiver(&self, relayed: SocketAddr, receiver: AbortHandle) {
+        match self
+            .sockets
+            .lock()
+            .expect("relay sockets lock")
+            .get_mut(&relayed)
+        {
+            Some(relay) => relay.receiver = Some(receiver),
+            None => receiver.abort(),
+        }
+    }
+
+    /// Number of relayed sockets open.
+    pub fn len(&self) -> usize {
+        self.sockets.lock().expect("relay sockets lock").len()
+    }
+
+    /// Whether no relayed socket is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sockets bound since the last call.
+    pub fn take_fresh(&self) -> Vec<(SocketAddr, Arc<UdpSocket>)> {
+        std::mem::take(&mut *self.fresh.lock().expect("relay sockets lock"))
+    }
+}
+
+/// One relayed socket and its receive loop.
+struct Relay {
+    socket: Arc<UdpSocket>,
+    receiver: Option<AbortHandle>,
+}
+
+/// Binds relayed sockets on the relay addresses, in the port range.
+pub struct UdpRelayAllocator {
+    ipv4: Option<IpAddr>,
+    ipv6: Option<IpAddr>,
+    ports: RangeInclusive<u16>,
+    /// Where the next search starts, so ports are not reused at once.
+    cursor: u16,
+    sockets: Arc<RelaySockets>,
+}
+
+impl UdpRelayAllocator {
+    /// An allocator for the given relay addresses (`None`: that family is
+    /// not offered) and port range.
+    pub fn new(
+        ipv4: Option<IpAddr>,
+        ipv6: Option<IpAddr>,
+        ports: RangeInclusive<u16>,
+        sockets: Arc<RelaySockets>,
+    ) -> Self {
+        let span = u32::from(*ports.end() - *ports.start()) + 1;
+        let cursor = *ports.start() + (rand::random::<u32>() % span) as u16;
+        UdpRelayAllocator {
+            ipv4,
+            ipv6,
+            ports,
+            cursor,
+            sockets,
+        }
+    }
+
+    fn bind(ip: IpAddr, port: u16, dont_fragment: bool) -> std::io::Result<UdpSocket> {
+        let socket = StdUdpSocket::bind(SocketAddr::new(ip, port))?;
+        socket.set_nonblocking(true)?;
+        if dont_fragment {
+            set_dont_fragment(&socket, ip.is_ipv6())?;
+        }
+        UdpSocket::from_std(socket)
+    }
+}
+
+/// Sets IP_PMTUDISC_DO (or its IPv6 twin): datagrams leave with DF set and
+/// are never fragmented locally (RFC 8656 DONT-FRAGMENT).
+fn set_dont_fragment(socket: &StdUdpSocket, ipv6: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name, value) = if ipv6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    };
+    // SAFETY: setsockopt with a valid fd and a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl RelayAllocator for UdpRelayAllocator {
+    fn allocate(
+        &mut self,
+        ipv6: bool,
+        even_port: bool,
+        dont_fragment: bool,
+    ) -> Result<SocketAddr, AllocateError> {
+        let ip =
+            if ipv6 { self.ipv6 } else { self.ipv4 }.ok_or(AllocateError::FamilyNotSupported)?;
+        let (start, end) = (*self.ports.start(), *self.ports.end());
+        let span = u32::from(end - start) + 1;
+        for step in 0..span {
+            let port = start + ((u32::from(self.cursor - start) + step) % span) as u16;
+            if even_port && port % 2 == 1 {
+                continue;
+            }
+            let Ok(socket) = Self::bind(ip, port, dont_fragment) else {
+                continue;
+            };
+            self.cursor = if port == end { start } else { port + 1 };
+            let relayed = SocketAddr::new(ip, port);
+            let socket = Arc::new(socket);
+            self.sockets
+                .sockets
+                .lock()
+                .expect("relay sockets lock")
+                .insert(
+                    relayed,
+                    Relay {
+                        socket: Arc::clone(&socket),
+                        receiver: None,
+                    },
+                );
+            self.sockets
+                .fresh
+                .lock()
+                .expect("relay sockets lock")
+                .push((relayed, socket));
+            return Ok(relayed);
+        }
+        tracing::warn!("no free relay port in {start}-{end} on {ip}");
+        Err(AllocateError::InsufficientCapacity)
+    }
+
+    fn release(&mut self, relayed: SocketAddr) {
+        // Stopping the receive loop drops the last reference, which closes
+        // the socket and frees the port.
+        let relay = self
+            .sockets
+            .sockets
+            .lock()
+            .expect("relay sockets lock")
+            .remove(&relayed);
+        if let Some(receiver) = relay.and_then(|relay| relay.receiver) {
+            receiver.abort();
+        }
+    }
+}
