@@ -285,7 +285,7 @@ impl Config {
                 "[limits] max_lifetime_secs is below the RFC default lifetime of 600 s".into(),
             ));
         }
-        if !(self.limits.amplification_limit >= 1.0) {
+        if self.limits.amplification_limit.is_nan() || self.limits.amplification_limit < 1.0 {
             return Err(ConfigError::Invalid(
                 "[limits] amplification_limit must be 1.0 or more".into(),
             ));
