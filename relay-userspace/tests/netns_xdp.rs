@@ -6,14 +6,11 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     net::{SocketAddr, UdpSocket},
-    process::{Child, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
-use common::{Link, Netns, wait_for};
+use common::{Daemon, Link, Netns, wait_for};
 use relay_common::PacketClass;
 use turnx::{
     config::XdpMode,
@@ -157,87 +154,6 @@ fn interfaces_without_native_xdp_fall_back_to_generic() {
         .run(|| relay.attach("nonexistent0", XdpMode::Auto))
         .unwrap_err();
     assert!(err.to_string().contains("nonexistent0"), "{err}");
-}
-
-/// A turnxd process in a namespace, killed (by PID) if the test fails.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Daemon {
-    fn start(ns: &Netns, args: &[&str]) -> Daemon {
-        let mut child = ns
-            .command(env!("CARGO_BIN_EXE_turnxd"))
-            .args(args)
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting turnxd");
-        let stderr = child.stderr.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon {
-            child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// Waits up to `limit` for a log line containing `needle`.
-    fn wait_for_line(&mut self, needle: &str, limit: Duration) -> bool {
-        if self.log.iter().any(|line| line.contains(needle)) {
-            return true;
-        }
-        let deadline = std::time::Instant::now() + limit;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    self.log.push(line);
-                    if found {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-        false
-    }
-
-    /// Sends `signal` and waits up to 10 s for the exit status.
-    fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
-        // SAFETY: signalling the child we spawned, by its PID.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-        let status = wait_for(Duration::from_secs(10), || self.child.try_wait().unwrap())
-            .expect("turnxd did not exit within 10 s of the signal");
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-            self.log.push(line);
-        }
-        status
-    }
-
-    fn log(&self) -> String {
-        self.log.join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// `turnxctl status --json` for one interface, run in `ns`.

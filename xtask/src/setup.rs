@@ -25,7 +25,11 @@ pub struct Toolchain {
 }
 
 /// Debian packages the tests call, by the command that shows they are there.
-const TEST_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ethtool", "ethtool")];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("turnutils_uclient", "coturn"),
+];
 
 /// Runs every setup step; `for_tests` also installs the test packages.
 pub fn setup(root: &Path, for_tests: bool) -> Result<Toolchain> {

@@ -4,9 +4,13 @@
 
 use std::{
     fs::File,
+    io::{BufRead, BufReader},
     os::fd::AsRawFd,
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -207,5 +211,177 @@ pub fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Opt
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Three namespaces in a row, as in a cluster: client ↔ relay ↔ pod. The
+/// relay reaches the pod network only through its own relayed sockets (no
+/// IP forwarding), like a TURN server between the internet and pods.
+pub struct Topology {
+    pub client: Netns,
+    pub relay: Netns,
+    pub pod: Netns,
+    /// The relay's address on the client side (the TURN server address).
+    pub relay_client_side: String,
+    /// The relay's address on the pod side (the relayed address).
+    pub relay_pod_side: String,
+    /// The pod's address (the peer).
+    pub pod_ip: String,
+    pub relay_client_side_v6: String,
+    pub relay_pod_side_v6: String,
+    pub pod_ip_v6: String,
+}
+
+impl Topology {
+    pub fn new() -> Topology {
+        let client = Netns::new("tc");
+        let relay = Netns::new("tr");
+        let pod = Netns::new("tp");
+        let links = [
+            (&client, &relay, "198.18.0", "fd00:18"),
+            (&relay, &pod, "198.19.0", "fd00:19"),
+        ];
+        for (left, right, v4, v6) in links {
+            let (left_if, right_if) = (unique_name("va"), unique_name("vb"));
+            ip(&[
+                "link",
+                "add",
+                &left_if,
+                "netns",
+                &left.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &right_if,
+                "netns",
+                &right.name,
+            ]);
+            for (ns, dev, host) in [(left, &left_if, 1), (right, &right_if, 2)] {
+                ns.ip(&["addr", "add", &format!("{v4}.{host}/24"), "dev", dev]);
+                ns.ip(&[
+                    "addr",
+                    "add",
+                    &format!("{v6}::{host}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ]);
+                ns.ip(&["link", "set", dev, "up"]);
+            }
+        }
+        Topology {
+            client,
+            relay,
+            pod,
+            relay_client_side: "198.18.0.2".into(),
+            relay_pod_side: "198.19.0.1".into(),
+            pod_ip: "198.19.0.2".into(),
+            relay_client_side_v6: "fd00:18::2".into(),
+            relay_pod_side_v6: "fd00:19::1".into(),
+            pod_ip_v6: "fd00:19::2".into(),
+        }
+    }
+}
+
+/// A child process killed (by PID) when dropped.
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Whether a program is installed (as the tests' packages provide it).
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|output| output.status.success())
+        .unwrap_or(false)
+}
+
+/// A turnxd process in a namespace, killed (by PID) if the test fails.
+pub struct Daemon {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Daemon {
+    pub fn start(ns: &Netns, args: &[&str]) -> Daemon {
+        let mut child = ns
+            .command(env!("CARGO_BIN_EXE_turnxd"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting turnxd");
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits up to `limit` for a log line containing `needle`.
+    pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> bool {
+        if self.log.iter().any(|line| line.contains(needle)) {
+            return true;
+        }
+        let deadline = std::time::Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.log.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Sends `signal` and waits up to 10 s for the exit status.
+    pub fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
+        // SAFETY: signalling the child we spawned, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let status = wait_for(Duration::from_secs(10), || self.child.try_wait().unwrap())
+            .expect("turnxd did not exit within 10 s of the signal");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.log.push(line);
+        }
+        status
+    }
+
+    pub fn log(&self) -> String {
+        self.log.join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

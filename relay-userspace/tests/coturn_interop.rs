@@ -1,0 +1,414 @@
+//! turnxd against third-party clients: coturn's `turnutils_uclient`
+//! relaying to `turnutils_peer`, through namespaces made by the test
+//! (client ↔ relay ↔ pod). Each case runs the real daemon, with the kernel
+//! offload off: these test the TURN server and its userspace relay path.
+//!
+//! The negative cases coturn's client cannot express (an expired REST
+//! username, a quota) use a minimal client written here with stun-types.
+
+mod common;
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use common::{Daemon, Process, Topology};
+use stun_types::{
+    attribute::{ErrorCode, Nonce, Realm, Software, Username},
+    message::{
+        IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageWrite, MessageWriteExt,
+        MessageWriteVec,
+    },
+};
+use turn_types::{attribute::RequestedTransport, message::ALLOCATE};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+const SECRET: &str = "s3cret-for-rest";
+const PEER_PORT: &str = "3480";
+
+/// A relay with turnxd running in it and turnutils_peer in the pod, or
+/// `None` (after saying why) when the test cannot run here.
+struct Setup {
+    topology: Topology,
+    daemon: Daemon,
+    _peer: Process,
+    _config_dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn setup(test: &str, extra_config: &str) -> Option<Setup> {
+    if !common::is_root() {
+        eprintln!("skipping {test}: it creates network namespaces and needs root");
+        return None;
+    }
+    let required = std::env::var_os("TURNX_REQUIRE_XDP_TESTS").is_some();
+    for program in ["turnutils_uclient", "turnutils_peer"] {
+        if !common::have(program) {
+            assert!(
+                !required,
+                "{test}: {program} (Debian package coturn) is missing"
+            );
+            eprintln!("skipping {test}: {program} is not installed (apt-get install coturn)");
+            return None;
+        }
+    }
+    let topology = Topology::new();
+    let dir = std::env::temp_dir().join(common::unique_name("turnx"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = ["{client_side}:3478", "[{client_side_v6}]:3478"]
+relay_addresses = ["{pod_side}", "{pod_side_v6}"]
+relay_ports = [50000, 50999]
+legacy_channel_numbers = true
+
+[auth]
+users = {{ {USER} = "{PASSWORD}", quota = "limited" }}
+secrets = ["old-secret", "{SECRET}"]
+
+[peers]
+allowed = ["198.19.0.0/24", "fd00:19::/64"]
+
+[log]
+level = "debug"
+stats_interval_secs = 0
+{extra_config}
+"#,
+        client_side = topology.relay_client_side,
+        client_side_v6 = topology.relay_client_side_v6,
+        pod_side = topology.relay_pod_side,
+        pod_side_v6 = topology.relay_pod_side_v6,
+    );
+    let path = dir.join("turnxd.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut daemon = Daemon::start(
+        &topology.relay,
+        &["--no-xdp", "--config", path.to_str().unwrap()],
+    );
+    assert!(
+        daemon.wait_for_line("turnxd ready", Duration::from_secs(20)),
+        "turnxd did not start:\n{}",
+        daemon.log()
+    );
+    let peer = topology
+        .pod
+        .command("turnutils_peer")
+        .args([
+            "-L",
+            &topology.pod_ip,
+            "-L",
+            &topology.pod_ip_v6,
+            "-p",
+            PEER_PORT,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting turnutils_peer");
+    Some(Setup {
+        topology,
+        daemon,
+        _peer: Process(peer),
+        _config_dir: TempDir(dir),
+    })
+}
+
+/// Runs turnutils_uclient in the client namespace with `args` and returns
+/// (success, output).
+fn uclient(setup: &Setup, args: &[&str], server: &str) -> (bool, String) {
+    let output = setup
+        .topology
+        .client
+        .command("timeout")
+        .args(["60", "turnutils_uclient"])
+        .args(args)
+        .arg(server)
+        .output()
+        .expect("running turnutils_uclient");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+/// Asserts that a uclient run completed: every message came back, none was
+/// lost.
+fn assert_complete(setup: &Setup, (ok, output): (bool, String), messages: u32, clients: u32) {
+    let total = messages * clients;
+    let tail: String = output.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+    assert!(
+        ok,
+        "uclient failed:\n{tail}\n--- turnxd:\n{}",
+        setup.daemon.log()
+    );
+    assert!(
+        output.contains(&format!("tot_send_msgs={total}, tot_recv_msgs={total}")),
+        "not every message came back:\n{tail}"
+    );
+    assert!(
+        output.contains("Total lost packets 0 (0.000000%)"),
+        "{tail}"
+    );
+}
+
+fn udp_args<'a>(setup: &'a Setup, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-u",
+        USER,
+        "-w",
+        PASSWORD,
+        "-e",
+        &setup.topology.pod_ip,
+        "-r",
+        PEER_PORT,
+    ];
+    // -c: no RTCP pair (no EVEN-PORT reservation); -n/-l: 50 messages of
+    // 200 bytes at the default 20 ms pace.
+    args.extend_from_slice(&["-c", "-n", "50", "-l", "200"]);
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn uclient_udp_with_channels() {
+    let Some(mut setup) = setup("uclient_udp_with_channels", "") else {
+        return;
+    };
+    let result = uclient(
+        &setup,
+        &udp_args(&setup, &[]),
+        &setup.topology.relay_client_side,
+    );
+    assert_complete(&setup, result, 50, 1);
+    assert!(
+        setup
+            .daemon
+            .wait_for_line("ChannelBound", Duration::from_secs(5)),
+        "channels were used:\n{}",
+        setup.daemon.log()
+    );
+}
+
+#[test]
+fn uclient_udp_with_send_indications() {
+    let Some(setup) = setup("uclient_udp_with_send_indications", "") else {
+        return;
+    };
+    let result = uclient(
+        &setup,
+        &udp_args(&setup, &["-s"]),
+        &setup.topology.relay_client_side,
+    );
+    assert_complete(&setup, result, 50, 1);
+}
+
+#[test]
+fn uclient_several_concurrent_clients() {
+    let Some(setup) = setup("uclient_several_concurrent_clients", "") else {
+        return;
+    };
+    let result = uclient(
+        &setup,
+        &udp_args(&setup, &["-m", "5"]),
+        &setup.topology.relay_client_side,
+    );
+    assert_complete(&setup, result, 50, 5);
+}
+
+#[test]
+fn uclient_over_tcp() {
+    let Some(setup) = setup("uclient_over_tcp", "") else {
+        return;
+    };
+    let result = uclient(
+        &setup,
+        &udp_args(&setup, &["-t"]),
+        &setup.topology.relay_client_side,
+    );
+    assert_complete(&setup, result, 50, 1);
+}
+
+#[test]
+fn uclient_ipv6_client_and_peer() {
+    let Some(setup) = setup("uclient_ipv6_client_and_peer", "") else {
+        return;
+    };
+    let mut args = udp_args(&setup, &["-x"]);
+    let peer = setup.topology.pod_ip_v6.clone();
+    args[5] = &peer;
+    let result = uclient(&setup, &args, &setup.topology.relay_client_side_v6);
+    assert_complete(&setup, result, 50, 1);
+}
+
+#[test]
+fn uclient_with_ephemeral_credentials() {
+    let Some(setup) = setup("uclient_with_ephemeral_credentials", "") else {
+        return;
+    };
+    let args = [
+        "-u",
+        "bob",
+        "-W",
+        SECRET,
+        "-e",
+        &setup.topology.pod_ip,
+        "-r",
+        PEER_PORT,
+        "-c",
+        "-n",
+        "30",
+    ];
+    let result = uclient(&setup, &args, &setup.topology.relay_client_side);
+    assert_complete(&setup, result, 30, 1);
+}
+
+#[test]
+fn uclient_negative_cases() {
+    let Some(setup) = setup("uclient_negative_cases", "") else {
+        return;
+    };
+    let server = setup.topology.relay_client_side.clone();
+    let wrong_password = [
+        "-u",
+        USER,
+        "-w",
+        "not-it",
+        "-e",
+        &setup.topology.pod_ip,
+        "-r",
+        PEER_PORT,
+        "-c",
+        "-n",
+        "3",
+    ];
+    let (ok, output) = uclient(&setup, &wrong_password, &server);
+    assert!(
+        !ok && output.contains("Cannot complete Allocation"),
+        "wrong password:\n{output}"
+    );
+
+    let wrong_secret = [
+        "-u",
+        "bob",
+        "-W",
+        "not-the-secret",
+        "-e",
+        &setup.topology.pod_ip,
+        "-r",
+        PEER_PORT,
+        "-c",
+        "-n",
+        "3",
+    ];
+    let (ok, output) = uclient(&setup, &wrong_secret, &server);
+    assert!(
+        !ok && output.contains("Cannot complete Allocation"),
+        "wrong secret:\n{output}"
+    );
+
+    // A peer on loopback, and one outside the allow-list (the client
+    // network): refused with 403.
+    for peer in ["127.0.0.1", "198.18.0.1"] {
+        let args = [
+            "-u", USER, "-w", PASSWORD, "-e", peer, "-r", PEER_PORT, "-c", "-n", "3",
+        ];
+        let (ok, output) = uclient(&setup, &args, &server);
+        assert!(
+            !ok && output.contains("error 403"),
+            "peer {peer}:\n{output}"
+        );
+    }
+}
+
+/// Allocates with long-term credentials from a socket in the client
+/// namespace; returns the error code, if any.
+fn allocate(setup: &Setup, username: &str, password: &str) -> Option<u16> {
+    let server: SocketAddr = format!("{}:3478", setup.topology.relay_client_side)
+        .parse()
+        .unwrap();
+    setup.topology.client.run(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let exchange = |request: Vec<u8>| -> Vec<u8> {
+            socket.send_to(&request, server).unwrap();
+            let mut buffer = [0u8; 1500];
+            let (len, _) = socket.recv_from(&mut buffer).expect("a response");
+            buffer[..len].to_vec()
+        };
+        let first = {
+            let mut builder = Message::builder_request(ALLOCATE, MessageWriteVec::new());
+            builder.add_attribute(&RequestedTransport::new(17)).unwrap();
+            builder
+                .add_attribute(
+                    &Software::new("turnx interop test, padded to earn a full challenge").unwrap(),
+                )
+                .unwrap();
+            builder.finish()
+        };
+        let challenge = exchange(first);
+        let challenge = Message::from_bytes(&challenge).unwrap();
+        let nonce = challenge.attribute::<Nonce>().unwrap();
+        let realm = challenge.attribute::<Realm>().unwrap();
+        let mut builder = Message::builder_request(ALLOCATE, MessageWriteVec::new());
+        builder.add_attribute(&RequestedTransport::new(17)).unwrap();
+        builder
+            .add_attribute(&Username::new(username).unwrap())
+            .unwrap();
+        builder.add_attribute(&realm).unwrap();
+        builder.add_attribute(&nonce).unwrap();
+        let key =
+            LongTermKeyCredentials::new(username.into(), password.into(), realm.realm().into())
+                .make_key(IntegrityAlgorithm::Sha1);
+        builder
+            .add_message_integrity_with_key(&key, IntegrityAlgorithm::Sha1)
+            .unwrap();
+        let response = exchange(builder.finish());
+        let response = Message::from_bytes(&response).unwrap();
+        response
+            .attribute::<ErrorCode>()
+            .ok()
+            .map(|error| error.code())
+    })
+}
+
+#[test]
+fn expired_ephemeral_username_and_quota() {
+    let Some(setup) = setup(
+        "expired_ephemeral_username_and_quota",
+        "[limits]\nuser_quota = 1\n",
+    ) else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = format!("{}:bob", now - 10);
+    let valid = format!("{}:bob", now + 3600);
+    let password = |username: &str| turnx::turn::auth::rest_password(SECRET, username);
+    assert_eq!(
+        allocate(&setup, &expired, &password(&expired)),
+        Some(401),
+        "expired username"
+    );
+    assert_eq!(
+        allocate(&setup, &valid, &password(&valid)),
+        None,
+        "valid username"
+    );
+    // user_quota = 1: the second allocation of one user is refused (each
+    // call uses a new socket, so a new 5-tuple).
+    assert_eq!(allocate(&setup, "quota", "limited"), None);
+    assert_eq!(allocate(&setup, "quota", "limited"), Some(486));
+}
