@@ -43,6 +43,12 @@ pub struct Config {
 pub struct ServerConfig {
     /// Addresses the TURN server listens on.
     pub listen: Vec<SocketAddr>,
+    /// TLS-over-TCP listen addresses (TURNS).
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TURNS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TURNS.
+    pub tls_key: Option<PathBuf>,
     /// Realm of the long-term credentials.
     pub realm: String,
     /// Relayed socket addresses; empty picks them (see the default file).
@@ -135,6 +141,9 @@ impl Default for ServerConfig {
                 SocketAddr::from(([0, 0, 0, 0], 3478)),
                 SocketAddr::from(([0u16; 8], 3478)),
             ],
+            tls_listen: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
             realm: "turnx".into(),
             relay_addresses: Vec::new(),
             relay_ports: [49152, 65535],
@@ -277,6 +286,12 @@ impl Config {
                 "[server] relay_addresses holds at most one IPv4 and one IPv6 address".into(),
             ));
         }
+        let has_tls_files = self.server.tls_cert.is_some() && self.server.tls_key.is_some();
+        if !self.server.tls_listen.is_empty() && !has_tls_files {
+            return Err(ConfigError::Invalid(
+                "[server] tls_listen needs tls_cert and tls_key (PEM files)".into(),
+            ));
+        }
         if self.server.realm.is_empty() {
             return Err(ConfigError::Invalid("[server] realm is empty".into()));
         }
@@ -298,6 +313,14 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The TURNS certificate and key files, if configured.
+    pub fn tls_files(&self) -> Option<crate::shell::tls::TlsFiles> {
+        Some(crate::shell::tls::TlsFiles {
+            cert: self.server.tls_cert.clone()?,
+            key: self.server.tls_key.clone()?,
+        })
     }
 
     /// The protocol core's configuration.
@@ -385,6 +408,7 @@ mod tests {
     fn bad_values_are_rejected() {
         for (text, needle) in [
             ("[server]\nrelay_ports = [5000, 4000]\n", "relay_ports"),
+            ("[server]\ntls_listen = [\"0.0.0.0:5349\"]\n", "tls_cert"),
             (
                 "[server]\nrelay_addresses = [\"198.18.0.1\", \"198.18.0.2\"]\n",
                 "at most one",

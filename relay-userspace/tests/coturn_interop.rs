@@ -45,7 +45,8 @@ impl Drop for TempDir {
     }
 }
 
-fn setup(test: &str, extra_config: &str) -> Option<Setup> {
+/// `server_extra` goes into `[server]`, `extra_config` at the end.
+fn setup(test: &str, server_extra: &str, extra_config: &str) -> Option<Setup> {
     if !common::is_root() {
         eprintln!("skipping {test}: it creates network namespaces and needs root");
         return None;
@@ -71,6 +72,7 @@ listen = ["{client_side}:3478", "[{client_side_v6}]:3478"]
 relay_addresses = ["{pod_side}", "{pod_side_v6}"]
 relay_ports = [50000, 50999]
 legacy_channel_numbers = true
+{server_extra}
 
 [auth]
 users = {{ {USER} = "{PASSWORD}", quota = "limited" }}
@@ -180,7 +182,7 @@ fn udp_args<'a>(setup: &'a Setup, extra: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn uclient_udp_with_channels() {
-    let Some(mut setup) = setup("uclient_udp_with_channels", "") else {
+    let Some(mut setup) = setup("uclient_udp_with_channels", "", "") else {
         return;
     };
     let result = uclient(
@@ -200,7 +202,7 @@ fn uclient_udp_with_channels() {
 
 #[test]
 fn uclient_udp_with_send_indications() {
-    let Some(setup) = setup("uclient_udp_with_send_indications", "") else {
+    let Some(setup) = setup("uclient_udp_with_send_indications", "", "") else {
         return;
     };
     let result = uclient(
@@ -213,7 +215,7 @@ fn uclient_udp_with_send_indications() {
 
 #[test]
 fn uclient_several_concurrent_clients() {
-    let Some(setup) = setup("uclient_several_concurrent_clients", "") else {
+    let Some(setup) = setup("uclient_several_concurrent_clients", "", "") else {
         return;
     };
     let result = uclient(
@@ -226,7 +228,7 @@ fn uclient_several_concurrent_clients() {
 
 #[test]
 fn uclient_over_tcp() {
-    let Some(setup) = setup("uclient_over_tcp", "") else {
+    let Some(setup) = setup("uclient_over_tcp", "", "") else {
         return;
     };
     let result = uclient(
@@ -239,7 +241,7 @@ fn uclient_over_tcp() {
 
 #[test]
 fn uclient_ipv6_client_and_peer() {
-    let Some(setup) = setup("uclient_ipv6_client_and_peer", "") else {
+    let Some(setup) = setup("uclient_ipv6_client_and_peer", "", "") else {
         return;
     };
     let mut args = udp_args(&setup, &["-x"]);
@@ -251,7 +253,7 @@ fn uclient_ipv6_client_and_peer() {
 
 #[test]
 fn uclient_with_ephemeral_credentials() {
-    let Some(setup) = setup("uclient_with_ephemeral_credentials", "") else {
+    let Some(setup) = setup("uclient_with_ephemeral_credentials", "", "") else {
         return;
     };
     let args = [
@@ -273,7 +275,7 @@ fn uclient_with_ephemeral_credentials() {
 
 #[test]
 fn uclient_negative_cases() {
-    let Some(setup) = setup("uclient_negative_cases", "") else {
+    let Some(setup) = setup("uclient_negative_cases", "", "") else {
         return;
     };
     let server = setup.topology.relay_client_side.clone();
@@ -386,6 +388,7 @@ fn allocate(setup: &Setup, username: &str, password: &str) -> Option<u16> {
 fn expired_ephemeral_username_and_quota() {
     let Some(setup) = setup(
         "expired_ephemeral_username_and_quota",
+        "",
         "[limits]\nuser_quota = 1\n",
     ) else {
         return;
@@ -411,4 +414,89 @@ fn expired_ephemeral_username_and_quota() {
     // call uses a new socket, so a new 5-tuple).
     assert_eq!(allocate(&setup, "quota", "limited"), None);
     assert_eq!(allocate(&setup, "quota", "limited"), Some(486));
+}
+
+/// Writes a self-signed certificate for `name` and its key into `dir`.
+fn write_certificate(dir: &std::path::Path, name: &str) {
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "1", "-subj", &format!("/CN={name}")])
+        .arg("-keyout")
+        .arg(dir.join("tls.key.new"))
+        .arg("-out")
+        .arg(dir.join("tls.crt.new"))
+        .output()
+        .expect("running openssl");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    // Replace both files by rename, as a secret update would.
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
+}
+
+/// The subject the TURNS listener presents, as seen from the client.
+fn served_subject(setup: &Setup) -> String {
+    let output = setup
+        .topology
+        .client
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {}:5349 </dev/null 2>/dev/null | openssl x509 -noout -subject",
+            setup.topology.relay_client_side
+        ))
+        .output()
+        .expect("running openssl s_client");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn uclient_over_tls_and_certificate_reload() {
+    let dir = std::env::temp_dir().join(common::unique_name("turnxtls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = TempDir(dir.clone());
+    if common::is_root() && common::have("openssl") {
+        write_certificate(&dir, "turnx-first");
+    }
+    let server_extra = format!(
+        "tls_listen = [\"198.18.0.2:5349\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        dir.join("tls.crt").display(),
+        dir.join("tls.key").display()
+    );
+    let Some(setup) = setup("uclient_over_tls_and_certificate_reload", &server_extra, "") else {
+        return;
+    };
+    let mut args = udp_args(&setup, &["-t", "-S", "-p", "5349"]);
+    args.retain(|arg| *arg != "-c");
+    args.push("-c");
+    let result = uclient(&setup, &args, &setup.topology.relay_client_side);
+    assert_complete(&setup, result, 50, 1);
+
+    assert!(
+        served_subject(&setup).contains("turnx-first"),
+        "{}",
+        served_subject(&setup)
+    );
+    write_certificate(&dir, "turnx-second");
+    let reloaded = common::wait_for(Duration::from_secs(10), || {
+        served_subject(&setup)
+            .contains("turnx-second")
+            .then_some(())
+    });
+    assert!(
+        reloaded.is_some(),
+        "still serving: {}",
+        served_subject(&setup)
+    );
 }

@@ -29,6 +29,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("turnutils_uclient", "coturn"),
+    ("openssl", "openssl"),
 ];
 
 /// Runs every setup step; `for_tests` also installs the test packages.

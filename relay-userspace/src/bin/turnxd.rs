@@ -248,6 +248,8 @@ async fn start_turn(
     let [first, last] = config.server.relay_ports;
     TurnServer::start(ShellConfig {
         listen: config.server.listen.clone(),
+        tls_listen: config.server.tls_listen.clone(),
+        tls: config.tls_files(),
         relay_ipv4,
         relay_ipv6,
         relay_ports: first..=last,

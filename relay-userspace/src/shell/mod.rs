@@ -8,6 +8,7 @@
 
 mod framing;
 pub mod relay_sockets;
+pub mod tls;
 
 use std::{
     collections::HashMap,
@@ -20,7 +21,7 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::{TcpListener, UdpSocket},
     sync::mpsc,
 };
 
@@ -35,6 +36,11 @@ use crate::turn::{Event, FiveTuple, Now, Server, ServerConfig, Transmit, Transpo
 pub struct ShellConfig {
     /// UDP and TCP listen addresses.
     pub listen: Vec<SocketAddr>,
+    /// TLS-over-TCP listen addresses (TURNS).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificate and key for TURNS; required when `tls_listen` is not
+    /// empty.
+    pub tls: Option<tls::TlsFiles>,
     /// IPv4 address of relayed sockets; `None` offers no IPv4 relaying.
     pub relay_ipv4: Option<IpAddr>,
     /// IPv6 address of relayed sockets; `None` offers no IPv6 relaying.
@@ -131,6 +137,32 @@ impl TurnServer {
                 address,
                 listener,
             )));
+        }
+        if !config.tls_listen.is_empty() {
+            let files = config
+                .tls
+                .clone()
+                .context("TLS listen addresses need a certificate and key")?;
+            let state = Arc::new(tls::TlsState::load(files)?);
+            for address in &config.tls_listen {
+                let tcp = bind_socket(*address, socket2::Type::STREAM)
+                    .with_context(|| format!("binding TLS listener {address}"))?;
+                tcp.listen(1024)?;
+                let listener = TcpListener::from_std(tcp.into())?;
+                tasks.push(tokio::spawn(tls_listener(
+                    Arc::clone(&shared),
+                    *address,
+                    listener,
+                    Arc::clone(&state),
+                )));
+            }
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(tls::RELOAD_CHECK);
+                loop {
+                    tick.tick().await;
+                    state.reload_if_changed();
+                }
+            }));
         }
         tasks.push(tokio::spawn(timer(Arc::clone(&shared))));
         Ok((TurnServer { shared, tasks }, receiver))
@@ -261,7 +293,8 @@ async fn tcp_listener(shared: Arc<Shared>, address: SocketAddr, listener: TcpLis
                     client,
                     server: address,
                 };
-                tokio::spawn(tcp_connection(Arc::clone(&shared), from, stream));
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(stream_connection(Arc::clone(&shared), from, stream));
             }
             Err(err) => {
                 tracing::warn!("accepting on {address}: {err}");
@@ -271,11 +304,54 @@ async fn tcp_listener(shared: Arc<Shared>, address: SocketAddr, listener: TcpLis
     }
 }
 
-/// Reads frames from one TCP client until it closes or sends garbage; the
-/// allocation goes with the connection.
-async fn tcp_connection(shared: Arc<Shared>, from: FiveTuple, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+async fn tls_listener(
+    shared: Arc<Shared>,
+    address: SocketAddr,
+    listener: TcpListener,
+    tls: Arc<tls::TlsState>,
+) {
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!("accepting on {address}: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = tls.acceptor();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            // A client that never finishes the handshake must not hold a
+            // task forever.
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            match handshake.await {
+                Ok(Ok(stream)) => {
+                    let from = FiveTuple {
+                        transport: Transport::Tls,
+                        client,
+                        server: address,
+                    };
+                    stream_connection(shared, from, stream).await;
+                }
+                Ok(Err(err)) => tracing::debug!("TLS handshake with {client} failed: {err}"),
+                Err(_) => tracing::debug!("TLS handshake with {client} timed out"),
+            }
+        });
+    }
+}
+
+/// Longest a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads frames from one TCP or TLS client until it closes or sends
+/// garbage; the allocation goes with the connection.
+async fn stream_connection<S>(shared: Arc<Shared>, from: FiveTuple, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (sender, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
     shared
         .streams
@@ -306,7 +382,7 @@ async fn tcp_connection(shared: Arc<Shared>, from: FiveTuple, stream: TcpStream)
                 }
                 Ok(None) => break,
                 Err(err) => {
-                    tracing::debug!("closing TCP connection from {}: {err}", from.client);
+                    tracing::debug!("closing connection from {}: {err}", from.client);
                     break 'connection;
                 }
             }
