@@ -29,7 +29,7 @@ use self::{
     framing::StreamFramer,
     relay_sockets::{RelaySockets, UdpRelayAllocator},
 };
-use crate::turn::{Event, FiveTuple, Now, Server, ServerConfig, Transmit, Transport};
+use crate::turn::{Destination, Event, FiveTuple, Now, Outbox, Server, ServerConfig, Transport};
 
 /// Where the server listens and relays.
 #[derive(Clone, Debug)]
@@ -209,24 +209,26 @@ impl Shared {
         }
     }
 
-    /// Sends what the core produced.
-    async fn transmit(&self, out: &mut Vec<Transmit>) {
-        for transmit in out.drain(..) {
-            let result = match transmit {
-                Transmit::ToClient { to, data } => match to.transport {
+    /// Sends what the core produced and empties the outbox.
+    async fn transmit(&self, out: &mut Outbox) {
+        for (destination, data) in out.iter() {
+            let result = match destination {
+                Destination::Client(to) => match to.transport {
                     Transport::Udp => match self.udp_listeners.get(&to.server) {
-                        Some(socket) => socket.send_to(&data, to.client).await.map(drop),
+                        Some(socket) => socket.send_to(data, to.client).await.map(drop),
                         None => Ok(()),
                     },
+                    // Stream writes go through the connection's writer task;
+                    // this copy is the price of not blocking on a slow client.
                     Transport::Tcp | Transport::Tls => {
                         if let Some(writer) = self.streams.lock().expect("streams lock").get(&to) {
-                            let _ = writer.send(data);
+                            let _ = writer.send(data.to_vec());
                         }
                         Ok(())
                     }
                 },
-                Transmit::ToPeer { from, to, data } => match self.relays.get(&from) {
-                    Some(socket) => socket.send_to(&data, to).await.map(drop),
+                Destination::Peer { from, to } => match self.relays.get(&from) {
+                    Some(socket) => socket.send_to(data, to).await.map(drop),
                     None => Ok(()),
                 },
             };
@@ -234,6 +236,7 @@ impl Shared {
                 tracing::debug!("send failed: {err}");
             }
         }
+        out.clear();
     }
 }
 
@@ -242,7 +245,7 @@ const MAX_DATAGRAM: usize = 65536;
 
 async fn udp_listener(shared: Arc<Shared>, address: SocketAddr, socket: Arc<UdpSocket>) {
     let mut buffer = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::new();
+    let mut out = Outbox::default();
     loop {
         let (len, client) = match socket.recv_from(&mut buffer).await {
             Ok(received) => received,
@@ -264,7 +267,7 @@ async fn udp_listener(shared: Arc<Shared>, address: SocketAddr, socket: Arc<UdpS
 
 async fn relay_receiver(shared: Arc<Shared>, relayed: SocketAddr, socket: Arc<UdpSocket>) {
     let mut buffer = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::new();
+    let mut out = Outbox::default();
     loop {
         let Ok((len, peer)) = socket.recv_from(&mut buffer).await else {
             continue;
@@ -367,7 +370,7 @@ where
     });
     let mut framer = StreamFramer::default();
     let mut buffer = vec![0u8; 16 * 1024];
-    let mut out = Vec::new();
+    let mut out = Outbox::default();
     'connection: loop {
         let len = match reader.read(&mut buffer).await {
             Ok(0) | Err(_) => break,

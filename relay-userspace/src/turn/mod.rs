@@ -1,7 +1,7 @@
 //! The TURN server's protocol core (RFC 8656 over RFC 8489), without I/O.
 //!
 //! [`Server`] consumes what arrived (bytes, the 5-tuple they came on, and
-//! the time) and produces datagrams to send ([`Transmit`]), lifecycle
+//! the time) and produces datagrams to send (into an [`Outbox`]), lifecycle
 //! [`Event`]s and its next deadline. It opens no sockets and reads no clock;
 //! relayed addresses come from a [`RelayAllocator`] the caller provides.
 //!
@@ -13,6 +13,7 @@
 
 mod allocation;
 pub mod auth;
+mod outbox;
 pub mod policy;
 mod reply;
 mod server;
@@ -24,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use outbox::{Destination, Outbox};
 pub use server::{Server, ServerConfig, Stats};
 
 /// How a client reaches the server.
@@ -57,7 +59,7 @@ pub struct FiveTuple {
     pub server: SocketAddr,
 }
 
-/// Something to send.
+/// Something to send, as an owned value (see [`Outbox::to_transmits`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Transmit {
     /// To a client, over the transport and listener of `to`.

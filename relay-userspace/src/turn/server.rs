@@ -30,9 +30,10 @@ use turn_types::{
 };
 
 use super::{
-    AllocateError, DeleteReason, Event, FiveTuple, Now, RelayAllocator, Transmit,
+    AllocateError, DeleteReason, Event, FiveTuple, Now, RelayAllocator,
     allocation::{Allocation, BindConflict},
     auth::{Authenticator, Credentials, NonceStatus, UnknownUser},
+    outbox::{Destination, Outbox},
     policy::PeerPolicy,
     reply::{Reply, Signer},
 };
@@ -179,23 +180,12 @@ impl Server {
 
     /// Handles bytes from a client: one UDP datagram, or one framed message
     /// from a stream.
-    pub fn handle_client(
-        &mut self,
-        from: FiveTuple,
-        data: &[u8],
-        now: Now,
-        out: &mut Vec<Transmit>,
-    ) {
+    pub fn handle_client(&mut self, from: FiveTuple, data: &[u8], now: Now, out: &mut Outbox) {
         match data.first().map(|byte| byte >> 6) {
-            Some(0b01) => self.channel_data_from_client(from, data, now),
-            Some(0b00) => self.stun_from_client(from, data, now),
-            _ => {
-                self.stats.dropped_malformed += 1;
-                None
-            }
+            Some(0b01) => self.channel_data_from_client(from, data, now, out),
+            Some(0b00) => self.stun_from_client(from, data, now, out),
+            _ => self.stats.dropped_malformed += 1,
         }
-        .into_iter()
-        .for_each(|transmit| out.push(transmit));
         self.flush_events();
     }
 
@@ -206,7 +196,7 @@ impl Server {
         peer: SocketAddr,
         data: &[u8],
         now: Now,
-        out: &mut Vec<Transmit>,
+        out: &mut Outbox,
     ) {
         let Some(client) = self.by_relayed.get(&relayed) else {
             return;
@@ -219,20 +209,17 @@ impl Server {
             return;
         }
         let to = allocation.client;
-        let message = match allocation.peer_channel(peer) {
-            Some(channel) => {
-                let padded = if to.transport.is_stream() {
-                    data.len().next_multiple_of(4)
-                } else {
-                    data.len()
-                };
-                let mut message = Vec::with_capacity(4 + padded);
-                message.extend_from_slice(&channel.to_be_bytes());
-                message.extend_from_slice(&(data.len() as u16).to_be_bytes());
-                message.extend_from_slice(data);
-                message.resize(4 + padded, 0);
-                message
-            }
+        match allocation.peer_channel(peer) {
+            // The hot path: a ChannelData header in front of the data.
+            Some(channel) => out.push_with(Destination::Client(to), |bytes| {
+                let start = bytes.len();
+                bytes.extend_from_slice(&channel.to_be_bytes());
+                bytes.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                bytes.extend_from_slice(data);
+                if to.transport.is_stream() {
+                    bytes.resize(start + (4 + data.len()).next_multiple_of(4), 0);
+                }
+            }),
             None => {
                 let mut builder = Message::builder_indication(DATA, MessageWriteVec::new());
                 let built = builder
@@ -241,12 +228,11 @@ impl Server {
                 if built.is_err() {
                     return;
                 }
-                builder.finish()
+                out.push(Destination::Client(to), &builder.finish());
             }
-        };
+        }
         self.stats.to_client_packets += 1;
         self.stats.to_client_bytes += data.len() as u64;
-        out.push(Transmit::ToClient { to, data: message });
     }
 
     /// Expires what is due at `now`.
@@ -319,58 +305,62 @@ impl Server {
         });
     }
 
+    /// The hot path from clients: ChannelData to the bound peer.
     fn channel_data_from_client(
         &mut self,
         from: FiveTuple,
         data: &[u8],
         now: Now,
-    ) -> Option<Transmit> {
+        out: &mut Outbox,
+    ) {
         let Ok(message) = ChannelData::parse(data) else {
             self.stats.dropped_malformed += 1;
-            return None;
+            return;
         };
-        let allocation = self.allocations.get(&from)?;
-        let Some(peer) = allocation.channel_peer(message.id()) else {
-            self.stats.dropped_no_permission += 1;
-            return None;
+        let Some(allocation) = self.allocations.get(&from) else {
+            return;
         };
-        if !allocation.has_permission(peer.ip(), now.at) {
+        let peer = allocation.channel_peer(message.id());
+        let target = peer.filter(|peer| allocation.has_permission(peer.ip(), now.at));
+        let Some((peer, relayed)) =
+            target.and_then(|peer| Some((peer, allocation.relayed_for(peer.ip())?)))
+        else {
             self.stats.dropped_no_permission += 1;
-            return None;
-        }
-        let relayed = allocation.relayed_for(peer.ip())?;
+            return;
+        };
         self.stats.to_peer_packets += 1;
         self.stats.to_peer_bytes += message.data().len() as u64;
-        Some(Transmit::ToPeer {
-            from: relayed,
-            to: peer,
-            data: message.data().to_vec(),
-        })
+        out.push(
+            Destination::Peer {
+                from: relayed,
+                to: peer,
+            },
+            message.data(),
+        );
     }
 
-    fn stun_from_client(&mut self, from: FiveTuple, data: &[u8], now: Now) -> Option<Transmit> {
+    fn stun_from_client(&mut self, from: FiveTuple, data: &[u8], now: Now, out: &mut Outbox) {
         let Ok(message) = Message::from_bytes(data) else {
             self.stats.dropped_malformed += 1;
-            return None;
+            return;
         };
         match message.class() {
             MessageClass::Request => {
                 let (response, authenticated) = self.request(from, &message, now);
-                let response = response?;
+                let Some(response) = response else {
+                    return;
+                };
                 let over_budget = response.len() > self.amplification_budget(data.len());
                 if !authenticated && !from.transport.is_stream() && over_budget {
                     self.stats.dropped_amplification += 1;
-                    return None;
+                    return;
                 }
-                Some(Transmit::ToClient {
-                    to: from,
-                    data: response,
-                })
+                out.push(Destination::Client(from), &response);
             }
             MessageClass::Indication if message.method() == SEND => {
-                self.send_indication(from, &message, now)
+                self.send_indication(from, &message, now, out)
             }
-            _ => None,
+            _ => {}
         }
     }
 
@@ -800,25 +790,33 @@ impl Server {
         from: FiveTuple,
         indication: &Message,
         now: Now,
-    ) -> Option<Transmit> {
-        let allocation = self.allocations.get(&from)?;
-        let peer = indication
-            .attribute::<XorPeerAddress>()
-            .ok()?
-            .addr(indication.transaction_id());
-        let data = indication.attribute::<DataAttr>().ok()?;
-        if !allocation.has_permission(peer.ip(), now.at) {
+        out: &mut Outbox,
+    ) {
+        let Some(allocation) = self.allocations.get(&from) else {
+            return;
+        };
+        let (Ok(peer), Ok(data)) = (
+            indication.attribute::<XorPeerAddress>(),
+            indication.attribute::<DataAttr>(),
+        ) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let peer = peer.addr(indication.transaction_id());
+        let relayed = allocation.relayed_for(peer.ip());
+        let Some(relayed) = relayed.filter(|_| allocation.has_permission(peer.ip(), now.at)) else {
             self.stats.dropped_no_permission += 1;
-            return None;
-        }
-        let relayed = allocation.relayed_for(peer.ip())?;
+            return;
+        };
         self.stats.to_peer_packets += 1;
         self.stats.to_peer_bytes += data.data().len() as u64;
-        Some(Transmit::ToPeer {
-            from: relayed,
-            to: peer,
-            data: data.data().to_vec(),
-        })
+        out.push(
+            Destination::Peer {
+                from: relayed,
+                to: peer,
+            },
+            data.data(),
+        );
     }
 }
 

@@ -27,8 +27,8 @@ use turn_types::{
 };
 
 use super::{
-    AllocateError, DeleteReason, Event, FiveTuple, Now, RelayAllocator, Server, ServerConfig,
-    Transmit, Transport,
+    AllocateError, DeleteReason, Event, FiveTuple, Now, Outbox, RelayAllocator, Server,
+    ServerConfig, Transmit, Transport,
     auth::{Credentials, rest_password},
     policy::{PeerPolicy, default_denied},
 };
@@ -215,10 +215,10 @@ impl Harness {
     }
 
     fn send(&mut self, from: FiveTuple, bytes: &[u8]) -> Vec<Transmit> {
-        let mut out = Vec::new();
+        let mut out = Outbox::default();
         let now = self.now();
         self.server.handle_client(from, bytes, now, &mut out);
-        out
+        out.to_transmits()
     }
 
     /// Sends a request and returns the response bytes (the only transmit).
@@ -235,10 +235,10 @@ impl Harness {
     }
 
     fn peer_sends(&mut self, relayed: SocketAddr, peer: SocketAddr, data: &[u8]) -> Vec<Transmit> {
-        let mut out = Vec::new();
+        let mut out = Outbox::default();
         let now = self.now();
         self.server.handle_peer(relayed, peer, data, now, &mut out);
-        out
+        out.to_transmits()
     }
 
     fn events(&mut self) -> Vec<Event> {
