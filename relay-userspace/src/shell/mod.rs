@@ -6,6 +6,7 @@
 //! The core sits behind one mutex, held only while it computes; sends
 //! happen after it is released.
 
+mod batch;
 mod framing;
 pub mod relay_sockets;
 pub mod tls;
@@ -125,9 +126,9 @@ impl TurnServer {
         });
         let mut tasks = Vec::new();
         for (address, socket) in &shared.udp_listeners {
-            tasks.push(tokio::spawn(udp_listener(
+            tasks.push(tokio::spawn(udp_loop(
                 Arc::clone(&shared),
-                *address,
+                UdpRole::Listener(*address),
                 Arc::clone(socket),
             )));
         }
@@ -204,18 +205,20 @@ impl Shared {
         }
         drop(core);
         for (relayed, socket) in self.relays.take_fresh() {
-            let task = tokio::spawn(relay_receiver(Arc::clone(self), relayed, socket));
+            let task = tokio::spawn(udp_loop(Arc::clone(self), UdpRole::Relay(relayed), socket));
             self.relays.set_receiver(relayed, task.abort_handle());
         }
     }
 
-    /// Sends what the core produced and empties the outbox.
-    async fn transmit(&self, out: &mut Outbox) {
+    /// Sends what the core produced, without waiting, and empties the
+    /// outbox. A UDP datagram that finds its socket buffer full is dropped,
+    /// as the network would drop it.
+    fn transmit_now(&self, out: &mut Outbox) {
         for (destination, data) in out.iter() {
             let result = match destination {
                 Destination::Client(to) => match to.transport {
                     Transport::Udp => match self.udp_listeners.get(&to.server) {
-                        Some(socket) => socket.send_to(data, to.client).await.map(drop),
+                        Some(socket) => socket.try_send_to(data, to.client).map(drop),
                         None => Ok(()),
                     },
                     // Stream writes go through the connection's writer task;
@@ -228,7 +231,7 @@ impl Shared {
                     }
                 },
                 Destination::Peer { from, to } => match self.relays.get(&from) {
-                    Some(socket) => socket.send_to(data, to).await.map(drop),
+                    Some(socket) => socket.try_send_to(data, to).map(drop),
                     None => Ok(()),
                 },
             };
@@ -240,41 +243,70 @@ impl Shared {
     }
 }
 
-/// Largest UDP payload.
-const MAX_DATAGRAM: usize = 65536;
+/// Datagrams received per system call.
+const BATCH: usize = 32;
+/// Largest datagram received: an Ethernet MTU's worth and more. Longer
+/// ones (jumbo frames) are dropped, as no WebRTC stack sends them.
+const SLOT: usize = 4096;
 
-async fn udp_listener(shared: Arc<Shared>, address: SocketAddr, socket: Arc<UdpSocket>) {
-    let mut buffer = vec![0u8; MAX_DATAGRAM];
-    let mut out = Outbox::default();
-    loop {
-        let (len, client) = match socket.recv_from(&mut buffer).await {
-            Ok(received) => received,
-            Err(err) => {
-                tracing::debug!("UDP receive on {address}: {err}");
-                continue;
-            }
-        };
-        let from = FiveTuple {
-            transport: Transport::Udp,
-            client,
-            server: address,
-        };
-        let data = &buffer[..len];
-        shared.run(|core| core.handle_client(from, data, now(), &mut out));
-        shared.transmit(&mut out).await;
-    }
+thread_local! {
+    /// Each worker thread's receive batch and outbox: used only inside a
+    /// synchronous receive-process-send step, never across an await.
+    static SCRATCH: std::cell::RefCell<(batch::RecvBatch, Outbox)> =
+        std::cell::RefCell::new((batch::RecvBatch::new(BATCH, SLOT), Outbox::default()));
 }
 
-async fn relay_receiver(shared: Arc<Shared>, relayed: SocketAddr, socket: Arc<UdpSocket>) {
-    let mut buffer = vec![0u8; MAX_DATAGRAM];
-    let mut out = Outbox::default();
+/// What a UDP socket is to the server.
+#[derive(Clone, Copy)]
+enum UdpRole {
+    /// A listener: datagrams from clients.
+    Listener(SocketAddr),
+    /// A relayed socket: datagrams from peers.
+    Relay(SocketAddr),
+}
+
+/// Serves one UDP socket: on readiness, receives a batch, hands it to the
+/// core under one lock, and sends what the core produced, all without
+/// awaiting in between.
+async fn udp_loop(shared: Arc<Shared>, role: UdpRole, socket: Arc<UdpSocket>) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
     loop {
-        let Ok((len, peer)) = socket.recv_from(&mut buffer).await else {
-            continue;
-        };
-        let data = &buffer[..len];
-        shared.run(|core| core.handle_peer(relayed, peer, data, now(), &mut out));
-        shared.transmit(&mut out).await;
+        if let Err(err) = socket.readable().await {
+            tracing::debug!("waiting on a UDP socket: {err}");
+            return;
+        }
+        let step = socket.try_io(tokio::io::Interest::READABLE, || {
+            SCRATCH.with(|scratch| {
+                let (batch, out) = &mut *scratch.borrow_mut();
+                batch.recv_now(fd)?;
+                shared.run(|core| {
+                    let now = now();
+                    for (data, source) in batch.datagrams() {
+                        match role {
+                            UdpRole::Listener(server) => {
+                                let from = FiveTuple {
+                                    transport: Transport::Udp,
+                                    client: source,
+                                    server,
+                                };
+                                core.handle_client(from, data, now, out);
+                            }
+                            UdpRole::Relay(relayed) => {
+                                core.handle_peer(relayed, source, data, now, out)
+                            }
+                        }
+                    }
+                });
+                shared.transmit_now(out);
+                Ok(())
+            })
+        });
+        if let Err(err) = step {
+            if err.kind() != std::io::ErrorKind::WouldBlock {
+                tracing::debug!("UDP receive: {err}");
+            }
+        }
     }
 }
 
@@ -381,7 +413,7 @@ where
             match framer.next_frame() {
                 Ok(Some(frame)) => {
                     shared.run(|core| core.handle_client(from, &frame, now(), &mut out));
-                    shared.transmit(&mut out).await;
+                    shared.transmit_now(&mut out);
                 }
                 Ok(None) => break,
                 Err(err) => {
