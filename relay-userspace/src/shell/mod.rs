@@ -302,10 +302,10 @@ async fn udp_loop(shared: Arc<Shared>, role: UdpRole, socket: Arc<UdpSocket>) {
                 Ok(())
             })
         });
-        if let Err(err) = step {
-            if err.kind() != std::io::ErrorKind::WouldBlock {
-                tracing::debug!("UDP receive: {err}");
-            }
+        if let Err(err) = step
+            && err.kind() != std::io::ErrorKind::WouldBlock
+        {
+            tracing::debug!("UDP receive: {err}");
         }
     }
 }
