@@ -389,6 +389,24 @@ mod tests {
     }
 
     #[test]
+    fn readme_shows_the_embedded_defaults_verbatim() {
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(DEFAULT_CONFIG_TOML),
+            "README.md must contain config/default.toml verbatim"
+        );
+    }
+
+    #[test]
+    fn example_configuration_is_valid() {
+        let text = include_str!("../config/example.toml");
+        let config = Config::from_toml(text, "example.toml").unwrap();
+        assert_eq!(config.limits.amplification_limit, 2.5);
+        assert!(config.tls_files().is_some());
+        assert_eq!(config.peers.allowed.len(), 2);
+    }
+
+    #[test]
     fn partial_file_keeps_other_defaults() {
         let config = Config::from_toml("[xdp]\ninterfaces = [\"eth1\"]\n", "test").unwrap();
         assert_eq!(config.xdp.interfaces, vec!["eth1".to_owned()]);
