@@ -200,43 +200,33 @@ fn uclient_udp_with_channels() {
     );
 }
 
-#[test]
-fn uclient_udp_with_send_indications() {
-    let Some(setup) = setup("uclient_udp_with_send_indications", "", "") else {
+/// Runs uclient's standard UDP session with `extra` flags against a fresh
+/// relay and checks that all of `clients` clients' messages came back.
+fn uclient_case(test: &str, extra: &[&str], clients: u32) {
+    let Some(setup) = setup(test, "", "") else {
         return;
     };
     let result = uclient(
         &setup,
-        &udp_args(&setup, &["-s"]),
+        &udp_args(&setup, extra),
         &setup.topology.relay_client_side,
     );
-    assert_complete(&setup, result, 50, 1);
+    assert_complete(&setup, result, 50, clients);
+}
+
+#[test]
+fn uclient_udp_with_send_indications() {
+    uclient_case("uclient_udp_with_send_indications", &["-s"], 1);
 }
 
 #[test]
 fn uclient_several_concurrent_clients() {
-    let Some(setup) = setup("uclient_several_concurrent_clients", "", "") else {
-        return;
-    };
-    let result = uclient(
-        &setup,
-        &udp_args(&setup, &["-m", "5"]),
-        &setup.topology.relay_client_side,
-    );
-    assert_complete(&setup, result, 50, 5);
+    uclient_case("uclient_several_concurrent_clients", &["-m", "5"], 5);
 }
 
 #[test]
 fn uclient_over_tcp() {
-    let Some(setup) = setup("uclient_over_tcp", "", "") else {
-        return;
-    };
-    let result = uclient(
-        &setup,
-        &udp_args(&setup, &["-t"]),
-        &setup.topology.relay_client_side,
-    );
-    assert_complete(&setup, result, 50, 1);
+    uclient_case("uclient_over_tcp", &["-t"], 1);
 }
 
 #[test]

@@ -317,25 +317,43 @@ impl Server {
             self.stats.dropped_malformed += 1;
             return;
         };
-        let Some(allocation) = self.allocations.get(&from) else {
-            return;
-        };
-        let peer = allocation.channel_peer(message.id());
-        let target = peer.filter(|peer| allocation.has_permission(peer.ip(), now.at));
-        let Some((peer, relayed)) =
-            target.and_then(|peer| Some((peer, allocation.relayed_for(peer.ip())?)))
-        else {
+        let peer = self
+            .allocations
+            .get(&from)
+            .and_then(|allocation| allocation.channel_peer(message.id()));
+        match peer {
+            Some(peer) => self.relay_to_peer(from, peer, message.data(), now, out),
+            None => self.stats.dropped_no_permission += 1,
+        }
+    }
+
+    /// Relays a client's application data to `peer` from the allocation's
+    /// relayed address of the peer's family, if a permission allows it.
+    fn relay_to_peer(
+        &mut self,
+        from: FiveTuple,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Now,
+        out: &mut Outbox,
+    ) {
+        let relayed = self
+            .allocations
+            .get(&from)
+            .filter(|allocation| allocation.has_permission(peer.ip(), now.at))
+            .and_then(|allocation| allocation.relayed_for(peer.ip()));
+        let Some(relayed) = relayed else {
             self.stats.dropped_no_permission += 1;
             return;
         };
         self.stats.to_peer_packets += 1;
-        self.stats.to_peer_bytes += message.data().len() as u64;
+        self.stats.to_peer_bytes += data.len() as u64;
         out.push(
             Destination::Peer {
                 from: relayed,
                 to: peer,
             },
-            message.data(),
+            data,
         );
     }
 
@@ -792,9 +810,6 @@ impl Server {
         now: Now,
         out: &mut Outbox,
     ) {
-        let Some(allocation) = self.allocations.get(&from) else {
-            return;
-        };
         let (Ok(peer), Ok(data)) = (
             indication.attribute::<XorPeerAddress>(),
             indication.attribute::<DataAttr>(),
@@ -803,20 +818,7 @@ impl Server {
             return;
         };
         let peer = peer.addr(indication.transaction_id());
-        let relayed = allocation.relayed_for(peer.ip());
-        let Some(relayed) = relayed.filter(|_| allocation.has_permission(peer.ip(), now.at)) else {
-            self.stats.dropped_no_permission += 1;
-            return;
-        };
-        self.stats.to_peer_packets += 1;
-        self.stats.to_peer_bytes += data.data().len() as u64;
-        out.push(
-            Destination::Peer {
-                from: relayed,
-                to: peer,
-            },
-            data.data(),
-        );
+        self.relay_to_peer(from, peer, data.data(), now, out);
     }
 }
 
