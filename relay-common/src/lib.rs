@@ -54,17 +54,24 @@ pub enum PacketClass {
     /// A UDP datagram to a TURN listen port that is neither STUN nor
     /// ChannelData (including an empty payload).
     Other = 5,
+    /// ChannelData of a bound channel, rewritten and sent to its peer.
+    ForwardedToPeer = 6,
+    /// A peer's datagram on a bound channel, rewritten as ChannelData and
+    /// sent to its client.
+    ForwardedToClient = 7,
 }
 
 impl PacketClass {
     /// Every class, in index order.
-    pub const ALL: [PacketClass; 6] = [
+    pub const ALL: [PacketClass; 8] = [
         PacketClass::Unrelated,
         PacketClass::Malformed,
         PacketClass::Fragment,
         PacketClass::Stun,
         PacketClass::ChannelData,
         PacketClass::Other,
+        PacketClass::ForwardedToPeer,
+        PacketClass::ForwardedToClient,
     ];
 
     /// Number of classes; the length of the counters array.
@@ -79,6 +86,8 @@ impl PacketClass {
             PacketClass::Stun => "stun",
             PacketClass::ChannelData => "channel_data",
             PacketClass::Other => "other",
+            PacketClass::ForwardedToPeer => "forwarded_to_peer",
+            PacketClass::ForwardedToClient => "forwarded_to_client",
         }
     }
 }
@@ -91,6 +100,92 @@ pub struct Counter {
     pub packets: u64,
     /// Bytes seen, counting the whole frame from the Ethernet header.
     pub bytes: u64,
+}
+
+/// Name of the hash map from a client's ChannelData to its peer.
+/// Key: [`ChannelKey`], value: [`ChannelTarget`].
+pub const MAP_CHANNELS: &str = "CHANNELS";
+/// Name of the hash map from a peer's datagram to its client's channel.
+/// Key: [`PeerKey`], value: [`PeerTarget`].
+pub const MAP_PEERS: &str = "PEERS";
+
+/// Entries of each of [`MAP_CHANNELS`] and [`MAP_PEERS`].
+pub const MAX_BINDINGS: u32 = 16384;
+
+/// An IP address in the maps: IPv6 as is, IPv4 as IPv4-mapped IPv6
+/// (`::ffff:a.b.c.d`), so one key layout serves both families.
+pub type MapIp = [u8; 16];
+
+/// A client's ChannelData, identified as the kernel sees it arrive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChannelKey {
+    /// The client's address.
+    pub client_ip: MapIp,
+    /// The TURN server address the client sends to.
+    pub server_ip: MapIp,
+    /// The client's port, network order.
+    pub client_port: [u8; 2],
+    /// The TURN listen port, network order.
+    pub server_port: [u8; 2],
+    /// The channel number, network order.
+    pub channel: [u8; 2],
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+
+/// Where a channel's data goes: from the relayed address to the peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelTarget {
+    /// The allocation's relayed address of the peer's family.
+    pub relayed_ip: MapIp,
+    /// The peer's address.
+    pub peer_ip: MapIp,
+    /// The relayed port, network order.
+    pub relayed_port: [u8; 2],
+    /// The peer's port, network order.
+    pub peer_port: [u8; 2],
+    /// One's-complement sum (RFC 1624), network order, of the new
+    /// addresses and ports minus the old ones: the part of the UDP checksum
+    /// update that is the same for every packet of the binding, computed by
+    /// userspace when it installs the binding.
+    pub checksum_delta: [u8; 2],
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+
+/// A peer's datagram to a relayed address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// The relayed address the peer sends to.
+    pub relayed_ip: MapIp,
+    /// The peer's address.
+    pub peer_ip: MapIp,
+    /// The relayed port, network order.
+    pub relayed_port: [u8; 2],
+    /// The peer's port, network order.
+    pub peer_port: [u8; 2],
+}
+
+/// Where a peer's data goes: as ChannelData from the server address to
+/// the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerTarget {
+    /// The TURN server address the client talks to.
+    pub server_ip: MapIp,
+    /// The client's address.
+    pub client_ip: MapIp,
+    /// The TURN listen port, network order.
+    pub server_port: [u8; 2],
+    /// The client's port, network order.
+    pub client_port: [u8; 2],
+    /// The channel number, network order.
+    pub channel: [u8; 2],
+    /// As [`ChannelTarget::checksum_delta`], for this direction.
+    pub checksum_delta: [u8; 2],
 }
 
 /// Lowest channel number a client may bind (RFC 8656 section 12).
@@ -108,6 +203,14 @@ mod pod {
     unsafe impl aya::Pod for super::ListenPortValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: byte arrays only, no padding (sizes checked in the tests).
+    unsafe impl aya::Pod for super::ChannelKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ChannelTarget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PeerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PeerTarget {}
 }
 
 #[cfg(test)]
@@ -119,6 +222,11 @@ mod tests {
     fn map_values_have_no_padding() {
         assert_eq!(size_of::<ListenPortValue>(), 4);
         assert_eq!(size_of::<Counter>(), 16);
+        // Byte arrays only: the size is the sum of the fields.
+        assert_eq!(size_of::<ChannelKey>(), 16 + 16 + 2 + 2 + 2 + 2);
+        assert_eq!(size_of::<ChannelTarget>(), 16 + 16 + 2 + 2 + 2 + 2);
+        assert_eq!(size_of::<PeerKey>(), 16 + 16 + 2 + 2);
+        assert_eq!(size_of::<PeerTarget>(), 16 + 16 + 2 + 2 + 2 + 2);
     }
 
     #[test]

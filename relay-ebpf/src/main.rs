@@ -7,6 +7,8 @@
 #![no_main]
 
 mod classify;
+mod csum;
+mod forward;
 mod maps;
 mod packet;
 mod parse;
@@ -47,22 +49,33 @@ impl Error {
 
 #[xdp]
 pub fn turnx_xdp(ctx: XdpContext) -> u32 {
-    let class = match classify_frame(&ctx) {
-        Ok(class) => class,
-        Err(error) => error.class(),
+    // Counted as it arrived, before any rewrite changes its length.
+    let len = packet::frame_len(&ctx);
+    let (class, action) = match handle(&ctx) {
+        Ok(handled) => handled,
+        Err(error) => (error.class(), xdp_action::XDP_PASS),
     };
-    maps::count(class, packet::frame_len(&ctx));
-    // Every class passes for now: the userspace server handles all of it.
-    xdp_action::XDP_PASS
+    maps::count(class, len);
+    action
 }
 
+/// Classifies the frame and forwards it when it belongs to a bound channel;
+/// everything else passes to the stack, where the userspace server has it.
 #[inline(always)]
-fn classify_frame(ctx: &XdpContext) -> Result<PacketClass, Error> {
+fn handle(ctx: &XdpContext) -> Result<(PacketClass, u32), Error> {
     let udp = parse::udp(ctx)?;
     if !maps::is_listen_port(udp.header.dst_port) {
-        return Err(Error::NotListenPort);
+        return match forward::to_client(ctx, &udp) {
+            Some(action) => Ok((PacketClass::ForwardedToClient, action)),
+            None => Err(Error::NotListenPort),
+        };
     }
     let class = classify::payload(ctx, &udp);
+    if class == PacketClass::ChannelData
+        && let Some(action) = forward::to_peer(ctx, &udp)
+    {
+        return Ok((PacketClass::ForwardedToPeer, action));
+    }
     if class == PacketClass::Stun {
         // STUN is control traffic, a few packets per allocation, so a debug
         // line per message stays off the media hot path.
@@ -75,7 +88,7 @@ fn classify_frame(ctx: &XdpContext) -> Result<PacketClass, Error> {
             unsafe { (*ctx.ctx).ingress_ifindex }
         );
     }
-    Ok(class)
+    Ok((class, xdp_action::XDP_PASS))
 }
 
 #[cfg(not(test))]

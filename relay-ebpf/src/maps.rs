@@ -5,7 +5,10 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use relay_common::{Counter, ListenPortKey, ListenPortValue, MAX_LISTEN_PORTS, PacketClass};
+use relay_common::{
+    ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue, MAX_BINDINGS,
+    MAX_LISTEN_PORTS, PacketClass, PeerKey, PeerTarget,
+};
 
 /// UDP ports the TURN server listens on (`relay_common::MAP_LISTEN_PORTS`).
 #[map]
@@ -15,6 +18,30 @@ static LISTEN_PORTS: HashMap<ListenPortKey, ListenPortValue> =
 /// Per-CPU packet counters by class (`relay_common::MAP_CLASS_COUNTERS`).
 #[map]
 static CLASS_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(PacketClass::COUNT, 0);
+
+/// Bound channels seen from the client side (`relay_common::MAP_CHANNELS`).
+#[map]
+static CHANNELS: HashMap<ChannelKey, ChannelTarget> = HashMap::with_max_entries(MAX_BINDINGS, 0);
+
+/// Bound channels seen from the peer side (`relay_common::MAP_PEERS`).
+#[map]
+static PEERS: HashMap<PeerKey, PeerTarget> = HashMap::with_max_entries(MAX_BINDINGS, 0);
+
+/// Where a client's ChannelData goes, if its channel is bound.
+#[inline(always)]
+pub fn channel_target(key: &ChannelKey) -> Option<&ChannelTarget> {
+    // SAFETY: a hash map value stays valid for the rest of this program run
+    // (the kernel frees deleted elements after an RCU grace period); read
+    // in place to keep it off the 512-byte stack.
+    CHANNELS.get_ptr(key).map(|target| unsafe { &*target })
+}
+
+/// Where a peer's datagram goes, if it has a bound channel.
+#[inline(always)]
+pub fn peer_target(key: &PeerKey) -> Option<&PeerTarget> {
+    // SAFETY: as above.
+    PEERS.get_ptr(key).map(|target| unsafe { &*target })
+}
 
 /// Whether UDP to `port` (network order) is TURN traffic.
 #[inline(always)]

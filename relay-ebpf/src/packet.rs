@@ -115,3 +115,34 @@ pub struct UdpHdr {
     pub len: [u8; 2],
     pub check: [u8; 2],
 }
+
+/// Writes `value` at `offset`, or fails with [`Error::Truncated`].
+#[inline(always)]
+pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), Error> {
+    let ptr = ptr_at::<T>(ctx, offset)? as *mut T;
+    // SAFETY: `ptr_at` checked that the bytes lie inside the frame, which
+    // the program may modify; alignment 1 (header structs, byte arrays).
+    unsafe { ptr.write_unaligned(value) };
+    Ok(())
+}
+
+/// A mutable reference to the `T` at `offset`, valid until the frame's head
+/// or tail is adjusted.
+// The frame's bytes are not part of the context struct the reference is
+// derived from, so handing out `&mut` from `&XdpContext` aliases nothing.
+#[allow(clippy::mut_from_ref)]
+#[inline(always)]
+pub fn header_mut<T>(ctx: &XdpContext, offset: usize) -> Result<&mut T, Error> {
+    let ptr = ptr_at::<T>(ctx, offset)? as *mut T;
+    // SAFETY: `ptr_at` checked the bounds; `T` has alignment 1; the frame is
+    // the program's to modify, and no other reference to it is alive.
+    Ok(unsafe { &mut *ptr })
+}
+
+/// Copies the `T` at `from` to `to` within the frame (the ranges may
+/// overlap: the whole `T` is read before it is written).
+#[inline(always)]
+pub fn copy_within<T: Copy>(ctx: &XdpContext, from: usize, to: usize) -> Result<(), Error> {
+    let value: T = read(ctx, from)?;
+    write(ctx, to, value)
+}

@@ -20,6 +20,12 @@ const MAX_IPV6_EXT_HEADERS: usize = 4;
 
 /// Where a UDP datagram sits in the frame.
 pub struct Udp {
+    /// Offset of the IP header.
+    pub ip_offset: usize,
+    /// Whether the IP header is IPv6.
+    pub ipv6: bool,
+    /// Offset of the UDP header.
+    pub udp_offset: usize,
     /// The UDP header, copied out of the frame.
     pub header: UdpHdr,
     /// Offset of the first payload byte.
@@ -44,6 +50,7 @@ pub fn udp(ctx: &XdpContext) -> Result<Udp, Error> {
         offset += size_of::<VlanHdr>();
     }
 
+    let ip_offset = offset;
     let l3 = match ether_type {
         ETH_P_IPV4 => ipv4(ctx, offset)?,
         ETH_P_IPV6 => ipv6(ctx, offset)?,
@@ -56,6 +63,9 @@ pub fn udp(ctx: &XdpContext) -> Result<Udp, Error> {
         return Err(Error::BadLength);
     }
     Ok(Udp {
+        ip_offset,
+        ipv6: ether_type == ETH_P_IPV6,
+        udp_offset: l3.l4_offset,
         header,
         payload_offset: l3.l4_offset + size_of::<UdpHdr>(),
         payload_len: udp_len - size_of::<UdpHdr>(),

@@ -1,0 +1,285 @@
+//! The kernel relay path on crafted frames (BPF_PROG_TEST_RUN): a bound
+//! channel's ChannelData leaves as plain UDP to the peer and the peer's
+//! datagram leaves as ChannelData to the client, byte for byte what an
+//! independent frame builder (full checksums, RFC 1071) produces; anything
+//! the kernel does not handle passes unchanged.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use relay_common::PacketClass;
+use turnx::{
+    frame::{UdpFrame, channel_data},
+    xdp::{KernelBinding, XdpRelay},
+};
+
+const XDP_PASS: u32 = 2;
+const CHANNEL: u16 = 0x4000;
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn v4_binding() -> KernelBinding {
+    KernelBinding {
+        client: addr("198.18.0.1:50000"),
+        server: addr("198.18.0.2:3478"),
+        channel: CHANNEL,
+        relayed: addr("198.19.0.1:50002"),
+        peer: addr("198.19.0.2:3480"),
+    }
+}
+
+fn v6_binding() -> KernelBinding {
+    KernelBinding {
+        client: addr("[fd00:18::1]:50000"),
+        server: addr("[fd00:18::2]:3478"),
+        channel: 0x4ABC,
+        relayed: addr("[fd00:19::1]:50002"),
+        peer: addr("[fd00:19::2]:3480"),
+    }
+}
+
+fn relay(test: &str, bindings: &[KernelBinding]) -> Option<XdpRelay> {
+    let object = common::xdp_object_or_skip(test)?;
+    let mut relay = XdpRelay::load(object, "info").expect("loading the XDP program");
+    relay.set_listen_ports(&[3478]).unwrap();
+    for binding in bindings {
+        relay.install(binding).unwrap();
+    }
+    Some(relay)
+}
+
+/// Runs the program once; returns action, output and the class counted.
+fn run(relay: &XdpRelay, frame: &[u8]) -> (u32, Vec<u8>, PacketClass) {
+    let before = relay.counters().unwrap();
+    let result = relay.run_on_frame(frame, 1).unwrap();
+    let delta = relay.counters().unwrap().since(&before);
+    let class = PacketClass::ALL
+        .into_iter()
+        .find(|class| delta.get(*class).packets == 1)
+        .expect("one class counted");
+    (result.action, result.output, class)
+}
+
+fn client_frame(binding: &KernelBinding, payload: &[u8]) -> UdpFrame {
+    UdpFrame::new(binding.client, binding.server, payload)
+}
+
+fn peer_frame(binding: &KernelBinding, payload: &[u8]) -> UdpFrame {
+    UdpFrame::new(binding.peer, binding.relayed, payload)
+}
+
+#[test]
+fn channel_data_is_relayed_to_the_peer_ipv4_and_ipv6() {
+    let Some(relay) = relay(
+        "channel_data_is_relayed_to_the_peer_ipv4_and_ipv6",
+        &[v4_binding(), v6_binding()],
+    ) else {
+        return;
+    };
+    for binding in [v4_binding(), v6_binding()] {
+        for data in [&b"media"[..], &[0xA5; 1200][..], &[][..]] {
+            let input = client_frame(&binding, &channel_data(binding.channel, data, false)).build();
+            let mut expected = UdpFrame::new(binding.relayed, binding.peer, data);
+            expected.ttl = 63;
+            let (action, output, class) = run(&relay, &input.bytes);
+            assert_eq!(action, XDP_PASS);
+            assert_eq!(class, PacketClass::ForwardedToPeer);
+            assert_eq!(
+                output,
+                expected.build().bytes,
+                "{} bytes over {}",
+                data.len(),
+                binding.client
+            );
+        }
+    }
+}
+
+#[test]
+fn peer_data_is_relayed_to_the_client_as_channel_data() {
+    let Some(relay) = relay(
+        "peer_data_is_relayed_to_the_client_as_channel_data",
+        &[v4_binding(), v6_binding()],
+    ) else {
+        return;
+    };
+    for binding in [v4_binding(), v6_binding()] {
+        for data in [&b"media"[..], &[0x5A; 1200][..], &[][..]] {
+            let input = peer_frame(&binding, data).build();
+            let mut expected = UdpFrame::new(
+                binding.server,
+                binding.client,
+                &channel_data(binding.channel, data, false),
+            );
+            expected.ttl = 63;
+            let (action, output, class) = run(&relay, &input.bytes);
+            assert_eq!(action, XDP_PASS);
+            assert_eq!(class, PacketClass::ForwardedToClient);
+            assert_eq!(
+                output,
+                expected.build().bytes,
+                "{} bytes from {}",
+                data.len(),
+                binding.peer
+            );
+        }
+    }
+}
+
+#[test]
+fn ipv4_without_udp_checksum_stays_without() {
+    let binding = v4_binding();
+    let Some(relay) = relay("ipv4_without_udp_checksum_stays_without", &[binding]) else {
+        return;
+    };
+    let to_peer = client_frame(&binding, &channel_data(CHANNEL, b"no checksum", false)).build();
+    let to_client = peer_frame(&binding, b"no checksum").build();
+    for mut input in [to_peer, to_client] {
+        input.bytes[input.udp_offset + 6..input.udp_offset + 8].fill(0);
+        let (_, output, class) = run(&relay, &input.bytes);
+        assert!(matches!(
+            class,
+            PacketClass::ForwardedToPeer | PacketClass::ForwardedToClient
+        ));
+        let check = &output[input.udp_offset + 6..input.udp_offset + 8];
+        assert_eq!(check, [0, 0]);
+    }
+}
+
+/// Frames the kernel must leave alone, and the class they are counted in.
+#[test]
+fn what_the_kernel_does_not_relay_passes_unchanged() {
+    let binding = v4_binding();
+    let cross = KernelBinding {
+        client: addr("198.18.0.3:50000"),
+        peer: addr("[fd00:19::2]:3480"),
+        relayed: addr("[fd00:19::1]:50004"),
+        ..v4_binding()
+    };
+    let Some(relay) = relay(
+        "what_the_kernel_does_not_relay_passes_unchanged",
+        &[binding, cross],
+    ) else {
+        return;
+    };
+    let data = channel_data(CHANNEL, b"media", false);
+    let mut cases: Vec<(&str, Vec<u8>, PacketClass)> = Vec::new();
+    let unbound = UdpFrame::new(addr("198.18.0.9:50000"), binding.server, &data);
+    cases.push((
+        "unbound client",
+        unbound.build().bytes,
+        PacketClass::ChannelData,
+    ));
+    cases.push((
+        "unknown channel",
+        client_frame(&binding, &channel_data(0x4001, b"media", false))
+            .build()
+            .bytes,
+        PacketClass::ChannelData,
+    ));
+    cases.push((
+        "channel 0x5000",
+        client_frame(&binding, &channel_data(0x5000, b"media", false))
+            .build()
+            .bytes,
+        PacketClass::Other,
+    ));
+    let mut longer = data.clone();
+    longer[3] = 9;
+    cases.push((
+        "declared longer than the datagram",
+        client_frame(&binding, &longer).build().bytes,
+        PacketClass::Other,
+    ));
+    cases.push((
+        "padded ChannelData",
+        client_frame(&binding, &channel_data(CHANNEL, b"media", true))
+            .build()
+            .bytes,
+        PacketClass::ChannelData,
+    ));
+    let mut fragment = client_frame(&binding, &data);
+    fragment.ipv4_frag_off = 0x2000;
+    cases.push((
+        "IPv4 fragment",
+        fragment.build().bytes,
+        PacketClass::Fragment,
+    ));
+    let mut options = client_frame(&binding, &data);
+    options.ipv4_options = vec![1, 1, 1, 0];
+    cases.push((
+        "IPv4 options",
+        options.build().bytes,
+        PacketClass::ChannelData,
+    ));
+    let mut ttl = client_frame(&binding, &data);
+    ttl.ttl = 1;
+    cases.push((
+        "TTL 1 to the peer",
+        ttl.build().bytes,
+        PacketClass::ChannelData,
+    ));
+    let mut ttl = peer_frame(&binding, b"media");
+    ttl.ttl = 1;
+    cases.push((
+        "TTL 1 to the client",
+        ttl.build().bytes,
+        PacketClass::Unrelated,
+    ));
+    let wrong_port = UdpFrame::new(binding.client, addr("198.18.0.2:3479"), &data);
+    cases.push((
+        "wrong destination port",
+        wrong_port.build().bytes,
+        PacketClass::Unrelated,
+    ));
+    let stranger = UdpFrame::new(addr("198.19.0.7:3480"), binding.relayed, b"media");
+    cases.push((
+        "peer without a binding",
+        stranger.build().bytes,
+        PacketClass::Unrelated,
+    ));
+    let mut tagged = client_frame(&binding, &data);
+    tagged.vlan_tags = vec![5];
+    cases.push((
+        "VLAN-tagged",
+        tagged.build().bytes,
+        PacketClass::ChannelData,
+    ));
+    let cross_frame = UdpFrame::new(cross.client, cross.server, &data);
+    cases.push((
+        "IPv4 client, IPv6 peer",
+        cross_frame.build().bytes,
+        PacketClass::ChannelData,
+    ));
+    let mut truncated = client_frame(&binding, &data).build().bytes;
+    truncated.truncate(truncated.len() - 2);
+    cases.push(("truncated datagram", truncated, PacketClass::Malformed));
+
+    for (name, frame, class) in cases {
+        let (action, output, counted) = run(&relay, &frame);
+        assert_eq!(action, XDP_PASS, "{name}");
+        assert_eq!(output, frame, "{name}: must pass unchanged");
+        assert_eq!(counted, class, "{name}");
+    }
+}
+
+#[test]
+fn removing_a_binding_stops_the_kernel_relay() {
+    let binding = v4_binding();
+    let Some(mut relay) = relay("removing_a_binding_stops_the_kernel_relay", &[binding]) else {
+        return;
+    };
+    let input = client_frame(&binding, &channel_data(CHANNEL, b"media", false)).build();
+    assert_eq!(run(&relay, &input.bytes).2, PacketClass::ForwardedToPeer);
+    relay.remove(&binding).unwrap();
+    let (_, output, class) = run(&relay, &input.bytes);
+    assert_eq!(
+        (output, class),
+        (input.bytes.clone(), PacketClass::ChannelData)
+    );
+    let back = peer_frame(&binding, b"media").build();
+    assert_eq!(run(&relay, &back.bytes).2, PacketClass::Unrelated);
+}
