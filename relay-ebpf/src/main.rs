@@ -12,6 +12,7 @@ mod forward;
 mod maps;
 mod packet;
 mod parse;
+mod route;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
@@ -56,7 +57,10 @@ pub fn turnx_xdp(ctx: XdpContext) -> u32 {
         Err(error) => (error.class(), xdp_action::XDP_PASS),
     };
     maps::count(class, len);
-    action
+    match class {
+        PacketClass::ForwardedToPeer | PacketClass::ForwardedToClient => route::forward(&ctx),
+        _ => action,
+    }
 }
 
 /// Classifies the frame and forwards it when it belongs to a bound channel;

@@ -109,6 +109,9 @@ pub struct XdpConfig {
     pub interfaces: Vec<String>,
     /// Attach mode.
     pub mode: XdpMode,
+    /// Hand frames relayed in the kernel to the stack instead of
+    /// redirecting them.
+    pub route_in_stack: bool,
 }
 
 /// How the XDP program is attached to an interface.
@@ -190,6 +193,7 @@ impl Default for XdpConfig {
             enabled: true,
             interfaces: Vec::new(),
             mode: XdpMode::Auto,
+            route_in_stack: false,
         }
     }
 }

@@ -41,20 +41,34 @@ fn v6_binding() -> KernelBinding {
     }
 }
 
-fn relay(test: &str, bindings: &[KernelBinding]) -> Option<XdpRelay> {
-    let object = common::xdp_object_or_skip(test)?;
-    let mut relay = XdpRelay::load(object, "info").expect("loading the XDP program");
-    relay.set_listen_ports(&[3478]).unwrap();
-    for binding in bindings {
-        relay.install(binding).unwrap();
-    }
-    Some(relay)
+/// A loaded program with `bindings`, and an empty network namespace to run
+/// frames in: without routes there, relayed frames pass to the stack,
+/// whatever the host's routes are.
+struct Relay {
+    xdp: XdpRelay,
+    ns: common::Netns,
 }
 
-/// Runs the program once; returns action, output and the class counted.
-fn run(relay: &XdpRelay, frame: &[u8]) -> (u32, Vec<u8>, PacketClass) {
-    let before = relay.counters().unwrap();
-    let result = relay.run_on_frame(frame, 1).unwrap();
+fn relay(test: &str, bindings: &[KernelBinding]) -> Option<Relay> {
+    let object = common::xdp_object_or_skip(test)?;
+    let mut xdp = XdpRelay::load(object, "info").expect("loading the XDP program");
+    xdp.set_listen_ports(&[3478]).unwrap();
+    for binding in bindings {
+        xdp.install(binding).unwrap();
+    }
+    Some(Relay {
+        xdp,
+        ns: common::Netns::new("txf"),
+    })
+}
+
+/// Runs the program once in the relay's namespace; returns action, output
+/// and the class counted.
+fn run(relay: &Relay, frame: &[u8]) -> (u32, Vec<u8>, PacketClass) {
+    let xdp = &relay.xdp;
+    let before = xdp.counters().unwrap();
+    let result = relay.ns.run(|| xdp.run_on_frame(frame, 1)).unwrap();
+    let relay = xdp;
     let delta = relay.counters().unwrap().since(&before);
     let class = PacketClass::ALL
         .into_iter()
@@ -274,7 +288,7 @@ fn removing_a_binding_stops_the_kernel_relay() {
     };
     let input = client_frame(&binding, &channel_data(CHANNEL, b"media", false)).build();
     assert_eq!(run(&relay, &input.bytes).2, PacketClass::ForwardedToPeer);
-    relay.remove(&binding).unwrap();
+    relay.xdp.remove(&binding).unwrap();
     let (_, output, class) = run(&relay, &input.bytes);
     assert_eq!(
         (output, class),
@@ -282,4 +296,83 @@ fn removing_a_binding_stops_the_kernel_relay() {
     );
     let back = peer_frame(&binding, b"media").build();
     assert_eq!(run(&relay, &back.bytes).2, PacketClass::Unrelated);
+}
+
+#[test]
+fn relayed_frames_go_to_the_next_hop_or_to_the_stack() {
+    const XDP_REDIRECT: u32 = 4;
+    let binding = v4_binding();
+    let Some(relay) = relay(
+        "relayed_frames_go_to_the_next_hop_or_to_the_stack",
+        &[binding],
+    ) else {
+        return;
+    };
+    // A route to the peer's network, its resolved neighbour, and IP
+    // forwarding, which the kernel's FIB helper requires.
+    let forwarding = relay
+        .ns
+        .command("sh")
+        .args(["-c", "echo 1 > /proc/sys/net/ipv4/conf/all/forwarding"])
+        .status()
+        .expect("enabling forwarding");
+    assert!(forwarding.success());
+    let (out, peer_end) = (common::unique_name("vo"), common::unique_name("vp"));
+    relay.ns.ip(&[
+        "link", "add", &out, "type", "veth", "peer", "name", &peer_end,
+    ]);
+    relay.ns.ip(&["addr", "add", "198.19.0.1/24", "dev", &out]);
+    relay.ns.ip(&["link", "set", &out, "up"]);
+    relay.ns.ip(&["link", "set", &peer_end, "up"]);
+    let peer_mac = [0x02, 0, 0, 0, 0, 0x99];
+    relay.ns.ip(&[
+        "neigh",
+        "add",
+        "198.19.0.2",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        &out,
+        "nud",
+        "permanent",
+    ]);
+    let own_mac = relay.ns.ip_output(&["-br", "link", "show", &out]);
+    let own_mac: Vec<u8> = own_mac
+        .split_whitespace()
+        .nth(2)
+        .expect("a MAC in ip -br link")
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16).unwrap())
+        .collect();
+
+    let input = client_frame(&binding, &channel_data(CHANNEL, b"to the peer", false)).build();
+    let (action, output, class) = run(&relay, &input.bytes);
+    assert_eq!(class, PacketClass::ForwardedToPeer);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(&output[..6], &peer_mac, "destination MAC: the neighbour's");
+    assert_eq!(
+        &output[6..12],
+        &own_mac[..],
+        "source MAC: the egress interface's"
+    );
+    let mut expected = UdpFrame::new(binding.relayed, binding.peer, b"to the peer");
+    expected.ttl = 63;
+    assert_eq!(
+        &output[12..],
+        &expected.build().bytes[12..],
+        "the rest as in stack mode"
+    );
+
+    // Stack routing: the same frame passes to the stack, rewritten.
+    let object = common::xdp_object_or_skip("stack routing").unwrap();
+    let mut stack = XdpRelay::load_with(object, "info", true).unwrap();
+    stack.set_listen_ports(&[3478]).unwrap();
+    stack.install(&binding).unwrap();
+    let stack = Relay {
+        xdp: stack,
+        ns: common::Netns::new("txs"),
+    };
+    let (action, output, _) = run(&stack, &input.bytes);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(output, expected.build().bytes);
 }

@@ -193,7 +193,7 @@ async fn run(args: Args, config: Config) -> Result<()> {
 /// or fails with everything attached so far detached again (on drop).
 fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
     let object = ebpf_object::load(args.ebpf_object.as_deref())?;
-    let mut relay = XdpRelay::load(&object, &config.log.level)?;
+    let mut relay = XdpRelay::load_with(&object, &config.log.level, config.xdp.route_in_stack)?;
     match relay.take_logger() {
         Some(logger) => {
             kernel_log::spawn(logger).context("reading the XDP program's log")?;

@@ -245,9 +245,22 @@ impl XdpRelay {
     /// the kernel's own logging filtered at `log_level` (a `[log] level`
     /// value), and nothing attached yet.
     pub fn load(object: &[u8], log_level: &str) -> Result<Self, XdpError> {
+        Self::load_with(object, log_level, false)
+    }
+
+    /// As [`Self::load`]; with `route_in_stack`, frames relayed in the
+    /// kernel go to the stack (XDP_PASS) instead of being redirected to
+    /// the next hop, so the stack's (and Cilium's) routing and policy apply.
+    pub fn load_with(
+        object: &[u8],
+        log_level: &str,
+        route_in_stack: bool,
+    ) -> Result<Self, XdpError> {
         let level = kernel_log_level(log_level);
+        let route_in_stack = u8::from(route_in_stack);
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, true)
+            .override_global("ROUTE_IN_STACK", &route_in_stack, true)
             .load(object)?;
         program_mut(&mut ebpf)?.load()?;
         Ok(XdpRelay {
