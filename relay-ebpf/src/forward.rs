@@ -12,7 +12,7 @@
 //! One function per direction and family, each in its own stack frame: BPF
 //! allows 512 bytes per frame.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 use relay_common::{CHANNEL_MAX, CHANNEL_MIN, ChannelKey, MapIp, PeerKey};
 
@@ -21,6 +21,7 @@ use crate::{
     maps,
     packet::{EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, copy_within, header_mut, read, write},
     parse::Udp,
+    route::{self, Flow},
 };
 
 /// Size of the ChannelData header.
@@ -211,6 +212,17 @@ fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     if !H::holds(&target.relayed_ip) || !H::holds(&target.peer_ip) {
         return None;
     }
+    let hop = route::next_hop(
+        ctx,
+        &Flow {
+            ipv4: H::ZERO_CHECKSUM_ALLOWED,
+            src: &target.relayed_ip,
+            dst: &target.peer_ip,
+            src_port: target.relayed_port,
+            dst_port: target.peer_port,
+            ip_len: (H::LEN + udp.payload_len + size_of::<UdpHdr>() - CHANNEL_HEADER) as u16,
+        },
+    )?;
     let check = if H::ZERO_CHECKSUM_ALLOWED && udp.header.check == [0, 0] {
         [0, 0]
     } else {
@@ -247,7 +259,19 @@ fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, shift as i32) } != 0 {
         return None;
     }
-    Some(xdp_action::XDP_PASS)
+    set_macs(ctx, &hop)?;
+    Some(hop.action(ctx))
+}
+
+/// Writes the next hop's MAC addresses (not for the stack, which keeps
+/// the frame's own).
+#[inline(always)]
+fn set_macs(ctx: &XdpContext, hop: &route::NextHop) -> Option<()> {
+    if hop.ifindex != 0 {
+        write(ctx, 0, hop.dst_mac).ok()?;
+        write(ctx, 6, hop.src_mac).ok()?;
+    }
+    Some(())
 }
 
 #[inline(always)]
@@ -277,6 +301,17 @@ fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     if !H::holds(&target.server_ip) || !H::holds(&target.client_ip) {
         return None;
     }
+    let hop = route::next_hop(
+        ctx,
+        &Flow {
+            ipv4: H::ZERO_CHECKSUM_ALLOWED,
+            src: &target.server_ip,
+            dst: &target.client_ip,
+            src_port: target.server_port,
+            dst_port: target.client_port,
+            ip_len: (H::LEN + udp.payload_len + size_of::<UdpHdr>() + CHANNEL_HEADER) as u16,
+        },
+    )?;
     let check = if H::ZERO_CHECKSUM_ALLOWED && udp.header.check == [0, 0] {
         [0, 0]
     } else {
@@ -309,5 +344,6 @@ fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     copy_within::<H>(ctx, udp.ip_offset + shift, udp.ip_offset).ok()?;
     write(ctx, udp.udp_offset, new_udp).ok()?;
     write(ctx, udp.udp_offset + size_of::<UdpHdr>(), channel_header).ok()?;
-    Some(xdp_action::XDP_PASS)
+    set_macs(ctx, &hop)?;
+    Some(hop.action(ctx))
 }

@@ -57,10 +57,7 @@ pub fn turnx_xdp(ctx: XdpContext) -> u32 {
         Err(error) => (error.class(), xdp_action::XDP_PASS),
     };
     maps::count(class, len);
-    match class {
-        PacketClass::ForwardedToPeer | PacketClass::ForwardedToClient => route::forward(&ctx),
-        _ => action,
-    }
+    action
 }
 
 /// Classifies the frame and forwards it when it belongs to a bound channel;

@@ -1,8 +1,10 @@
-//! Sending a rewritten frame on its way: a FIB lookup in the kernel's
-//! routing and neighbour tables, then XDP_TX or a redirect with the next
-//! hop's MAC addresses. When the next hop is not resolved yet, or the
-//! operator chose stack routing (so that Cilium's routing and policy apply),
-//! the frame goes to the stack (XDP_PASS), rewritten.
+//! Where a relayed frame goes: a FIB lookup in the kernel's routing and
+//! neighbour tables for the rewritten addresses, done before rewriting.
+//! When it succeeds the frame is rewritten and sent with XDP_TX or a
+//! redirect; when it does not (next hop unresolved, no route, forwarding
+//! off) the frame is left untouched for the userspace relay, whose sending
+//! also resolves the neighbour. With stack routing (so that Cilium's
+//! routing and policy apply) the rewritten frame goes to the stack.
 
 use aya_ebpf::{
     Global,
@@ -11,11 +13,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use core::mem::{size_of, zeroed};
+use relay_common::MapIp;
 
-use crate::packet::{ETH_P_IPV4, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, read, write};
-
-/// Set to 1 by the loader for stack routing: rewritten frames always pass
-/// to the stack.
+/// Set to 1 by the loader for stack routing.
 #[unsafe(no_mangle)]
 static ROUTE_IN_STACK: Global<u8> = Global::new(0);
 
@@ -23,52 +23,94 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPPROTO_UDP: u8 = 17;
 
-/// Routes the rewritten UDP frame (untagged, no IP options or extension
-/// headers) and returns the XDP action.
-#[inline(never)]
-pub fn forward(ctx: &XdpContext) -> u32 {
-    if ROUTE_IN_STACK.load() != 0 {
-        return xdp_action::XDP_PASS;
-    }
-    route(ctx).unwrap_or(xdp_action::XDP_PASS)
+/// How a rewritten frame leaves.
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    /// Egress interface; 0 for the stack.
+    pub ifindex: u32,
+    /// MAC addresses to write (unused for the stack).
+    pub src_mac: [u8; 6],
+    /// The next hop's MAC address.
+    pub dst_mac: [u8; 6],
 }
 
+impl NextHop {
+    /// The XDP action that sends the (rewritten) frame to this next hop.
+    #[inline(always)]
+    pub fn action(&self, ctx: &XdpContext) -> u32 {
+        if self.ifindex == 0 {
+            return xdp_action::XDP_PASS;
+        }
+        // SAFETY: reading a field of the context the kernel passed in.
+        if self.ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+            return xdp_action::XDP_TX;
+        }
+        // SAFETY: a helper call with an interface index from the FIB.
+        unsafe { bpf_redirect(self.ifindex, 0) as u32 }
+    }
+}
+
+/// The flow a relayed frame will have after the rewrite.
+pub struct Flow<'a> {
+    /// Whether the addresses are IPv4 (mapped in the map format).
+    pub ipv4: bool,
+    pub src: &'a MapIp,
+    pub dst: &'a MapIp,
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    /// IP total length (IPv4) or payload length plus header (IPv6).
+    pub ip_len: u16,
+}
+
+/// The next hop of `flow`, or `None` when the frame should be left to
+/// userspace.
 #[inline(always)]
-fn route(ctx: &XdpContext) -> Option<u32> {
-    let eth: EthHdr = read(ctx, 0).ok()?;
+pub fn next_hop(ctx: &XdpContext, flow: &Flow) -> Option<NextHop> {
+    if ROUTE_IN_STACK.load() != 0 {
+        return Some(NextHop {
+            ifindex: 0,
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+        });
+    }
+    let mut hop = NextHop {
+        ifindex: 0,
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+    };
+    (lookup(ctx, flow, &mut hop) == 0).then_some(hop)
+}
+
+/// Fills `hop` and returns 0 on success. Not inlined: its 64-byte
+/// parameter block gets a stack frame of its own.
+#[inline(never)]
+fn lookup(ctx: &XdpContext, flow: &Flow, hop: &mut NextHop) -> u32 {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input before the fields
     // below are set.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
     params.l4_protocol = IPPROTO_UDP;
+    params.sport = u16::from_ne_bytes(flow.src_port);
+    params.dport = u16::from_ne_bytes(flow.dst_port);
+    params.__bindgen_anon_1.tot_len = flow.ip_len;
     // SAFETY: reading a field of the context the kernel passed in.
     params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let udp_offset = if u16::from_be_bytes(eth.ether_type) == ETH_P_IPV4 {
-        let ip: Ipv4Hdr = read(ctx, size_of::<EthHdr>()).ok()?;
+    if flow.ipv4 {
         params.family = AF_INET;
-        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.total_len);
-        params.__bindgen_anon_2.tos = ip.tos;
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
-        size_of::<EthHdr>() + size_of::<Ipv4Hdr>()
+        let (s, d) = (flow.src, flow.dst);
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([s[12], s[13], s[14], s[15]]);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([d[12], d[13], d[14], d[15]]);
     } else {
-        let ip: Ipv6Hdr = read(ctx, size_of::<EthHdr>()).ok()?;
         params.family = AF_INET6;
-        params.__bindgen_anon_1.tot_len =
-            u16::from_be_bytes(ip.payload_len) + size_of::<Ipv6Hdr>() as u16;
         // SAFETY: plain byte copies into the 16-byte address arrays.
         unsafe {
-            params.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>(ip.src);
-            params.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(ip.dst);
+            params.__bindgen_anon_3.ipv6_src = core::mem::transmute::<MapIp, [u32; 4]>(*flow.src);
+            params.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<MapIp, [u32; 4]>(*flow.dst);
         }
-        size_of::<EthHdr>() + size_of::<Ipv6Hdr>()
-    };
-    let udp: UdpHdr = read(ctx, udp_offset).ok()?;
-    params.sport = u16::from_ne_bytes(udp.src_port);
-    params.dport = u16::from_ne_bytes(udp.dst_port);
+    }
     // An ingress lookup, as for a forwarded packet: it needs IP forwarding
-    // on the ingress interface (Kubernetes nodes have it); without, the
-    // helper says so and the frame goes to the stack. (An egress lookup
-    // would take the ingress index as the required output interface.)
+    // on the ingress interface (Kubernetes nodes have it). (An egress
+    // lookup would take the ingress index as the required output
+    // interface.)
     // SAFETY: the helper reads and writes `params`, whose size we pass.
     let result = unsafe {
         fib_lookup(
@@ -79,24 +121,10 @@ fn route(ctx: &XdpContext) -> Option<u32> {
         )
     };
     if result != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        // Unresolved neighbour, blackhole, no route...: the stack decides.
-        return None;
+        return 1;
     }
-    write(
-        ctx,
-        0,
-        EthHdr {
-            dst: params.dmac,
-            src: params.smac,
-            ether_type: eth.ether_type,
-        },
-    )
-    .ok()?;
-    // SAFETY: reading a field of the context the kernel passed in.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    if params.ifindex == ingress {
-        return Some(xdp_action::XDP_TX);
-    }
-    // SAFETY: a helper call with an interface index from the FIB.
-    Some(unsafe { bpf_redirect(params.ifindex, 0) } as u32)
+    hop.ifindex = params.ifindex;
+    hop.src_mac = params.smac;
+    hop.dst_mac = params.dmac;
+    0
 }
