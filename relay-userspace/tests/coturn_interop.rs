@@ -4,7 +4,7 @@
 //! offload off: these test the TURN server and its userspace relay path.
 //!
 //! The negative cases coturn's client cannot express (an expired REST
-//! username, a quota) use a minimal client written here with stun-types.
+//! username, a quota) use the tests' own minimal client (`common::turn_client`).
 
 mod common;
 
@@ -13,15 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Process, Topology};
-use stun_types::{
-    attribute::{ErrorCode, Nonce, Realm, Software, Username},
-    message::{
-        IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageWrite, MessageWriteExt,
-        MessageWriteVec,
-    },
-};
-use turn_types::{attribute::RequestedTransport, message::ALLOCATE};
+use common::{Daemon, Process, Topology, turn_client::TurnClient};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
@@ -321,7 +313,7 @@ fn uclient_negative_cases() {
     }
 }
 
-/// Allocates with long-term credentials from a socket in the client
+/// Allocates with long-term credentials from a new socket in the client
 /// namespace; returns the error code, if any.
 fn allocate(setup: &Setup, username: &str, password: &str) -> Option<u16> {
     let server: SocketAddr = format!("{}:3478", setup.topology.relay_client_side)
@@ -329,48 +321,9 @@ fn allocate(setup: &Setup, username: &str, password: &str) -> Option<u16> {
         .unwrap();
     setup.topology.client.run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
-        let exchange = |request: Vec<u8>| -> Vec<u8> {
-            socket.send_to(&request, server).unwrap();
-            let mut buffer = [0u8; 1500];
-            let (len, _) = socket.recv_from(&mut buffer).expect("a response");
-            buffer[..len].to_vec()
-        };
-        let first = {
-            let mut builder = Message::builder_request(ALLOCATE, MessageWriteVec::new());
-            builder.add_attribute(&RequestedTransport::new(17)).unwrap();
-            builder
-                .add_attribute(
-                    &Software::new("turnx interop test, padded to earn a full challenge").unwrap(),
-                )
-                .unwrap();
-            builder.finish()
-        };
-        let challenge = exchange(first);
-        let challenge = Message::from_bytes(&challenge).unwrap();
-        let nonce = challenge.attribute::<Nonce>().unwrap();
-        let realm = challenge.attribute::<Realm>().unwrap();
-        let mut builder = Message::builder_request(ALLOCATE, MessageWriteVec::new());
-        builder.add_attribute(&RequestedTransport::new(17)).unwrap();
-        builder
-            .add_attribute(&Username::new(username).unwrap())
-            .unwrap();
-        builder.add_attribute(&realm).unwrap();
-        builder.add_attribute(&nonce).unwrap();
-        let key =
-            LongTermKeyCredentials::new(username.into(), password.into(), realm.realm().into())
-                .make_key(IntegrityAlgorithm::Sha1);
-        builder
-            .add_message_integrity_with_key(&key, IntegrityAlgorithm::Sha1)
-            .unwrap();
-        let response = exchange(builder.finish());
-        let response = Message::from_bytes(&response).unwrap();
-        response
-            .attribute::<ErrorCode>()
-            .ok()
-            .map(|error| error.code())
+        TurnClient::connect(socket, server, username, password)
+            .allocate()
+            .err()
     })
 }
 

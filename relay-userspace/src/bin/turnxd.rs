@@ -5,7 +5,12 @@
 //! interfaces, logs its counters, and on SIGINT/SIGTERM deletes every
 //! allocation and detaches.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -13,6 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use turnx::{
     config::{Config, DEFAULT_CONFIG_TOML, XdpMode},
     ebpf_object, interfaces,
+    offload::Offload,
     shell::{ShellConfig, TurnServer},
     turn::policy::Cidr,
     xdp::{XdpRelay, kernel_log},
@@ -134,19 +140,23 @@ async fn run(args: Args, config: Config) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
-    let mut relay = if config.xdp.enabled {
-        Some(start_xdp(&args, &config)?)
+    let relay = if config.xdp.enabled {
+        Some(Arc::new(Mutex::new(start_xdp(&args, &config)?)))
     } else {
         tracing::info!("XDP disabled by configuration");
         None
     };
-    let (turn, mut events) = start_turn(&config).await?;
-    tokio::spawn(async move {
-        // The kernel offload will subscribe here; for now, the log.
-        while let Some(event) = events.recv().await {
-            tracing::debug!(?event, "allocation state");
+    let offload = relay
+        .as_ref()
+        .map(|relay| Arc::new(Mutex::new(Offload::new(Arc::clone(relay)))));
+    let follower = offload.clone();
+    let on_event: turnx::shell::EventHandler = Box::new(move |event| {
+        tracing::debug!(?event, "allocation state");
+        if let Some(offload) = &follower {
+            offload.lock().expect("offload lock").apply(event);
         }
     });
+    let turn = start_turn(&config, on_event).await?;
     tracing::info!("turnxd ready; listening on {:?}", config.server.listen);
 
     let interval = Duration::from_secs(config.log.stats_interval_secs);
@@ -162,7 +172,7 @@ async fn run(args: Args, config: Config) -> Result<()> {
             _ = sigint.recv() => break "SIGINT",
             _ = ticker.tick(), if !interval.is_zero() => {
                 if let Some(relay) = &relay {
-                    log_counters(relay);
+                    log_counters(&relay.lock().expect("XDP lock"));
                 }
             }
         }
@@ -175,8 +185,14 @@ async fn run(args: Args, config: Config) -> Result<()> {
         turn.stats()
     );
     turn.shutdown();
-    if let Some(relay) = &mut relay {
-        log_counters(relay);
+    if let Some(offload) = &offload {
+        let mut offload = offload.lock().expect("offload lock");
+        offload.remove_all();
+        tracing::info!("kernel offload: {:?}", offload.stats());
+    }
+    if let Some(relay) = &relay {
+        let mut relay = relay.lock().expect("XDP lock");
+        log_counters(&relay);
         let failures = relay.detach_all();
         for (interface, err) in &failures {
             tracing::error!("detaching XDP from {interface}: {err}");
@@ -218,12 +234,7 @@ fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
 }
 
 /// Binds the TURN listeners and starts serving.
-async fn start_turn(
-    config: &Config,
-) -> Result<(
-    TurnServer,
-    tokio::sync::mpsc::UnboundedReceiver<turnx::turn::Event>,
-)> {
+async fn start_turn(config: &Config, on_event: turnx::shell::EventHandler) -> Result<TurnServer> {
     let (relay_ipv4, relay_ipv6) = config.relay_addresses();
     let mut server = config.turn();
     // The relay's own addresses are never peers.
@@ -246,15 +257,18 @@ async fn start_turn(
             .join(" and ")
     );
     let [first, last] = config.server.relay_ports;
-    TurnServer::start(ShellConfig {
-        listen: config.server.listen.clone(),
-        tls_listen: config.server.tls_listen.clone(),
-        tls: config.tls_files(),
-        relay_ipv4,
-        relay_ipv6,
-        relay_ports: first..=last,
-        server,
-    })
+    TurnServer::start(
+        ShellConfig {
+            listen: config.server.listen.clone(),
+            tls_listen: config.server.tls_listen.clone(),
+            tls: config.tls_files(),
+            relay_ipv4,
+            relay_ipv6,
+            relay_ports: first..=last,
+            server,
+        },
+        on_event,
+    )
     .await
     .context("starting the TURN server")
 }

@@ -52,13 +52,18 @@ pub struct ShellConfig {
     pub server: ServerConfig,
 }
 
+/// What the server calls with each lifecycle event, in order, before
+/// anything the same step produced is sent: a client that sees its
+/// Refresh(0) answered can rely on the kernel offload being gone.
+pub type EventHandler = Box<dyn FnMut(&Event) + Send>;
+
 /// The running server's shared state.
 struct Shared {
     core: Mutex<Server>,
     udp_listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
     relays: Arc<RelaySockets>,
     streams: Mutex<HashMap<FiveTuple, mpsc::UnboundedSender<Vec<u8>>>>,
-    events: mpsc::UnboundedSender<Event>,
+    on_event: Mutex<EventHandler>,
 }
 
 /// A handle on the running server.
@@ -91,11 +96,9 @@ fn bind_socket(address: SocketAddr, kind: socket2::Type) -> Result<socket2::Sock
 }
 
 impl TurnServer {
-    /// Binds every listener and starts serving. Returns the receiver of
-    /// lifecycle events, in order.
-    pub async fn start(
-        config: ShellConfig,
-    ) -> Result<(TurnServer, mpsc::UnboundedReceiver<Event>)> {
+    /// Binds every listener and starts serving; `on_event` sees every
+    /// lifecycle event.
+    pub async fn start(config: ShellConfig, on_event: EventHandler) -> Result<TurnServer> {
         let relays = Arc::new(RelaySockets::default());
         let allocator = UdpRelayAllocator::new(
             config.relay_ipv4,
@@ -116,13 +119,12 @@ impl TurnServer {
             tcp.listen(1024)?;
             tcp_listeners.push((*address, TcpListener::from_std(tcp.into())?));
         }
-        let (events, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             udp_listeners,
             relays,
             streams: Mutex::new(HashMap::new()),
-            events,
+            on_event: Mutex::new(on_event),
         });
         let mut tasks = Vec::new();
         for (address, socket) in &shared.udp_listeners {
@@ -166,7 +168,7 @@ impl TurnServer {
             }));
         }
         tasks.push(tokio::spawn(timer(Arc::clone(&shared))));
-        Ok((TurnServer { shared, tasks }, receiver))
+        Ok(TurnServer { shared, tasks })
     }
 
     /// Counters of the core.
@@ -194,14 +196,17 @@ impl TurnServer {
 
 impl Shared {
     /// Runs `f` on the core (which writes its transmits where `f` says),
-    /// then passes on events and starts receive loops for new relayed
-    /// sockets.
+    /// hands the events it caused to the handler, and starts receive loops
+    /// for new relayed sockets.
     fn run(self: &Arc<Self>, f: impl FnOnce(&mut Server)) {
         let mut core = self.core.lock().expect("core lock");
         f(&mut core);
-        while let Some(event) = core.poll_event() {
-            tracing::debug!(?event, "TURN lifecycle");
-            let _ = self.events.send(event);
+        if let Some(event) = core.poll_event() {
+            let mut on_event = self.on_event.lock().expect("event handler lock");
+            on_event(&event);
+            while let Some(event) = core.poll_event() {
+                on_event(&event);
+            }
         }
         drop(core);
         for (relayed, socket) in self.relays.take_fresh() {

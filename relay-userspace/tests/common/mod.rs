@@ -2,6 +2,8 @@
 //! object, and throwaway network namespaces with veth pairs.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod turn_client;
+
 use std::{
     fs::File,
     io::{BufRead, BufReader},
@@ -221,6 +223,11 @@ pub struct Topology {
     pub client: Netns,
     pub relay: Netns,
     pub pod: Netns,
+    /// Interfaces: the client's, the relay's two, the pod's.
+    pub client_if: String,
+    pub relay_client_if: String,
+    pub relay_pod_if: String,
+    pub pod_if: String,
     /// The relay's address on the client side (the TURN server address).
     pub relay_client_side: String,
     /// The relay's address on the pod side (the relayed address).
@@ -237,27 +244,30 @@ impl Topology {
         let client = Netns::new("tc");
         let relay = Netns::new("tr");
         let pod = Netns::new("tp");
-        let links = [
-            (&client, &relay, "198.18.0", "fd00:18"),
-            (&relay, &pod, "198.19.0", "fd00:19"),
+        let names = [
+            (unique_name("vc"), unique_name("vr")),
+            (unique_name("vs"), unique_name("vp")),
         ];
-        for (left, right, v4, v6) in links {
-            let (left_if, right_if) = (unique_name("va"), unique_name("vb"));
+        let links = [
+            (&client, &relay, "198.18.0", "fd00:18", &names[0]),
+            (&relay, &pod, "198.19.0", "fd00:19", &names[1]),
+        ];
+        for (left, right, v4, v6, (left_if, right_if)) in links {
             ip(&[
                 "link",
                 "add",
-                &left_if,
+                left_if,
                 "netns",
                 &left.name,
                 "type",
                 "veth",
                 "peer",
                 "name",
-                &right_if,
+                right_if,
                 "netns",
                 &right.name,
             ]);
-            for (ns, dev, host) in [(left, &left_if, 1), (right, &right_if, 2)] {
+            for (ns, dev, host) in [(left, left_if, 1), (right, right_if, 2)] {
                 ns.ip(&["addr", "add", &format!("{v4}.{host}/24"), "dev", dev]);
                 ns.ip(&[
                     "addr",
@@ -270,10 +280,15 @@ impl Topology {
                 ns.ip(&["link", "set", dev, "up"]);
             }
         }
+        let [(client_if, relay_client_if), (relay_pod_if, pod_if)] = names;
         Topology {
             client,
             relay,
             pod,
+            client_if,
+            relay_client_if,
+            relay_pod_if,
+            pod_if,
             relay_client_side: "198.18.0.2".into(),
             relay_pod_side: "198.19.0.1".into(),
             pod_ip: "198.19.0.2".into(),

@@ -1,0 +1,140 @@
+//! The offload manager: mirrors the TURN server's channel bindings into the
+//! XDP program's maps, following the core's lifecycle events, so the kernel
+//! relays exactly the channels the server has bound, for as long as the RFC
+//! allows.
+//!
+//! A binding the kernel cannot take stays with the userspace relay, which
+//! handles every kind of traffic: bindings of TCP or TLS clients, of
+//! clients on wildcard listen addresses (the kernel needs the exact server
+//! address), across address families, on RFC 5766 channel numbers, or that
+//! do not fit in the maps. Each refusal is counted and logged.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use crate::{
+    turn::{Event, FiveTuple, Transport},
+    xdp::{KernelBinding, XdpRelay},
+};
+
+/// Why a binding stayed in userspace, and how many did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffloadStats {
+    /// Bindings installed in the kernel.
+    pub installed: u64,
+    /// Bindings removed from the kernel.
+    pub removed: u64,
+    /// Clients over TCP or TLS (the kernel relays UDP).
+    pub not_udp: u64,
+    /// Clients on a wildcard listen address.
+    pub wildcard_listener: u64,
+    /// Client and peer of different address families.
+    pub cross_family: u64,
+    /// Channel numbers above 0x4FFF (RFC 5766 clients).
+    pub legacy_channel: u64,
+    /// Map insertions that failed (full maps).
+    pub failed: u64,
+}
+
+/// Follows events into the kernel maps.
+pub struct Offload {
+    relay: Arc<Mutex<XdpRelay>>,
+    installed: HashMap<(FiveTuple, u16), KernelBinding>,
+    stats: OffloadStats,
+}
+
+impl Offload {
+    /// An offload manager writing into `relay`'s maps.
+    pub fn new(relay: Arc<Mutex<XdpRelay>>) -> Self {
+        Offload {
+            relay,
+            installed: HashMap::new(),
+            stats: OffloadStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> OffloadStats {
+        self.stats
+    }
+
+    /// Applies one lifecycle event.
+    pub fn apply(&mut self, event: &Event) {
+        match *event {
+            Event::ChannelBound {
+                client,
+                relayed,
+                channel,
+                peer,
+            } => self.bind(client, relayed, channel, peer),
+            Event::ChannelExpired {
+                client, channel, ..
+            } => self.unbind(client, channel),
+            _ => {}
+        }
+    }
+
+    fn bind(
+        &mut self,
+        client: FiveTuple,
+        relayed: std::net::SocketAddr,
+        channel: u16,
+        peer: std::net::SocketAddr,
+    ) {
+        let stat = if client.transport != Transport::Udp {
+            &mut self.stats.not_udp
+        } else if client.server.ip().is_unspecified() {
+            &mut self.stats.wildcard_listener
+        } else if client.client.is_ipv4() != peer.is_ipv4() {
+            &mut self.stats.cross_family
+        } else if channel > relay_common::CHANNEL_MAX {
+            &mut self.stats.legacy_channel
+        } else {
+            let binding = KernelBinding {
+                client: client.client,
+                server: client.server,
+                channel,
+                relayed,
+                peer,
+            };
+            match self.relay.lock().expect("XDP lock").install(&binding) {
+                Ok(()) => {
+                    self.installed.insert((client, channel), binding);
+                    self.stats.installed += 1;
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "channel {channel:#x} of {} stays in userspace: {err}",
+                        client.client
+                    );
+                    &mut self.stats.failed
+                }
+            }
+        };
+        *stat += 1;
+    }
+
+    fn unbind(&mut self, client: FiveTuple, channel: u16) {
+        let Some(binding) = self.installed.remove(&(client, channel)) else {
+            return;
+        };
+        if let Err(err) = self.relay.lock().expect("XDP lock").remove(&binding) {
+            tracing::warn!(
+                "removing channel {channel:#x} of {} from the kernel: {err}",
+                client.client
+            );
+        }
+        self.stats.removed += 1;
+    }
+
+    /// Removes every binding it installed, for shutdown.
+    pub fn remove_all(&mut self) {
+        let keys: Vec<(FiveTuple, u16)> = self.installed.keys().copied().collect();
+        for (client, channel) in keys {
+            self.unbind(client, channel);
+        }
+    }
+}

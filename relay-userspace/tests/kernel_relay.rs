@@ -1,0 +1,217 @@
+//! The kernel media plane end to end: turnxd with XDP on both of the relay
+//! namespace's interfaces, a TURN client in the client namespace,
+//! coturn's `turnutils_peer` echoing in the pod namespace. After one
+//! round trip through userspace (which resolves the neighbours), channel
+//! traffic crosses the relay in both directions in the kernel, the userspace
+//! relay stays idle, and deleting the allocation stops the kernel relay.
+
+mod common;
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use common::{Daemon, Process, Topology, turn_client::TurnClient};
+use turnx::{config::XdpMode, xdp::XdpRelay};
+
+const CHANNEL: u16 = 0x4000;
+const ROUND_TRIPS: usize = 200;
+
+/// `turnxctl status --json` for `interface` in `ns`: the turnx counters.
+fn counters(ns: &common::Netns, interface: &str) -> serde_json::Value {
+    let output = ns
+        .command(env!("CARGO_BIN_EXE_turnxctl"))
+        .args(["status", "--json", "--interface", interface])
+        .output()
+        .expect("running turnxctl");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    report[0]["turnx"]["counters"].clone()
+}
+
+fn packets(counters: &serde_json::Value, class: &str) -> u64 {
+    counters[class]["packets"].as_u64().unwrap_or(0)
+}
+
+/// A number from turnxd's shutdown log line, such as `to_peer_packets: 1`.
+fn logged_number(log: &str, field: &str) -> u64 {
+    let start = log
+        .find(&format!("{field}: "))
+        .unwrap_or_else(|| panic!("no {field} in:\n{log}"));
+    log[start + field.len() + 2..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn channel_traffic_crosses_the_relay_in_the_kernel() {
+    let Some(object) =
+        common::xdp_object_or_skip("channel_traffic_crosses_the_relay_in_the_kernel")
+    else {
+        return;
+    };
+    if !common::have("turnutils_peer") {
+        assert!(
+            std::env::var_os("TURNX_REQUIRE_XDP_TESTS").is_none(),
+            "turnutils_peer missing"
+        );
+        eprintln!("skipping: turnutils_peer (Debian package coturn) is not installed");
+        return;
+    }
+    let topology = Topology::new();
+    // Senders fill in their checksums, as a NIC would deliver them.
+    for (ns, dev) in [
+        (&topology.client, &topology.client_if),
+        (&topology.pod, &topology.pod_if),
+    ] {
+        let status = ns
+            .command("ethtool")
+            .args(["-K", dev, "tx", "off"])
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "ethtool -K {dev} tx off");
+    }
+    // The kernel's FIB helper needs forwarding on the relay.
+    let status = topology
+        .relay
+        .command("sh")
+        .args(["-c", "echo 1 > /proc/sys/net/ipv4/conf/all/forwarding"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Native XDP redirects into a veth need a program on its peer: a
+    // program that passes everything (no listen ports, no bindings).
+    let mut client_pass = XdpRelay::load(object, "info").unwrap();
+    topology
+        .client
+        .run(|| client_pass.attach(&topology.client_if, XdpMode::Native))
+        .unwrap();
+    let mut pod_pass = XdpRelay::load(object, "info").unwrap();
+    topology
+        .pod
+        .run(|| pod_pass.attach(&topology.pod_if, XdpMode::Native))
+        .unwrap();
+
+    let dir = std::env::temp_dir().join(common::unique_name("turnxk"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("turnxd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = ["{server}:3478"]
+relay_addresses = ["{relayed}"]
+relay_ports = [51000, 51999]
+[auth]
+users = {{ alice = "wonderland" }}
+[peers]
+allowed = ["198.19.0.0/24"]
+[xdp]
+interfaces = ["{client_side}", "{pod_side}"]
+mode = "native"
+[log]
+level = "debug"
+stats_interval_secs = 0
+"#,
+            server = topology.relay_client_side,
+            relayed = topology.relay_pod_side,
+            client_side = topology.relay_client_if,
+            pod_side = topology.relay_pod_if,
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&topology.relay, &["--config", config.to_str().unwrap()]);
+    assert!(
+        daemon.wait_for_line("turnxd ready", Duration::from_secs(20)),
+        "turnxd did not start:\n{}",
+        daemon.log()
+    );
+    let peer_process = topology
+        .pod
+        .command("turnutils_peer")
+        .args(["-L", &topology.pod_ip, "-p", "3480"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _peer_process = Process(peer_process);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let server: SocketAddr = format!("{}:3478", topology.relay_client_side)
+        .parse()
+        .unwrap();
+    let peer: SocketAddr = format!("{}:3480", topology.pod_ip).parse().unwrap();
+    let (before, after, warm) = topology.client.run(|| {
+        let socket = UdpSocket::bind("198.18.0.1:0").unwrap();
+        let client = TurnClient::connect(socket, server, "alice", "wonderland");
+        client.allocate().expect("allocation");
+        assert_eq!(client.channel_bind(CHANNEL, peer), None, "ChannelBind");
+        // One round trip through userspace resolves the neighbours.
+        let warm = client.channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(3));
+        let before = (
+            counters(&topology.relay, &topology.relay_client_if),
+            counters(&topology.relay, &topology.relay_pod_if),
+        );
+        for i in 0..ROUND_TRIPS {
+            let data = format!("media packet {i:04}");
+            let echo = client
+                .channel_round_trip(CHANNEL, data.as_bytes(), Duration::from_secs(2))
+                .unwrap_or_else(|| panic!("no echo for packet {i}"));
+            assert_eq!(
+                echo,
+                turnx::frame::channel_data(CHANNEL, data.as_bytes(), false)
+            );
+        }
+        let after = (
+            counters(&topology.relay, &topology.relay_client_if),
+            counters(&topology.relay, &topology.relay_pod_if),
+        );
+        // Deleting the allocation removes the binding from the kernel.
+        assert_eq!(client.refresh(0), None, "Refresh 0");
+        let lost = client.channel_round_trip(CHANNEL, b"after delete", Duration::from_millis(500));
+        assert!(lost.is_none(), "relayed after the allocation was deleted");
+        (before, after, warm)
+    });
+    assert!(
+        warm.is_some(),
+        "the warm-up round trip failed:\n{}",
+        daemon.log()
+    );
+    let to_peer = packets(&after.0, "forwarded_to_peer") - packets(&before.0, "forwarded_to_peer");
+    let to_client =
+        packets(&after.1, "forwarded_to_client") - packets(&before.1, "forwarded_to_client");
+    assert_eq!(
+        to_peer, ROUND_TRIPS as u64,
+        "kernel client->peer: {after:?}"
+    );
+    assert_eq!(
+        to_client, ROUND_TRIPS as u64,
+        "kernel peer->client: {after:?}"
+    );
+    let late = counters(&topology.relay, &topology.relay_client_if);
+    assert_eq!(
+        packets(&late, "forwarded_to_peer"),
+        packets(&after.0, "forwarded_to_peer"),
+        "the kernel forwarded after the allocation was deleted"
+    );
+
+    let exit = daemon.stop(libc::SIGTERM);
+    assert!(exit.success(), "{}", daemon.log());
+    let log = daemon.log();
+    // The userspace relay carried at most the warm-up, never the measured
+    // packets.
+    assert!(logged_number(&log, "to_peer_packets") <= 1, "{log}");
+    assert!(logged_number(&log, "to_client_packets") <= 1, "{log}");
+    assert_eq!(logged_number(&log, "installed"), 1, "{log}");
+    assert_eq!(logged_number(&log, "removed"), 1, "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
