@@ -380,3 +380,89 @@ fn relayed_frames_go_to_the_next_hop_or_stay_for_userspace() {
         "the rest as in stack mode"
     );
 }
+
+#[test]
+fn offload_follows_channel_events_and_keeps_the_rest_in_userspace() {
+    use std::sync::{Arc, Mutex};
+    use turnx::{
+        offload::Offload,
+        turn::{Event, FiveTuple, Transport},
+    };
+    let Some(relay) = relay(
+        "offload_follows_channel_events_and_keeps_the_rest_in_userspace",
+        &[],
+    ) else {
+        return;
+    };
+    let Relay { xdp, ns } = relay;
+    let xdp = Arc::new(Mutex::new(xdp));
+    let mut offload = Offload::new(Arc::clone(&xdp));
+    let binding = v4_binding();
+    let udp_client = FiveTuple {
+        transport: Transport::Udp,
+        client: binding.client,
+        server: binding.server,
+    };
+    let bound = |client: FiveTuple, channel: u16, peer: SocketAddr| Event::ChannelBound {
+        client,
+        relayed: binding.relayed,
+        channel,
+        peer,
+    };
+    let frame = client_frame(&binding, &channel_data(CHANNEL, b"media", false)).build();
+    let class_of = |frame: &[u8]| {
+        let xdp = xdp.lock().unwrap();
+        let before = xdp.counters().unwrap();
+        ns.run(|| xdp.run_on_frame(frame, 1)).unwrap();
+        let delta = xdp.counters().unwrap().since(&before);
+        PacketClass::ALL
+            .into_iter()
+            .find(|class| delta.get(*class).packets == 1)
+            .unwrap()
+    };
+
+    offload.apply(&bound(udp_client, CHANNEL, binding.peer));
+    assert_eq!(class_of(&frame.bytes), PacketClass::ForwardedToPeer);
+    // Refreshes and other events change nothing in the kernel.
+    offload.apply(&Event::ChannelRefreshed {
+        client: udp_client,
+        channel: CHANNEL,
+    });
+    assert_eq!(class_of(&frame.bytes), PacketClass::ForwardedToPeer);
+    // Expiry (of the channel, or with its permission or allocation, which
+    // the core reports as channel expiry first) removes it.
+    offload.apply(&Event::ChannelExpired {
+        client: udp_client,
+        relayed: binding.relayed,
+        channel: CHANNEL,
+        peer: binding.peer,
+    });
+    assert_eq!(class_of(&frame.bytes), PacketClass::ChannelData);
+
+    // What stays in userspace, counted by reason.
+    let tcp = FiveTuple {
+        transport: Transport::Tcp,
+        ..udp_client
+    };
+    let wildcard = FiveTuple {
+        server: addr("0.0.0.0:3478"),
+        ..udp_client
+    };
+    offload.apply(&bound(tcp, CHANNEL, binding.peer));
+    offload.apply(&bound(wildcard, CHANNEL, binding.peer));
+    offload.apply(&bound(udp_client, CHANNEL, addr("[fd00:19::2]:3480")));
+    offload.apply(&bound(udp_client, 0x6DB8, binding.peer));
+    let stats = offload.stats();
+    assert_eq!(
+        (
+            stats.installed,
+            stats.removed,
+            stats.not_udp,
+            stats.wildcard_listener,
+            stats.cross_family,
+            stats.legacy_channel
+        ),
+        (1, 1, 1, 1, 1, 1)
+    );
+    assert_eq!(class_of(&frame.bytes), PacketClass::ChannelData);
+}
