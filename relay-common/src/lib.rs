@@ -109,8 +109,14 @@ pub const MAP_CHANNELS: &str = "CHANNELS";
 /// Key: [`PeerKey`], value: [`PeerTarget`].
 pub const MAP_PEERS: &str = "PEERS";
 
-/// Entries of each of [`MAP_CHANNELS`] and [`MAP_PEERS`].
+/// Entries of each of [`MAP_CHANNELS`] and [`MAP_PEERS`], unless the
+/// loader sets another size.
 pub const MAX_BINDINGS: u32 = 16384;
+
+/// Version of the map layouts (keys, values, names). Pinned maps live in a
+/// directory named after it, so a daemon never reopens maps of another
+/// layout. Bump it with any change to the types above.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
 
 /// An IP address in the maps: IPv6 as is, IPv4 as IPv4-mapped IPv6
 /// (`::ffff:a.b.c.d`), so one key layout serves both families.

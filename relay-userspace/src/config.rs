@@ -112,6 +112,10 @@ pub struct XdpConfig {
     /// Hand frames relayed in the kernel to the stack instead of
     /// redirecting them.
     pub route_in_stack: bool,
+    /// Channel bindings the kernel can hold.
+    pub max_bindings: u32,
+    /// Directory on bpffs for the pinned maps; empty: no pinning.
+    pub pin_dir: String,
 }
 
 /// How the XDP program is attached to an interface.
@@ -194,6 +198,8 @@ impl Default for XdpConfig {
             interfaces: Vec::new(),
             mode: XdpMode::Auto,
             route_in_stack: false,
+            max_bindings: 16384,
+            pin_dir: "/sys/fs/bpf/turnx/default".into(),
         }
     }
 }
@@ -294,6 +300,11 @@ impl Config {
         if !self.server.tls_listen.is_empty() && !has_tls_files {
             return Err(ConfigError::Invalid(
                 "[server] tls_listen needs tls_cert and tls_key (PEM files)".into(),
+            ));
+        }
+        if self.xdp.max_bindings == 0 {
+            return Err(ConfigError::Invalid(
+                "[xdp] max_bindings must be at least 1".into(),
             ));
         }
         if self.server.realm.is_empty() {

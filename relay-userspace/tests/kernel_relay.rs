@@ -100,6 +100,7 @@ fn channel_traffic_crosses_the_relay_in_the_kernel() {
         .run(|| pod_pass.attach(&topology.pod_if, XdpMode::Native))
         .unwrap();
 
+    let pins = common::PinDir::new();
     let dir = std::env::temp_dir().join(common::unique_name("turnxk"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("turnxd.toml");
@@ -118,6 +119,7 @@ allowed = ["198.19.0.0/24"]
 [xdp]
 interfaces = ["{client_side}", "{pod_side}"]
 mode = "native"
+pin_dir = "{pins}"
 [log]
 level = "debug"
 stats_interval_secs = 0
@@ -126,6 +128,7 @@ stats_interval_secs = 0
             relayed = topology.relay_pod_side,
             client_side = topology.relay_client_if,
             pod_side = topology.relay_pod_if,
+            pins = pins.path(),
         ),
     )
     .unwrap();

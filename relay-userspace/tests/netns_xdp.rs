@@ -178,7 +178,10 @@ fn daemon_attaches_counts_logs_and_detaches_on_sigterm() {
         return;
     }
     let link = Link::new();
+    let (pins, second_pins) = (common::PinDir::new(), common::PinDir::new());
     let args = [
+        "--pin-dir",
+        pins.path(),
         "--interface",
         &link.relay_if,
         "--listen",
@@ -224,7 +227,9 @@ fn daemon_attaches_counts_logs_and_detaches_on_sigterm() {
     );
 
     // A second daemon on the same interface fails and names the owner.
-    let mut second = Daemon::start(&link.relay, &args);
+    let mut second_args = args;
+    second_args[1] = second_pins.path();
+    let mut second = Daemon::start(&link.relay, &second_args);
     let status_second = wait_for(Duration::from_secs(20), || second.child.try_wait().unwrap())
         .expect("the second turnxd should exit on its own");
     assert!(!status_second.success());

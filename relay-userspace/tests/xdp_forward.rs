@@ -56,8 +56,11 @@ fn relay(test: &str, bindings: &[KernelBinding]) -> Option<Relay> {
 
 fn relay_routed(test: &str, bindings: &[KernelBinding], route_in_stack: bool) -> Option<Relay> {
     let object = common::xdp_object_or_skip(test)?;
-    let mut xdp =
-        XdpRelay::load_with(object, "info", route_in_stack).expect("loading the XDP program");
+    let options = turnx::xdp::LoadOptions {
+        route_in_stack,
+        ..Default::default()
+    };
+    let mut xdp = XdpRelay::load_with(object, "info", &options).expect("loading the XDP program");
     xdp.set_listen_ports(&[3478]).unwrap();
     for binding in bindings {
         xdp.install(binding).unwrap();
@@ -465,4 +468,57 @@ fn offload_follows_channel_events_and_keeps_the_rest_in_userspace() {
         (1, 1, 1, 1, 1, 1)
     );
     assert_eq!(class_of(&frame.bytes), PacketClass::ChannelData);
+}
+
+#[test]
+fn pinned_maps_are_reopened_and_full_maps_refuse_bindings() {
+    let Some(object) =
+        common::xdp_object_or_skip("pinned_maps_are_reopened_and_full_maps_refuse_bindings")
+    else {
+        return;
+    };
+    let dir = common::PinDir::new();
+    let options = turnx::xdp::LoadOptions {
+        route_in_stack: true,
+        pin_dir: Some(dir.0.clone()),
+        max_bindings: Some(1),
+    };
+    let binding = v4_binding();
+    let frame = client_frame(&binding, &channel_data(CHANNEL, b"media", false)).build();
+    let ns = common::Netns::new("txp");
+
+    let mut first = XdpRelay::load_with(object, "info", &options).unwrap();
+    first.set_listen_ports(&[3478]).unwrap();
+    first.install(&binding).unwrap();
+    // The maps hold one binding: a second one is refused.
+    let other = KernelBinding {
+        channel: 0x4001,
+        client: addr("198.18.0.9:50000"),
+        ..binding
+    };
+    assert!(first.install(&other).is_err(), "a full map must refuse");
+    let relay = Relay { xdp: first, ns };
+    assert_eq!(run(&relay, &frame.bytes).2, PacketClass::ForwardedToPeer);
+    let Relay { xdp: first, ns } = relay;
+    for name in ["CHANNELS", "PEERS", "CLASS_COUNTERS"] {
+        assert!(dir.0.join("v1").join(name).exists(), "{name} is pinned");
+    }
+    drop(first);
+
+    // A new load reopens the pinned maps: the counters carry over, and the
+    // previous run's binding is gone (its allocation is unknown now).
+    let mut second = XdpRelay::load_with(object, "info", &options).unwrap();
+    second.set_listen_ports(&[3478]).unwrap();
+    let counted = second
+        .counters()
+        .unwrap()
+        .get(PacketClass::ForwardedToPeer)
+        .packets;
+    assert_eq!(counted, 1, "counters survive a restart");
+    let relay = Relay { xdp: second, ns };
+    let (_, output, class) = run(&relay, &frame.bytes);
+    assert_eq!(
+        (output, class),
+        (frame.bytes.clone(), PacketClass::ChannelData)
+    );
 }

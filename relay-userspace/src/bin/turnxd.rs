@@ -21,7 +21,7 @@ use turnx::{
     offload::Offload,
     shell::{ShellConfig, TurnServer},
     turn::policy::Cidr,
-    xdp::{XdpRelay, kernel_log},
+    xdp::{LoadOptions, XdpRelay, kernel_log},
 };
 
 /// TURN relay daemon with an XDP media plane.
@@ -60,6 +60,9 @@ struct Args {
     /// Seconds between counter log lines, 0 for none. Replaces [log] stats_interval_secs.
     #[arg(long, env = "TURNXD_STATS_INTERVAL")]
     stats_interval: Option<u64>,
+    /// Directory on bpffs for the pinned maps, "" for none. Replaces [xdp] pin_dir.
+    #[arg(long, env = "TURNXD_PIN_DIR")]
+    pin_dir: Option<String>,
     /// XDP object to load instead of the one built into this binary.
     #[arg(long, env = "TURNXD_EBPF_OBJECT")]
     ebpf_object: Option<PathBuf>,
@@ -83,6 +86,9 @@ impl Args {
         }
         if let Some(level) = &self.log_level {
             config.log.level = level.clone();
+        }
+        if let Some(dir) = &self.pin_dir {
+            config.xdp.pin_dir = dir.clone();
         }
         if let Some(secs) = self.stats_interval {
             config.log.stats_interval_secs = secs;
@@ -209,7 +215,16 @@ async fn run(args: Args, config: Config) -> Result<()> {
 /// or fails with everything attached so far detached again (on drop).
 fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
     let object = ebpf_object::load(args.ebpf_object.as_deref())?;
-    let mut relay = XdpRelay::load_with(&object, &config.log.level, config.xdp.route_in_stack)?;
+    let pin_dir = (!config.xdp.pin_dir.is_empty()).then(|| PathBuf::from(&config.xdp.pin_dir));
+    if pin_dir.is_some() {
+        turnx::xdp::ensure_bpffs().context("mounting bpffs to pin the XDP maps")?;
+    }
+    let options = LoadOptions {
+        route_in_stack: config.xdp.route_in_stack,
+        pin_dir,
+        max_bindings: Some(config.xdp.max_bindings),
+    };
+    let mut relay = XdpRelay::load_with(&object, &config.log.level, &options)?;
     match relay.take_logger() {
         Some(logger) => {
             kernel_log::spawn(logger).context("reading the XDP program's log")?;

@@ -2,6 +2,7 @@
 //! attach it to interfaces, read its counters, detach it.
 
 mod attach;
+mod bpffs;
 pub mod counters;
 pub mod kernel_log;
 pub mod netlink;
@@ -20,7 +21,9 @@ use relay_common::{
 };
 use thiserror::Error;
 
-pub use self::{attach::if_index, counters::ClassCounters, netlink::AttachMode};
+pub use self::{
+    attach::if_index, bpffs::ensure_bpffs, counters::ClassCounters, netlink::AttachMode,
+};
 use crate::config::XdpMode;
 
 /// What can go wrong between loading the XDP object and detaching it.
@@ -47,6 +50,22 @@ pub enum XdpError {
     /// More distinct listen ports than the kernel map holds.
     #[error("{0} listen ports configured; the XDP program supports at most {MAX_LISTEN_PORTS}")]
     TooManyPorts(usize),
+    /// The pin directory could not be created (is bpffs mounted?).
+    #[error(
+        "cannot create the map pin directory {path}: {source}; is bpffs mounted at /sys/fs/bpf?"
+    )]
+    PinDirectory {
+        /// The directory.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Another process uses the pin directory.
+    #[error(
+        "another turnxd uses the map pin directory {0}; give each instance its own \
+         [xdp] pin_dir"
+    )]
+    PinDirectoryInUse(String),
     /// No such interface in this network namespace.
     #[error("no network interface named {0:?} in this network namespace")]
     UnknownInterface(String),
@@ -222,10 +241,45 @@ pub struct FrameRun {
     pub duration: Duration,
 }
 
+/// How to load the program.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Hand frames relayed in the kernel to the stack instead of
+    /// redirecting them.
+    pub route_in_stack: bool,
+    /// Pin the maps in `<pin_dir>/v<layout version>/` (on bpffs), reopening
+    /// them if they are there. `None`: no pinning.
+    pub pin_dir: Option<std::path::PathBuf>,
+    /// Entries of each binding map; `None`: the object's default.
+    pub max_bindings: Option<u32>,
+}
+
+/// The maps that are pinned: bindings and counters (the listen ports are
+/// rewritten at every start).
+const PINNED_MAPS: [&str; 3] = [MAP_CHANNELS, MAP_PEERS, MAP_CLASS_COUNTERS];
+
 /// The loaded XDP program and its maps.
 pub struct XdpRelay {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
+    /// The locked pin directory, if the maps are pinned: one instance per
+    /// directory (released when dropped).
+    _pin_lock: Option<std::fs::File>,
+}
+
+/// Locks `dir` for this process, or fails if another holds it.
+fn lock_pin_directory(dir: &std::path::Path) -> Result<std::fs::File, XdpError> {
+    use std::os::fd::AsRawFd;
+    let in_use = |source| XdpError::PinDirectory {
+        path: dir.display().to_string(),
+        source,
+    };
+    let handle = std::fs::File::open(dir).map_err(in_use)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(XdpError::PinDirectoryInUse(dir.display().to_string()));
+    }
+    Ok(handle)
 }
 
 /// The aya-log level the kernel program logs at, from a tracing level name.
@@ -245,28 +299,70 @@ impl XdpRelay {
     /// the kernel's own logging filtered at `log_level` (a `[log] level`
     /// value), and nothing attached yet.
     pub fn load(object: &[u8], log_level: &str) -> Result<Self, XdpError> {
-        Self::load_with(object, log_level, false)
+        Self::load_with(object, log_level, &LoadOptions::default())
     }
 
-    /// As [`Self::load`]; with `route_in_stack`, frames relayed in the
-    /// kernel go to the stack (XDP_PASS) instead of being redirected to
-    /// the next hop, so the stack's (and Cilium's) routing and policy apply.
+    /// As [`Self::load`], with options. Pinned maps that already exist are
+    /// reopened: the counters carry over, and bindings left by a previous
+    /// run are removed, since their allocations are unknown to this one.
     pub fn load_with(
         object: &[u8],
         log_level: &str,
-        route_in_stack: bool,
+        options: &LoadOptions,
     ) -> Result<Self, XdpError> {
         let level = kernel_log_level(log_level);
-        let route_in_stack = u8::from(route_in_stack);
-        let mut ebpf = EbpfLoader::new()
+        let route_in_stack = u8::from(options.route_in_stack);
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(aya_log::LEVEL, &level, true)
-            .override_global("ROUTE_IN_STACK", &route_in_stack, true)
-            .load(object)?;
+            .override_global("ROUTE_IN_STACK", &route_in_stack, true);
+        if let Some(size) = options.max_bindings {
+            loader
+                .map_max_entries(MAP_CHANNELS, size)
+                .map_max_entries(MAP_PEERS, size);
+        }
+        let mut pin_lock = None;
+        if let Some(dir) = &options.pin_dir {
+            let dir = dir.join(format!("v{}", relay_common::MAP_LAYOUT_VERSION));
+            std::fs::create_dir_all(&dir).map_err(|source| XdpError::PinDirectory {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            pin_lock = Some(lock_pin_directory(&dir)?);
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(object)?;
         program_mut(&mut ebpf)?.load()?;
-        Ok(XdpRelay {
+        let mut relay = XdpRelay {
             ebpf,
             attachments: Vec::new(),
-        })
+            _pin_lock: pin_lock,
+        };
+        if options.pin_dir.is_some() {
+            let stale = relay.clear_bindings()?;
+            if stale > 0 {
+                tracing::info!("removed {stale} kernel bindings left by a previous run");
+            }
+        }
+        Ok(relay)
+    }
+
+    /// Removes every binding from the kernel maps; returns how many there
+    /// were.
+    pub fn clear_bindings(&mut self) -> Result<usize, XdpError> {
+        let mut channels = self.hash_map::<ChannelKey, ChannelTarget>(MAP_CHANNELS)?;
+        let keys: Vec<ChannelKey> = channels.keys().filter_map(Result::ok).collect();
+        for key in &keys {
+            channels.remove(key)?;
+        }
+        let mut peers = self.hash_map::<PeerKey, PeerTarget>(MAP_PEERS)?;
+        let peer_keys: Vec<PeerKey> = peers.keys().filter_map(Result::ok).collect();
+        for key in &peer_keys {
+            peers.remove(key)?;
+        }
+        Ok(keys.len().max(peer_keys.len()))
     }
 
     /// Takes the reader of the program's aya-log records; `None` the second

@@ -400,3 +400,23 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A unique pin directory on bpffs, removed on drop (also on failure).
+pub struct PinDir(pub std::path::PathBuf);
+
+impl PinDir {
+    pub fn new() -> PinDir {
+        turnx::xdp::ensure_bpffs().expect("mounting bpffs");
+        PinDir(std::path::Path::new("/sys/fs/bpf").join(unique_name("turnxpin")))
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
