@@ -322,7 +322,7 @@ fn allocate(setup: &Setup, username: &str, password: &str) -> Option<u16> {
     setup.topology.client.run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         TurnClient::connect(socket, server, username, password)
-            .allocate()
+            .allocate(false)
             .err()
     })
 }

@@ -52,10 +52,17 @@ fn logged_number(log: &str, field: &str) -> u64 {
 }
 
 #[test]
-fn channel_traffic_crosses_the_relay_in_the_kernel() {
-    let Some(object) =
-        common::xdp_object_or_skip("channel_traffic_crosses_the_relay_in_the_kernel")
-    else {
+fn ipv4_channel_traffic_crosses_the_relay_in_the_kernel() {
+    channel_traffic_crosses_the_relay_in_the_kernel("ipv4 kernel relay", false);
+}
+
+#[test]
+fn ipv6_channel_traffic_crosses_the_relay_in_the_kernel() {
+    channel_traffic_crosses_the_relay_in_the_kernel("ipv6 kernel relay", true);
+}
+
+fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
+    let Some(object) = common::xdp_object_or_skip(test) else {
         return;
     };
     if !common::have("turnutils_peer") {
@@ -83,10 +90,36 @@ fn channel_traffic_crosses_the_relay_in_the_kernel() {
     let status = topology
         .relay
         .command("sh")
-        .args(["-c", "echo 1 > /proc/sys/net/ipv4/conf/all/forwarding"])
+        .args([
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/conf/all/forwarding && \
+             echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
+    let (server_ip, relayed_ip, pod_ip, client_ip) = if ipv6 {
+        (
+            topology.relay_client_side_v6.clone(),
+            topology.relay_pod_side_v6.clone(),
+            topology.pod_ip_v6.clone(),
+            "fd00:18::1".to_owned(),
+        )
+    } else {
+        (
+            topology.relay_client_side.clone(),
+            topology.relay_pod_side.clone(),
+            topology.pod_ip.clone(),
+            "198.18.0.1".to_owned(),
+        )
+    };
+    let bracketed = |ip: &str| {
+        if ipv6 {
+            format!("[{ip}]")
+        } else {
+            ip.to_owned()
+        }
+    };
     // Native XDP redirects into a veth need a program on its peer: a
     // program that passes everything (no listen ports, no bindings).
     let mut client_pass = XdpRelay::load(object, "info").unwrap();
@@ -115,7 +148,7 @@ relay_ports = [51000, 51999]
 [auth]
 users = {{ alice = "wonderland" }}
 [peers]
-allowed = ["198.19.0.0/24"]
+allowed = ["198.19.0.0/24", "fd00:19::/64"]
 [xdp]
 interfaces = ["{client_side}", "{pod_side}"]
 mode = "native"
@@ -124,8 +157,8 @@ pin_dir = "{pins}"
 level = "debug"
 stats_interval_secs = 0
 "#,
-            server = topology.relay_client_side,
-            relayed = topology.relay_pod_side,
+            server = bracketed(&server_ip),
+            relayed = relayed_ip,
             client_side = topology.relay_client_if,
             pod_side = topology.relay_pod_if,
             pins = pins.path(),
@@ -141,7 +174,7 @@ stats_interval_secs = 0
     let peer_process = topology
         .pod
         .command("turnutils_peer")
-        .args(["-L", &topology.pod_ip, "-p", "3480"])
+        .args(["-L", &pod_ip, "-p", "3480"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -149,14 +182,12 @@ stats_interval_secs = 0
     let _peer_process = Process(peer_process);
     std::thread::sleep(Duration::from_millis(300));
 
-    let server: SocketAddr = format!("{}:3478", topology.relay_client_side)
-        .parse()
-        .unwrap();
-    let peer: SocketAddr = format!("{}:3480", topology.pod_ip).parse().unwrap();
+    let server: SocketAddr = format!("{}:3478", bracketed(&server_ip)).parse().unwrap();
+    let peer: SocketAddr = format!("{}:3480", bracketed(&pod_ip)).parse().unwrap();
     let (before, after, warm) = topology.client.run(|| {
-        let socket = UdpSocket::bind("198.18.0.1:0").unwrap();
+        let socket = UdpSocket::bind(format!("{}:0", bracketed(&client_ip))).unwrap();
         let client = TurnClient::connect(socket, server, "alice", "wonderland");
-        client.allocate().expect("allocation");
+        client.allocate(ipv6).expect("allocation");
         assert_eq!(client.channel_bind(CHANNEL, peer), None, "ChannelBind");
         // One round trip through userspace resolves the neighbours.
         let warm = client.channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(3));

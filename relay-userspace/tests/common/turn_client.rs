@@ -14,7 +14,10 @@ use stun_types::{
     },
 };
 use turn_types::{
-    attribute::{ChannelNumber, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress},
+    attribute::{
+        ChannelNumber, Lifetime, RequestedAddressFamily, RequestedTransport, XorPeerAddress,
+        XorRelayedAddress,
+    },
     message::{ALLOCATE, CHANNEL_BIND, REFRESH},
 };
 
@@ -88,10 +91,15 @@ impl TurnClient {
         (code, response)
     }
 
-    /// Allocates a UDP relay; returns the error code or the relayed address.
-    pub fn allocate(&self) -> Result<SocketAddr, u16> {
+    /// Allocates a UDP relay, IPv6 if `ipv6` (REQUESTED-ADDRESS-FAMILY);
+    /// returns the error code or the relayed address.
+    pub fn allocate(&self, ipv6: bool) -> Result<SocketAddr, u16> {
         let (code, response) = self.request(ALLOCATE, |b, _| {
             b.add_attribute(&RequestedTransport::new(17)).unwrap();
+            if ipv6 {
+                let family = RequestedAddressFamily::new(stun_types::AddressFamily::IPV6);
+                b.add_attribute(&family).unwrap();
+            }
         });
         if let Some(code) = code {
             return Err(code);
