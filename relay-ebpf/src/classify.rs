@@ -1,10 +1,21 @@
 //! Tells STUN from ChannelData in a UDP payload (RFC 8656 section 12.4 and
 //! RFC 8489 section 5).
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{Global, programs::XdpContext};
 use relay_common::{CHANNEL_MAX, CHANNEL_MIN, PacketClass, STUN_MAGIC_COOKIE};
 
 use crate::{packet::read, parse::Udp};
+
+/// The highest channel number accepted: RFC 8656's 0x4FFF, or 0x7FFF when
+/// the loader enables RFC 5766 channel numbers for older clients.
+#[unsafe(no_mangle)]
+static CHANNEL_LIMIT: Global<u16> = Global::new(CHANNEL_MAX);
+
+/// Whether `channel` is a valid channel number.
+#[inline(always)]
+pub fn is_channel(channel: u16) -> bool {
+    channel >= CHANNEL_MIN && channel <= CHANNEL_LIMIT.load()
+}
 
 /// STUN header length.
 const STUN_HEADER_LEN: usize = 20;
@@ -49,10 +60,7 @@ pub fn payload(ctx: &XdpContext, udp: &Udp) -> PacketClass {
 
     let data_room = len - CHANNEL_DATA_HEADER_LEN;
     let padded = (declared + 3) & !3;
-    if (CHANNEL_MIN..=CHANNEL_MAX).contains(&leading)
-        && declared <= data_room
-        && data_room <= padded
-    {
+    if is_channel(leading) && declared <= data_room && data_room <= padded {
         PacketClass::ChannelData
     } else {
         PacketClass::Other

@@ -14,9 +14,10 @@
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
-use relay_common::{CHANNEL_MAX, CHANNEL_MIN, ChannelKey, MapIp, PeerKey};
+use relay_common::{ChannelKey, MapIp, PeerKey};
 
 use crate::{
+    classify,
     csum::{self, Sum},
     maps,
     packet::{EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, copy_within, header_mut, read, write},
@@ -192,7 +193,7 @@ fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     let data_len = u16::from_be_bytes([channel_header[2], channel_header[3]]) as usize;
     let ip: &mut H = header_mut(ctx, udp.ip_offset).ok()?;
     // Padded ChannelData (optional on UDP) is left to userspace.
-    if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&channel)
+    if !classify::is_channel(channel)
         || data_len + CHANNEL_HEADER != udp.payload_len
         || ip.ttl() <= 1
     {

@@ -6,8 +6,8 @@
 //! A binding the kernel cannot take stays with the userspace relay, which
 //! handles every kind of traffic: bindings of TCP or TLS clients, of
 //! clients on wildcard listen addresses (the kernel needs the exact server
-//! address), across address families, on RFC 5766 channel numbers, or that
-//! do not fit in the maps. Each refusal is counted and logged.
+//! address), across address families, on RFC 5766 channel numbers unless
+//! enabled, or that do not fit in the maps. Each refusal is counted and logged.
 
 use std::{
     collections::HashMap,
@@ -32,7 +32,8 @@ pub struct OffloadStats {
     pub wildcard_listener: u64,
     /// Client and peer of different address families.
     pub cross_family: u64,
-    /// Channel numbers above 0x4FFF (RFC 5766 clients).
+    /// Channel numbers above 0x4FFF (RFC 5766 clients) while the kernel
+    /// program accepts only RFC 8656's.
     pub legacy_channel: u64,
     /// Map insertions that failed (full maps).
     pub failed: u64,
@@ -41,15 +42,24 @@ pub struct OffloadStats {
 /// Follows events into the kernel maps.
 pub struct Offload {
     relay: Arc<Mutex<XdpRelay>>,
+    /// Highest channel number the kernel program accepts.
+    max_channel: u16,
     installed: HashMap<(FiveTuple, u16), KernelBinding>,
     stats: OffloadStats,
 }
 
 impl Offload {
-    /// An offload manager writing into `relay`'s maps.
-    pub fn new(relay: Arc<Mutex<XdpRelay>>) -> Self {
+    /// An offload manager writing into `relay`'s maps; with
+    /// `legacy_channel_numbers` (as loaded into the program) RFC 5766
+    /// channel numbers are offloaded too.
+    pub fn new(relay: Arc<Mutex<XdpRelay>>, legacy_channel_numbers: bool) -> Self {
         Offload {
             relay,
+            max_channel: if legacy_channel_numbers {
+                0x7FFF
+            } else {
+                relay_common::CHANNEL_MAX
+            },
             installed: HashMap::new(),
             stats: OffloadStats::default(),
         }
@@ -89,7 +99,7 @@ impl Offload {
             &mut self.stats.wildcard_listener
         } else if client.client.is_ipv4() != peer.is_ipv4() {
             &mut self.stats.cross_family
-        } else if channel > relay_common::CHANNEL_MAX {
+        } else if channel > self.max_channel {
             &mut self.stats.legacy_channel
         } else {
             let binding = KernelBinding {

@@ -61,140 +61,185 @@ fn ipv6_channel_traffic_crosses_the_relay_in_the_kernel() {
     channel_traffic_crosses_the_relay_in_the_kernel("ipv6 kernel relay", true);
 }
 
-fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
-    let Some(object) = common::xdp_object_or_skip(test) else {
-        return;
-    };
-    if !common::have("turnutils_peer") {
-        assert!(
-            std::env::var_os("TURNX_REQUIRE_XDP_TESTS").is_none(),
-            "turnutils_peer missing"
-        );
-        eprintln!("skipping: turnutils_peer (Debian package coturn) is not installed");
-        return;
+/// A relay namespace running turnxd with native XDP on both interfaces,
+/// between a client namespace and a pod namespace where turnutils_peer
+/// echoes, with everything the kernel relay needs; `None` when skipping.
+struct KernelSetup {
+    topology: Topology,
+    daemon: Daemon,
+    server: SocketAddr,
+    peer: SocketAddr,
+    client_ip: String,
+    _pass_programs: [XdpRelay; 2],
+    _peer_process: Process,
+    _pins: common::PinDir,
+    _config_dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
-    let topology = Topology::new();
-    // Senders fill in their checksums, as a NIC would deliver them.
-    for (ns, dev) in [
-        (&topology.client, &topology.client_if),
-        (&topology.pod, &topology.pod_if),
-    ] {
-        let status = ns
-            .command("ethtool")
-            .args(["-K", dev, "tx", "off"])
-            .output()
-            .unwrap();
-        assert!(status.status.success(), "ethtool -K {dev} tx off");
-    }
-    // The kernel's FIB helper needs forwarding on the relay.
-    let status = topology
-        .relay
-        .command("sh")
-        .args([
-            "-c",
-            "echo 1 > /proc/sys/net/ipv4/conf/all/forwarding && \
-             echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let (server_ip, relayed_ip, pod_ip, client_ip) = if ipv6 {
-        (
-            topology.relay_client_side_v6.clone(),
-            topology.relay_pod_side_v6.clone(),
-            topology.pod_ip_v6.clone(),
-            "fd00:18::1".to_owned(),
-        )
-    } else {
-        (
-            topology.relay_client_side.clone(),
-            topology.relay_pod_side.clone(),
-            topology.pod_ip.clone(),
-            "198.18.0.1".to_owned(),
-        )
-    };
-    let bracketed = |ip: &str| {
-        if ipv6 {
-            format!("[{ip}]")
-        } else {
-            ip.to_owned()
+}
+
+impl KernelSetup {
+    fn new(test: &str, ipv6: bool, server_extra: &str) -> Option<KernelSetup> {
+        let object = common::xdp_object_or_skip(test)?;
+        if !common::have("turnutils_peer") {
+            assert!(
+                std::env::var_os("TURNX_REQUIRE_XDP_TESTS").is_none(),
+                "turnutils_peer missing"
+            );
+            eprintln!("skipping {test}: turnutils_peer (Debian package coturn) is not installed");
+            return None;
         }
+        let topology = Topology::new();
+        // Senders fill in their checksums, as a NIC would deliver them.
+        for (ns, dev) in [
+            (&topology.client, &topology.client_if),
+            (&topology.pod, &topology.pod_if),
+        ] {
+            let status = ns
+                .command("ethtool")
+                .args(["-K", dev, "tx", "off"])
+                .output()
+                .unwrap();
+            assert!(status.status.success(), "ethtool -K {dev} tx off");
+        }
+        // The kernel's FIB helper needs forwarding on the relay.
+        let status = topology
+            .relay
+            .command("sh")
+            .args([
+                "-c",
+                "echo 1 > /proc/sys/net/ipv4/conf/all/forwarding && \
+                 echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (server_ip, relayed_ip, pod_ip, client_ip) = if ipv6 {
+            (
+                topology.relay_client_side_v6.clone(),
+                topology.relay_pod_side_v6.clone(),
+                topology.pod_ip_v6.clone(),
+                "fd00:18::1".to_owned(),
+            )
+        } else {
+            (
+                topology.relay_client_side.clone(),
+                topology.relay_pod_side.clone(),
+                topology.pod_ip.clone(),
+                "198.18.0.1".to_owned(),
+            )
+        };
+        let bracketed = |ip: &str| {
+            if ipv6 {
+                format!("[{ip}]")
+            } else {
+                ip.to_owned()
+            }
+        };
+        // Native XDP redirects into a veth need a program on its peer: a
+        // program that passes everything (no listen ports, no bindings).
+        let mut client_pass = XdpRelay::load(object, "info").unwrap();
+        topology
+            .client
+            .run(|| client_pass.attach(&topology.client_if, XdpMode::Native))
+            .unwrap();
+        let mut pod_pass = XdpRelay::load(object, "info").unwrap();
+        topology
+            .pod
+            .run(|| pod_pass.attach(&topology.pod_if, XdpMode::Native))
+            .unwrap();
+
+        let pins = common::PinDir::new();
+        let dir = std::env::temp_dir().join(common::unique_name("turnxk"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("turnxd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+    [server]
+    listen = ["{server}:3478"]
+    relay_addresses = ["{relayed}"]
+    relay_ports = [51000, 51999]
+    {server_extra}
+    [auth]
+    users = {{ alice = "wonderland" }}
+    [peers]
+    allowed = ["198.19.0.0/24", "fd00:19::/64"]
+    [xdp]
+    interfaces = ["{client_side}", "{pod_side}"]
+    mode = "native"
+    pin_dir = "{pins}"
+    [log]
+    level = "debug"
+    stats_interval_secs = 0
+    "#,
+                server = bracketed(&server_ip),
+                relayed = relayed_ip,
+                client_side = topology.relay_client_if,
+                pod_side = topology.relay_pod_if,
+                pins = pins.path(),
+            ),
+        )
+        .unwrap();
+        let mut daemon = Daemon::start(&topology.relay, &["--config", config.to_str().unwrap()]);
+        assert!(
+            daemon.wait_for_line("turnxd ready", Duration::from_secs(20)),
+            "turnxd did not start:\n{}",
+            daemon.log()
+        );
+        let peer_process = topology
+            .pod
+            .command("turnutils_peer")
+            .args(["-L", &pod_ip, "-p", "3480"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let _peer_process = Process(peer_process);
+        std::thread::sleep(Duration::from_millis(300));
+        let server: SocketAddr = format!("{}:3478", bracketed(&server_ip)).parse().unwrap();
+        let peer: SocketAddr = format!("{}:3480", bracketed(&pod_ip)).parse().unwrap();
+        Some(KernelSetup {
+            topology,
+            daemon,
+            server,
+            peer,
+            client_ip: bracketed(&client_ip),
+            _pass_programs: [client_pass, pod_pass],
+            _peer_process,
+            _pins: pins,
+            _config_dir: TempDir(dir),
+        })
+    }
+
+    /// The turnx counters of the relay's client-side and pod-side
+    /// interfaces.
+    fn counters(&self) -> (serde_json::Value, serde_json::Value) {
+        relay_counters(&self.topology)
+    }
+}
+
+fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
+    let Some(mut setup) = KernelSetup::new(test, ipv6, "") else {
+        return;
     };
-    // Native XDP redirects into a veth need a program on its peer: a
-    // program that passes everything (no listen ports, no bindings).
-    let mut client_pass = XdpRelay::load(object, "info").unwrap();
-    topology
-        .client
-        .run(|| client_pass.attach(&topology.client_if, XdpMode::Native))
-        .unwrap();
-    let mut pod_pass = XdpRelay::load(object, "info").unwrap();
-    topology
-        .pod
-        .run(|| pod_pass.attach(&topology.pod_if, XdpMode::Native))
-        .unwrap();
-
-    let pins = common::PinDir::new();
-    let dir = std::env::temp_dir().join(common::unique_name("turnxk"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("turnxd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = ["{server}:3478"]
-relay_addresses = ["{relayed}"]
-relay_ports = [51000, 51999]
-[auth]
-users = {{ alice = "wonderland" }}
-[peers]
-allowed = ["198.19.0.0/24", "fd00:19::/64"]
-[xdp]
-interfaces = ["{client_side}", "{pod_side}"]
-mode = "native"
-pin_dir = "{pins}"
-[log]
-level = "debug"
-stats_interval_secs = 0
-"#,
-            server = bracketed(&server_ip),
-            relayed = relayed_ip,
-            client_side = topology.relay_client_if,
-            pod_side = topology.relay_pod_if,
-            pins = pins.path(),
-        ),
-    )
-    .unwrap();
-    let mut daemon = Daemon::start(&topology.relay, &["--config", config.to_str().unwrap()]);
-    assert!(
-        daemon.wait_for_line("turnxd ready", Duration::from_secs(20)),
-        "turnxd did not start:\n{}",
-        daemon.log()
-    );
-    let peer_process = topology
-        .pod
-        .command("turnutils_peer")
-        .args(["-L", &pod_ip, "-p", "3480"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _peer_process = Process(peer_process);
-    std::thread::sleep(Duration::from_millis(300));
-
-    let server: SocketAddr = format!("{}:3478", bracketed(&server_ip)).parse().unwrap();
-    let peer: SocketAddr = format!("{}:3480", bracketed(&pod_ip)).parse().unwrap();
+    let (server, peer) = (setup.server, setup.peer);
+    let (topology, client_ip) = (&setup.topology, &setup.client_ip);
     let (before, after, warm) = topology.client.run(|| {
-        let socket = UdpSocket::bind(format!("{}:0", bracketed(&client_ip))).unwrap();
+        let socket = UdpSocket::bind(format!("{client_ip}:0")).unwrap();
         let client = TurnClient::connect(socket, server, "alice", "wonderland");
         client.allocate(ipv6).expect("allocation");
         assert_eq!(client.channel_bind(CHANNEL, peer), None, "ChannelBind");
         // One round trip through userspace resolves the neighbours.
         let warm = client.channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(3));
-        let before = (
-            counters(&topology.relay, &topology.relay_client_if),
-            counters(&topology.relay, &topology.relay_pod_if),
-        );
+        let before = relay_counters(topology);
         for i in 0..ROUND_TRIPS {
             let data = format!("media packet {i:04}");
             let echo = client
@@ -205,10 +250,7 @@ stats_interval_secs = 0
                 turnx::frame::channel_data(CHANNEL, data.as_bytes(), false)
             );
         }
-        let after = (
-            counters(&topology.relay, &topology.relay_client_if),
-            counters(&topology.relay, &topology.relay_pod_if),
-        );
+        let after = relay_counters(topology);
         // Deleting the allocation removes the binding from the kernel.
         assert_eq!(client.refresh(0), None, "Refresh 0");
         let lost = client.channel_round_trip(CHANNEL, b"after delete", Duration::from_millis(500));
@@ -218,7 +260,7 @@ stats_interval_secs = 0
     assert!(
         warm.is_some(),
         "the warm-up round trip failed:\n{}",
-        daemon.log()
+        setup.daemon.log()
     );
     let to_peer = packets(&after.0, "forwarded_to_peer") - packets(&before.0, "forwarded_to_peer");
     let to_client =
@@ -231,21 +273,87 @@ stats_interval_secs = 0
         to_client, ROUND_TRIPS as u64,
         "kernel peer->client: {after:?}"
     );
-    let late = counters(&topology.relay, &topology.relay_client_if);
+    let late = setup.counters().0;
     assert_eq!(
         packets(&late, "forwarded_to_peer"),
         packets(&after.0, "forwarded_to_peer"),
         "the kernel forwarded after the allocation was deleted"
     );
 
-    let exit = daemon.stop(libc::SIGTERM);
-    assert!(exit.success(), "{}", daemon.log());
-    let log = daemon.log();
+    let exit = setup.daemon.stop(libc::SIGTERM);
+    assert!(exit.success(), "{}", setup.daemon.log());
+    let log = setup.daemon.log();
     // The userspace relay carried at most the warm-up, never the measured
     // packets.
     assert!(logged_number(&log, "to_peer_packets") <= 1, "{log}");
     assert!(logged_number(&log, "to_client_packets") <= 1, "{log}");
     assert_eq!(logged_number(&log, "installed"), 1, "{log}");
     assert_eq!(logged_number(&log, "removed"), 1, "{log}");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn uclient_channels_cross_the_relay_in_the_kernel() {
+    let test = "uclient_channels_cross_the_relay_in_the_kernel";
+    // coturn's client binds RFC 5766 channel numbers.
+    let Some(mut setup) = KernelSetup::new(test, false, "legacy_channel_numbers = true") else {
+        return;
+    };
+    let before = setup.counters();
+    let messages = 100;
+    let output = setup
+        .topology
+        .client
+        .command("timeout")
+        .args([
+            "60",
+            "turnutils_uclient",
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-c",
+        ])
+        .args(["-e", &setup.peer.ip().to_string(), "-r", "3480"])
+        .args(["-n", &messages.to_string(), "-l", "200"])
+        .arg(setup.server.ip().to_string())
+        .output()
+        .expect("running turnutils_uclient");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "uclient failed:\n{text}\n{}",
+        setup.daemon.log()
+    );
+    assert!(
+        text.contains(&format!(
+            "tot_send_msgs={messages}, tot_recv_msgs={messages}"
+        )),
+        "not every message came back:\n{text}"
+    );
+    let after = setup.counters();
+    let to_peer = packets(&after.0, "forwarded_to_peer") - packets(&before.0, "forwarded_to_peer");
+    let to_client =
+        packets(&after.1, "forwarded_to_client") - packets(&before.1, "forwarded_to_client");
+    // The first packets go through userspace while the neighbours resolve.
+    assert!(
+        to_peer >= messages - 10,
+        "kernel client->peer {to_peer} of {messages}"
+    );
+    assert!(
+        to_client >= messages - 10,
+        "kernel peer->client {to_client} of {messages}"
+    );
+    let exit = setup.daemon.stop(libc::SIGTERM);
+    assert!(exit.success());
+    let log = setup.daemon.log();
+    assert!(logged_number(&log, "to_peer_packets") <= 10, "{log}");
+}
+
+/// The turnx counters of the relay's client-side and pod-side interfaces.
+fn relay_counters(topology: &Topology) -> (serde_json::Value, serde_json::Value) {
+    (
+        counters(&topology.relay, &topology.relay_client_if),
+        counters(&topology.relay, &topology.relay_pod_if),
+    )
 }

@@ -399,7 +399,7 @@ fn offload_follows_channel_events_and_keeps_the_rest_in_userspace() {
     };
     let Relay { xdp, ns } = relay;
     let xdp = Arc::new(Mutex::new(xdp));
-    let mut offload = Offload::new(Arc::clone(&xdp));
+    let mut offload = Offload::new(Arc::clone(&xdp), false);
     let binding = v4_binding();
     let udp_client = FiveTuple {
         transport: Transport::Udp,
@@ -482,6 +482,7 @@ fn pinned_maps_are_reopened_and_full_maps_refuse_bindings() {
         route_in_stack: true,
         pin_dir: Some(dir.0.clone()),
         max_bindings: Some(1),
+        ..Default::default()
     };
     let binding = v4_binding();
     let frame = client_frame(&binding, &channel_data(CHANNEL, b"media", false)).build();

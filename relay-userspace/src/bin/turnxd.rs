@@ -152,9 +152,10 @@ async fn run(args: Args, config: Config) -> Result<()> {
         tracing::info!("XDP disabled by configuration");
         None
     };
-    let offload = relay
-        .as_ref()
-        .map(|relay| Arc::new(Mutex::new(Offload::new(Arc::clone(relay)))));
+    let offload = relay.as_ref().map(|relay| {
+        let legacy = config.server.legacy_channel_numbers;
+        Arc::new(Mutex::new(Offload::new(Arc::clone(relay), legacy)))
+    });
     let follower = offload.clone();
     let on_event: turnx::shell::EventHandler = Box::new(move |event| {
         tracing::debug!(?event, "allocation state");
@@ -223,6 +224,7 @@ fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
         route_in_stack: config.xdp.route_in_stack,
         pin_dir,
         max_bindings: Some(config.xdp.max_bindings),
+        legacy_channel_numbers: config.server.legacy_channel_numbers,
     };
     let mut relay = XdpRelay::load_with(&object, &config.log.level, &options)?;
     match relay.take_logger() {

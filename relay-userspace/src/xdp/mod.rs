@@ -252,6 +252,9 @@ pub struct LoadOptions {
     pub pin_dir: Option<std::path::PathBuf>,
     /// Entries of each binding map; `None`: the object's default.
     pub max_bindings: Option<u32>,
+    /// Treat channel numbers up to 0x7FFF (RFC 5766) as channels, as the
+    /// server's `legacy_channel_numbers` does.
+    pub legacy_channel_numbers: bool,
 }
 
 /// The maps that are pinned: bindings and counters (the listen ports are
@@ -312,10 +315,16 @@ impl XdpRelay {
     ) -> Result<Self, XdpError> {
         let level = kernel_log_level(log_level);
         let route_in_stack = u8::from(options.route_in_stack);
+        let channel_limit: u16 = if options.legacy_channel_numbers {
+            0x7FFF
+        } else {
+            relay_common::CHANNEL_MAX
+        };
         let mut loader = EbpfLoader::new();
         loader
             .override_global(aya_log::LEVEL, &level, true)
-            .override_global("ROUTE_IN_STACK", &route_in_stack, true);
+            .override_global("ROUTE_IN_STACK", &route_in_stack, true)
+            .override_global("CHANNEL_LIMIT", &channel_limit, true);
         if let Some(size) = options.max_bindings {
             loader
                 .map_max_entries(MAP_CHANNELS, size)
