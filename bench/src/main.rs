@@ -64,6 +64,7 @@ fn binding() -> KernelBinding {
         channel: 0x4000,
         relayed: "198.19.0.1:50002".parse().unwrap(),
         peer: "198.19.0.2:3480".parse().unwrap(),
+        slot: 0,
     }
 }
 

@@ -116,7 +116,7 @@ pub const MAX_BINDINGS: u32 = 16384;
 /// Version of the map layouts (keys, values, names). Pinned maps live in a
 /// directory named after it, so a daemon never reopens maps of another
 /// layout. Bump it with any change to the types above.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// An IP address in the maps: IPv6 as is, IPv4 as IPv4-mapped IPv6
 /// (`::ffff:a.b.c.d`), so one key layout serves both families.
@@ -159,6 +159,8 @@ pub struct ChannelTarget {
     pub checksum_delta: [u8; 2],
     /// Zero.
     pub _pad: [u8; 2],
+    /// The binding's slot in [`MAP_BINDING_COUNTERS`].
+    pub slot: u32,
 }
 
 /// A peer's datagram to a relayed address.
@@ -192,6 +194,28 @@ pub struct PeerTarget {
     pub channel: [u8; 2],
     /// As [`ChannelTarget::checksum_delta`], for this direction.
     pub checksum_delta: [u8; 2],
+    /// The binding's slot in [`MAP_BINDING_COUNTERS`].
+    pub slot: u32,
+}
+
+/// Name of the per-CPU array of per-binding traffic counters, indexed by
+/// the `slot` of [`ChannelTarget`] and [`PeerTarget`]; sized like the
+/// binding maps.
+pub const MAP_BINDING_COUNTERS: &str = "BINDING_COUNTERS";
+
+/// What the kernel relayed for one binding, on one CPU. Bytes are
+/// application bytes (the ChannelData payload).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindingCounters {
+    /// Datagrams relayed from the client to the peer.
+    pub to_peer_packets: u64,
+    /// Their bytes.
+    pub to_peer_bytes: u64,
+    /// Datagrams relayed from the peer to the client.
+    pub to_client_packets: u64,
+    /// Their bytes.
+    pub to_client_bytes: u64,
 }
 
 /// Lowest channel number a client may bind (RFC 8656 section 12).
@@ -217,6 +241,8 @@ mod pod {
     unsafe impl aya::Pod for super::PeerKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PeerTarget {}
+    // SAFETY: u64 fields only, no padding.
+    unsafe impl aya::Pod for super::BindingCounters {}
 }
 
 #[cfg(test)]
@@ -230,9 +256,10 @@ mod tests {
         assert_eq!(size_of::<Counter>(), 16);
         // Byte arrays only: the size is the sum of the fields.
         assert_eq!(size_of::<ChannelKey>(), 16 + 16 + 2 + 2 + 2 + 2);
-        assert_eq!(size_of::<ChannelTarget>(), 16 + 16 + 2 + 2 + 2 + 2);
+        assert_eq!(size_of::<ChannelTarget>(), 16 + 16 + 2 + 2 + 2 + 2 + 4);
         assert_eq!(size_of::<PeerKey>(), 16 + 16 + 2 + 2);
-        assert_eq!(size_of::<PeerTarget>(), 16 + 16 + 2 + 2 + 2 + 2);
+        assert_eq!(size_of::<PeerTarget>(), 16 + 16 + 2 + 2 + 2 + 2 + 4);
+        assert_eq!(size_of::<BindingCounters>(), 32);
     }
 
     #[test]

@@ -261,6 +261,7 @@ fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
         return None;
     }
     set_macs(ctx, &hop)?;
+    maps::count_binding(target.slot, true, data_len);
     Some(hop.action(ctx))
 }
 
@@ -346,5 +347,6 @@ fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     write(ctx, udp.udp_offset, new_udp).ok()?;
     write(ctx, udp.udp_offset + size_of::<UdpHdr>(), channel_header).ok()?;
     set_macs(ctx, &hop)?;
+    maps::count_binding(target.slot, false, udp.payload_len);
     Some(hop.action(ctx))
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
 };
 use relay_common::{
-    ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue, MAX_BINDINGS,
-    MAX_LISTEN_PORTS, PacketClass, PeerKey, PeerTarget,
+    BindingCounters, ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue,
+    MAX_BINDINGS, MAX_LISTEN_PORTS, PacketClass, PeerKey, PeerTarget,
 };
 
 /// UDP ports the TURN server listens on (`relay_common::MAP_LISTEN_PORTS`).
@@ -26,6 +26,30 @@ static CHANNELS: HashMap<ChannelKey, ChannelTarget> = HashMap::with_max_entries(
 /// Bound channels seen from the peer side (`relay_common::MAP_PEERS`).
 #[map]
 static PEERS: HashMap<PeerKey, PeerTarget> = HashMap::with_max_entries(MAX_BINDINGS, 0);
+
+/// Per-binding traffic (`relay_common::MAP_BINDING_COUNTERS`).
+#[map]
+static BINDING_COUNTERS: PerCpuArray<BindingCounters> =
+    PerCpuArray::with_max_entries(MAX_BINDINGS, 0);
+
+/// Counts one datagram of `bytes` application bytes relayed for the
+/// binding in `slot`, towards the peer or the client.
+#[inline(always)]
+pub fn count_binding(slot: u32, to_peer: bool, bytes: usize) {
+    if let Some(counters) = BINDING_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot of a per-CPU array, which nothing else
+        // writes while this program runs on this CPU.
+        unsafe {
+            if to_peer {
+                (*counters).to_peer_packets += 1;
+                (*counters).to_peer_bytes += bytes as u64;
+            } else {
+                (*counters).to_client_packets += 1;
+                (*counters).to_client_bytes += bytes as u64;
+            }
+        }
+    }
+}
 
 /// Where a client's ChannelData goes, if its channel is bound.
 #[inline(always)]

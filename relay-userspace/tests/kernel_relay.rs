@@ -38,6 +38,15 @@ fn packets(counters: &serde_json::Value, class: &str) -> u64 {
     counters[class]["packets"].as_u64().unwrap_or(0)
 }
 
+/// A number from turnxd's shutdown log, such as `to_peer_packets: 1`,
+/// the first after `after`.
+fn logged_number_after(log: &str, after: &str, field: &str) -> u64 {
+    let from = log
+        .find(after)
+        .unwrap_or_else(|| panic!("no {after} in:\n{log}"));
+    logged_number(&log[from..], field)
+}
+
 /// A number from turnxd's shutdown log line, such as `to_peer_packets: 1`.
 fn logged_number(log: &str, field: &str) -> u64 {
     let start = log
@@ -285,10 +294,15 @@ fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
     let log = setup.daemon.log();
     // The userspace relay carried at most the warm-up, never the measured
     // packets.
-    assert!(logged_number(&log, "to_peer_packets") <= 1, "{log}");
-    assert!(logged_number(&log, "to_client_packets") <= 1, "{log}");
+    let userspace = |field| logged_number_after(&log, "relayed Stats", field);
+    assert!(userspace("to_peer_packets") <= 1, "{log}");
+    assert!(userspace("to_client_packets") <= 1, "{log}");
     assert_eq!(logged_number(&log, "installed"), 1, "{log}");
     assert_eq!(logged_number(&log, "removed"), 1, "{log}");
+    // The binding's own counters account for every kernel-relayed packet.
+    let kernel = |field| logged_number_after(&log, "kernel_relayed", field);
+    assert!(kernel("to_peer_packets") >= ROUND_TRIPS as u64, "{log}");
+    assert!(kernel("to_client_packets") >= ROUND_TRIPS as u64, "{log}");
 }
 
 #[test]
@@ -347,7 +361,10 @@ fn uclient_channels_cross_the_relay_in_the_kernel() {
     let exit = setup.daemon.stop(libc::SIGTERM);
     assert!(exit.success());
     let log = setup.daemon.log();
-    assert!(logged_number(&log, "to_peer_packets") <= 10, "{log}");
+    assert!(
+        logged_number_after(&log, "relayed Stats", "to_peer_packets") <= 10,
+        "{log}"
+    );
 }
 
 /// The turnx counters of the relay's client-side and pod-side interfaces.

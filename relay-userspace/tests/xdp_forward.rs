@@ -28,6 +28,7 @@ fn v4_binding() -> KernelBinding {
         channel: CHANNEL,
         relayed: addr("198.19.0.1:50002"),
         peer: addr("198.19.0.2:3480"),
+        slot: 0,
     }
 }
 
@@ -38,6 +39,7 @@ fn v6_binding() -> KernelBinding {
         channel: 0x4ABC,
         relayed: addr("[fd00:19::1]:50002"),
         peer: addr("[fd00:19::2]:3480"),
+        slot: 1,
     }
 }
 
@@ -399,7 +401,7 @@ fn offload_follows_channel_events_and_keeps_the_rest_in_userspace() {
     };
     let Relay { xdp, ns } = relay;
     let xdp = Arc::new(Mutex::new(xdp));
-    let mut offload = Offload::new(Arc::clone(&xdp), false);
+    let mut offload = Offload::new(Arc::clone(&xdp), 16, false);
     let binding = v4_binding();
     let udp_client = FiveTuple {
         transport: Transport::Udp,
@@ -426,6 +428,9 @@ fn offload_follows_channel_events_and_keeps_the_rest_in_userspace() {
 
     offload.apply(&bound(udp_client, CHANNEL, binding.peer));
     assert_eq!(class_of(&frame.bytes), PacketClass::ForwardedToPeer);
+    // Per-binding counters: one datagram of 5 application bytes.
+    let relayed = offload.binding_relayed(udp_client, CHANNEL).unwrap();
+    assert_eq!((relayed.to_peer_packets, relayed.to_peer_bytes), (1, 5));
     // Refreshes and other events change nothing in the kernel.
     offload.apply(&Event::ChannelRefreshed {
         client: udp_client,
@@ -456,6 +461,8 @@ fn offload_follows_channel_events_and_keeps_the_rest_in_userspace() {
     offload.apply(&bound(udp_client, CHANNEL, addr("[fd00:19::2]:3480")));
     offload.apply(&bound(udp_client, 0x6DB8, binding.peer));
     let stats = offload.stats();
+    // The ended binding's traffic is in the accounting.
+    assert_eq!(stats.kernel_relayed.to_peer_packets, 2);
     assert_eq!(
         (
             stats.installed,
@@ -501,8 +508,9 @@ fn pinned_maps_are_reopened_and_full_maps_refuse_bindings() {
     let relay = Relay { xdp: first, ns };
     assert_eq!(run(&relay, &frame.bytes).2, PacketClass::ForwardedToPeer);
     let Relay { xdp: first, ns } = relay;
-    for name in ["CHANNELS", "PEERS", "CLASS_COUNTERS"] {
-        assert!(dir.0.join("v1").join(name).exists(), "{name} is pinned");
+    let version = format!("v{}", relay_common::MAP_LAYOUT_VERSION);
+    for name in ["CHANNELS", "PEERS", "CLASS_COUNTERS", "BINDING_COUNTERS"] {
+        assert!(dir.0.join(&version).join(name).exists(), "{name} is pinned");
     }
     drop(first);
 

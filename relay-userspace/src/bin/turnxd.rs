@@ -154,7 +154,8 @@ async fn run(args: Args, config: Config) -> Result<()> {
     };
     let offload = relay.as_ref().map(|relay| {
         let legacy = config.server.legacy_channel_numbers;
-        Arc::new(Mutex::new(Offload::new(Arc::clone(relay), legacy)))
+        let offload = Offload::new(Arc::clone(relay), config.xdp.max_bindings, legacy);
+        Arc::new(Mutex::new(offload))
     });
     let follower = offload.clone();
     let on_event: turnx::shell::EventHandler = Box::new(move |event| {

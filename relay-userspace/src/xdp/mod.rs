@@ -15,9 +15,9 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, xdp::XdpLinkId},
 };
 use relay_common::{
-    ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue, MAP_CHANNELS,
-    MAP_CLASS_COUNTERS, MAP_LISTEN_PORTS, MAP_PEERS, MAX_LISTEN_PORTS, MapIp, PROGRAM_NAME,
-    PeerKey, PeerTarget,
+    BindingCounters, ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue,
+    MAP_BINDING_COUNTERS, MAP_CHANNELS, MAP_CLASS_COUNTERS, MAP_LISTEN_PORTS, MAP_PEERS,
+    MAX_LISTEN_PORTS, MapIp, PROGRAM_NAME, PeerKey, PeerTarget,
 };
 use thiserror::Error;
 
@@ -131,6 +131,9 @@ pub struct KernelBinding {
     pub relayed: std::net::SocketAddr,
     /// The peer.
     pub peer: std::net::SocketAddr,
+    /// Its slot in the per-binding counters, unique among installed
+    /// bindings (the offload manager hands them out).
+    pub slot: u32,
 }
 
 /// An address as the maps store it: IPv4 as IPv4-mapped IPv6.
@@ -192,6 +195,7 @@ impl KernelBinding {
                     [self.relayed, self.peer],
                 ),
                 _pad: [0; 2],
+                slot: self.slot,
             },
         )
     }
@@ -214,6 +218,7 @@ impl KernelBinding {
                     [self.peer, self.relayed],
                     [self.server, self.client],
                 ),
+                slot: self.slot,
             },
         )
     }
@@ -259,7 +264,12 @@ pub struct LoadOptions {
 
 /// The maps that are pinned: bindings and counters (the listen ports are
 /// rewritten at every start).
-const PINNED_MAPS: [&str; 3] = [MAP_CHANNELS, MAP_PEERS, MAP_CLASS_COUNTERS];
+const PINNED_MAPS: [&str; 4] = [
+    MAP_CHANNELS,
+    MAP_PEERS,
+    MAP_CLASS_COUNTERS,
+    MAP_BINDING_COUNTERS,
+];
 
 /// The loaded XDP program and its maps.
 pub struct XdpRelay {
@@ -328,7 +338,8 @@ impl XdpRelay {
         if let Some(size) = options.max_bindings {
             loader
                 .map_max_entries(MAP_CHANNELS, size)
-                .map_max_entries(MAP_PEERS, size);
+                .map_max_entries(MAP_PEERS, size)
+                .map_max_entries(MAP_BINDING_COUNTERS, size);
         }
         let mut pin_lock = None;
         if let Some(dir) = &options.pin_dir {
@@ -487,6 +498,38 @@ impl XdpRelay {
             Err(err) => failures.push((String::new(), err)),
         }
         failures
+    }
+
+    /// What the kernel relayed for the binding in `slot`, summed over CPUs.
+    pub fn binding_counters(&self, slot: u32) -> Result<BindingCounters, XdpError> {
+        let map = self
+            .ebpf
+            .map(MAP_BINDING_COUNTERS)
+            .ok_or_else(|| XdpError::Mismatch(format!("map {MAP_BINDING_COUNTERS}")))?;
+        let map: PerCpuArray<_, BindingCounters> = PerCpuArray::try_from(map)?;
+        let mut sum = BindingCounters::default();
+        for counters in map.get(&slot, 0)?.iter() {
+            sum.to_peer_packets += counters.to_peer_packets;
+            sum.to_peer_bytes += counters.to_peer_bytes;
+            sum.to_client_packets += counters.to_client_packets;
+            sum.to_client_bytes += counters.to_client_bytes;
+        }
+        Ok(sum)
+    }
+
+    /// Zeroes the counters of `slot` on every CPU, for a new binding.
+    pub fn reset_binding_counters(&mut self, slot: u32) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_BINDING_COUNTERS)
+            .ok_or_else(|| XdpError::Mismatch(format!("map {MAP_BINDING_COUNTERS}")))?;
+        let mut map: PerCpuArray<_, BindingCounters> = PerCpuArray::try_from(map)?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(_, err)| XdpError::Map(MapError::IoError(err)))?;
+        let zeroes = aya::maps::PerCpuValues::try_from(vec![BindingCounters::default(); cpus])
+            .map_err(|err| XdpError::Map(MapError::IoError(err)))?;
+        map.set(slot, zeroes, 0)?;
+        Ok(())
     }
 
     /// Reads the packet counters, summed over CPUs.
