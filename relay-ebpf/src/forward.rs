@@ -137,6 +137,35 @@ impl IpHeader for Ipv6Hdr {
     }
 }
 
+/// The UDP checksum after a binding's rewrite (RFC 1624): `delta` for the
+/// addresses and ports, the length from the old header's to `new_len` (it
+/// appears twice, in the pseudo-header and the UDP header), and the
+/// ChannelData header words stripped or prepended. An IPv4 datagram
+/// without checksum stays without.
+#[inline(always)]
+fn updated_check<H: IpHeader>(
+    old: &UdpHdr,
+    delta: &[u8; 2],
+    new_len: &[u8; 2],
+    channel_header: &[u8; CHANNEL_HEADER],
+    strip: bool,
+) -> [u8; 2] {
+    if H::ZERO_CHECKSUM_ALLOWED && old.check == [0, 0] {
+        return [0, 0];
+    }
+    let sum = Sum::from_checksum(old.check)
+        .add(delta)
+        .remove(&old.len)
+        .remove(&old.len)
+        .add(new_len)
+        .add(new_len);
+    csum::udp_field(if strip {
+        sum.remove(channel_header)
+    } else {
+        sum.add(channel_header)
+    })
+}
+
 /// A client's ChannelData on a bound channel: strips the ChannelData
 /// header and sends the data from the relayed address to the peer.
 #[inline(always)]
@@ -224,21 +253,14 @@ fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
             ip_len: (H::LEN + udp.payload_len + size_of::<UdpHdr>() - CHANNEL_HEADER) as u16,
         },
     )?;
-    let check = if H::ZERO_CHECKSUM_ALLOWED && udp.header.check == [0, 0] {
-        [0, 0]
-    } else {
-        // Addresses and ports: the binding's precomputed delta. The length
-        // appears twice, in the pseudo-header and the UDP header.
-        csum::udp_field(
-            Sum::from_checksum(udp.header.check)
-                .add(&target.checksum_delta)
-                .remove(&udp.header.len)
-                .remove(&udp.header.len)
-                .remove(&channel_header)
-                .add(&new_len)
-                .add(&new_len),
-        )
-    };
+    // Addresses and ports: the binding's precomputed delta.
+    let check = updated_check::<H>(
+        &udp.header,
+        &target.checksum_delta,
+        &new_len,
+        &channel_header,
+        true,
+    );
     // Rewrite in place, then move the headers 4 bytes forward over the
     // ChannelData header, last header first (the ranges overlap).
     ip.rewrite(
@@ -314,19 +336,13 @@ fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
             ip_len: (H::LEN + udp.payload_len + size_of::<UdpHdr>() + CHANNEL_HEADER) as u16,
         },
     )?;
-    let check = if H::ZERO_CHECKSUM_ALLOWED && udp.header.check == [0, 0] {
-        [0, 0]
-    } else {
-        csum::udp_field(
-            Sum::from_checksum(udp.header.check)
-                .add(&target.checksum_delta)
-                .remove(&udp.header.len)
-                .remove(&udp.header.len)
-                .add(&new_len)
-                .add(&new_len)
-                .add(&channel_header),
-        )
-    };
+    let check = updated_check::<H>(
+        &udp.header,
+        &target.checksum_delta,
+        &new_len,
+        &channel_header,
+        false,
+    );
     ip.rewrite(&target.server_ip, &target.client_ip, CHANNEL_HEADER as i16);
     let new_udp = UdpHdr {
         src_port: target.server_port,

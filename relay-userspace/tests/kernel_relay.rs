@@ -18,20 +18,9 @@ use turnx::{config::XdpMode, xdp::XdpRelay};
 const CHANNEL: u16 = 0x4000;
 const ROUND_TRIPS: usize = 200;
 
-/// `turnxctl status --json` for `interface` in `ns`: the turnx counters.
+/// The turnx counters `turnxctl status` shows for `interface` in `ns`.
 fn counters(ns: &common::Netns, interface: &str) -> serde_json::Value {
-    let output = ns
-        .command(env!("CARGO_BIN_EXE_turnxctl"))
-        .args(["status", "--json", "--interface", interface])
-        .output()
-        .expect("running turnxctl");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    report[0]["turnx"]["counters"].clone()
+    common::turnxctl_status(ns, interface)["turnx"]["counters"].clone()
 }
 
 fn packets(counters: &serde_json::Value, class: &str) -> u64 {

@@ -156,22 +156,6 @@ fn interfaces_without_native_xdp_fall_back_to_generic() {
     assert!(err.to_string().contains("nonexistent0"), "{err}");
 }
 
-/// `turnxctl status --json` for one interface, run in `ns`.
-fn status(ns: &Netns, interface: &str) -> serde_json::Value {
-    let output = ns
-        .command(env!("CARGO_BIN_EXE_turnxctl"))
-        .args(["status", "--json", "--interface", interface])
-        .output()
-        .expect("running turnxctl");
-    assert!(
-        output.status.success(),
-        "turnxctl: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    report[0].clone()
-}
-
 #[test]
 fn daemon_attaches_counts_logs_and_detaches_on_sigterm() {
     if common::xdp_object_or_skip("daemon_attaches_counts_logs_and_detaches_on_sigterm").is_none() {
@@ -208,7 +192,7 @@ fn daemon_attaches_counts_logs_and_detaches_on_sigterm() {
     let stun = stun_binding_request(*b"daemon-test!");
     link.client.run(|| send(relay_addr(&link, false), &stun, 3));
     let report = wait_for(Duration::from_secs(5), || {
-        let report = status(&link.relay, &link.relay_if);
+        let report = common::turnxctl_status(&link.relay, &link.relay_if);
         (report["turnx"]["counters"]["stun"]["packets"] == 3).then_some(report)
     })
     .unwrap_or_else(|| panic!("turnxctl never showed 3 STUN packets"));
@@ -263,7 +247,7 @@ fn daemon_attaches_counts_logs_and_detaches_on_sigterm() {
         "an XDP program is still attached after SIGTERM"
     );
     assert_eq!(
-        status(&link.relay, &link.relay_if)["xdp"],
+        common::turnxctl_status(&link.relay, &link.relay_if)["xdp"],
         serde_json::json!([])
     );
 }

@@ -420,3 +420,19 @@ impl Drop for PinDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `turnxctl status --json` for one interface, run in `ns`: its report.
+pub fn turnxctl_status(ns: &Netns, interface: &str) -> serde_json::Value {
+    let output = ns
+        .command(env!("CARGO_BIN_EXE_turnxctl"))
+        .args(["status", "--json", "--interface", interface])
+        .output()
+        .expect("running turnxctl");
+    assert!(
+        output.status.success(),
+        "turnxctl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    report[0].clone()
+}
