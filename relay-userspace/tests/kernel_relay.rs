@@ -235,8 +235,10 @@ fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
         let client = TurnClient::connect(socket, server, "alice", "wonderland");
         client.allocate(ipv6).expect("allocation");
         assert_eq!(client.channel_bind(CHANNEL, peer), None, "ChannelBind");
-        // One round trip through userspace resolves the neighbours.
-        let warm = client.channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(3));
+        // Round trips through userspace resolve the neighbours; a first
+        // packet may be lost while they resolve, so try a few times.
+        let warm = (0..5)
+            .find_map(|_| client.channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(1)));
         let before = relay_counters(topology);
         for i in 0..ROUND_TRIPS {
             let data = format!("media packet {i:04}");
@@ -281,11 +283,11 @@ fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
     let exit = setup.daemon.stop(libc::SIGTERM);
     assert!(exit.success(), "{}", setup.daemon.log());
     let log = setup.daemon.log();
-    // The userspace relay carried at most the warm-up, never the measured
-    // packets.
+    // The userspace relay carried at most the warm-up tries, never the
+    // measured packets.
     let userspace = |field| logged_number_after(&log, "relayed Stats", field);
-    assert!(userspace("to_peer_packets") <= 1, "{log}");
-    assert!(userspace("to_client_packets") <= 1, "{log}");
+    assert!(userspace("to_peer_packets") <= 5, "{log}");
+    assert!(userspace("to_client_packets") <= 5, "{log}");
     assert_eq!(logged_number(&log, "installed"), 1, "{log}");
     assert_eq!(logged_number(&log, "removed"), 1, "{log}");
     // The binding's own counters account for every kernel-relayed packet.

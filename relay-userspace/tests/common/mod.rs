@@ -85,6 +85,22 @@ impl Netns {
         ns
     }
 
+    /// Turns IPv6 duplicate address detection off for links made from now
+    /// on: a fresh namespace's tentative link-local addresses would
+    /// otherwise drop the first packets while neighbours are resolved.
+    pub fn disable_dad(&self) {
+        let status = self
+            .command("sh")
+            .args([
+                "-c",
+                "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad && \
+                 echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad",
+            ])
+            .status()
+            .expect("turning duplicate address detection off");
+        assert!(status.success(), "turning DAD off in {}", self.name);
+    }
+
     /// `ip -n <ns> args...`
     pub fn ip(&self, args: &[&str]) {
         let mut full = vec!["-n", self.name.as_str()];
@@ -155,6 +171,8 @@ impl Link {
     pub fn new() -> Link {
         let client = Netns::new("txc");
         let relay = Netns::new("txr");
+        client.disable_dad();
+        relay.disable_dad();
         let client_if = unique_name("vc");
         let relay_if = unique_name("vr");
         ip(&[
@@ -244,6 +262,9 @@ impl Topology {
         let client = Netns::new("tc");
         let relay = Netns::new("tr");
         let pod = Netns::new("tp");
+        for ns in [&client, &relay, &pod] {
+            ns.disable_dad();
+        }
         let names = [
             (unique_name("vc"), unique_name("vr")),
             (unique_name("vs"), unique_name("vp")),
