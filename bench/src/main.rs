@@ -283,7 +283,11 @@ fn main() -> Result<()> {
         }
         let header = format!(
             "# XDP cost per frame\n\nBPF_PROG_TEST_RUN with repeat: the kernel's mean \
-             time per program run, {} runs of {} repeats, median and range.\n\
+             time per program run, {} runs of {} repeats, median and range. The \
+             forwarding cases (with their FIB lookup, in a namespace with routes and \
+             permanent neighbours) rewrite the frame, which the kernel does not restore \
+             between repeats: they are single runs, median of many, and include the \
+             kernel timer's own overhead, so read them as upper bounds.\n\
              Reproduce with `cargo xtask bench`.\n\n",
             args.runs, args.repeat
         );
