@@ -56,7 +56,7 @@ fn status(mut interfaces: Vec<String>, json: bool) -> Result<()> {
         let ifindex = xdp::if_index(name)?;
         let attached = netlink::attached_programs(ifindex)
             .with_context(|| format!("querying XDP programs on {name}"))?;
-        let counters = xdp::attached_counters(name)?;
+        let counters = xdp::attached_counters(&attached)?;
         report.push(serde_json::json!({
             "interface": name,
             "xdp": attached.iter().map(|program| serde_json::json!({

@@ -48,16 +48,6 @@ impl RelaySockets {
         }
     }
 
-    /// Number of relayed sockets open.
-    pub fn len(&self) -> usize {
-        self.sockets.lock().expect("relay sockets lock").len()
-    }
-
-    /// Whether no relayed socket is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Sockets bound since the last call.
     pub fn take_fresh(&self) -> Vec<(SocketAddr, Arc<UdpSocket>)> {
         std::mem::take(&mut *self.fresh.lock().expect("relay sockets lock"))

@@ -31,7 +31,7 @@ use turn_types::{
 
 use super::{
     AllocateError, DeleteReason, Event, FiveTuple, Now, RelayAllocator,
-    allocation::{Allocation, BindConflict},
+    allocation::Allocation,
     auth::{Authenticator, Credentials, NonceStatus, UnknownUser},
     outbox::{Destination, Outbox},
     policy::PeerPolicy,
@@ -791,7 +791,6 @@ impl Server {
             .get_mut(&from)
             .expect("checked by the caller");
         if let Err(conflict) = allocation.check_bind(channel, peer) {
-            let conflict: BindConflict = conflict;
             tracing::debug!(
                 "ChannelBind {channel:#x} to {peer} from {} refused: {conflict:?}",
                 from.client

@@ -95,12 +95,16 @@ fn refuse_if_occupied(interface: &str, ifindex: u32) -> Result<(), XdpError> {
     })
 }
 
-/// The name the kernel knows a program by.
-pub(crate) fn program_name(id: u32) -> Option<String> {
+/// What the kernel knows about the loaded program with this id.
+pub(crate) fn program_info(id: u32) -> Option<aya::programs::ProgramInfo> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|info| info.id() == id)
-        .and_then(|info| info.name_as_str().map(str::to_owned))
+}
+
+/// The name the kernel knows a program by.
+fn program_name(id: u32) -> Option<String> {
+    program_info(id).and_then(|info| info.name_as_str().map(str::to_owned))
 }
 
 /// The interface index of `interface` in this network namespace.

@@ -582,21 +582,15 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
         .try_into()?)
 }
 
-/// Our program's counters on `interface` in this network namespace, read
-/// through the kernel (no pinning needed), for operators and tests.
-/// `Ok(None)` when the interface runs no XDP program of ours.
-pub fn attached_counters(interface: &str) -> Result<Option<(u32, ClassCounters)>, XdpError> {
-    let ifindex = if_index(interface)?;
-    let attached =
-        netlink::attached_programs(ifindex).map_err(|source| XdpError::QueryInterface {
-            interface: interface.to_owned(),
-            source,
-        })?;
+/// Our program's counters among the XDP programs `attached` to an
+/// interface (as [`netlink::attached_programs`] lists them), read through
+/// the kernel (no pinning needed), for operators and tests. `Ok(None)` when
+/// none of them is ours.
+pub fn attached_counters(
+    attached: &[netlink::AttachedXdp],
+) -> Result<Option<(u32, ClassCounters)>, XdpError> {
     for program in attached {
-        let Some(info) = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .find(|info| info.id() == program.program_id)
-        else {
+        let Some(info) = attach::program_info(program.program_id) else {
             continue;
         };
         if !kernel_name_is(info.name_as_str(), PROGRAM_NAME) {
