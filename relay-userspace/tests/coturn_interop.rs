@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Process, Topology, turn_client::TurnClient};
+use common::{Daemon, Process, TempDir, Topology, turn_client::TurnClient};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
@@ -27,14 +27,6 @@ struct Setup {
     daemon: Daemon,
     _peer: Process,
     _config_dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `server_extra` goes into `[server]`, `extra_config` at the end.
@@ -55,8 +47,7 @@ fn setup(test: &str, server_extra: &str, extra_config: &str) -> Option<Setup> {
         }
     }
     let topology = Topology::new();
-    let dir = std::env::temp_dir().join(common::unique_name("turnx"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("turnx");
     let config = format!(
         r#"
 [server]
@@ -83,37 +74,22 @@ stats_interval_secs = 0
         pod_side = topology.relay_pod_side,
         pod_side_v6 = topology.relay_pod_side_v6,
     );
-    let path = dir.join("turnxd.toml");
+    let path = dir.0.join("turnxd.toml");
     std::fs::write(&path, config).unwrap();
-    let mut daemon = Daemon::start(
+    let daemon = Daemon::start_ready(
         &topology.relay,
         &["--no-xdp", "--config", path.to_str().unwrap()],
     );
-    assert!(
-        daemon.wait_for_line("turnxd ready", Duration::from_secs(20)),
-        "turnxd did not start:\n{}",
-        daemon.log()
+    let peer = common::start_turnutils_peer(
+        &topology.pod,
+        &[&topology.pod_ip, &topology.pod_ip_v6],
+        PEER_PORT,
     );
-    let peer = topology
-        .pod
-        .command("turnutils_peer")
-        .args([
-            "-L",
-            &topology.pod_ip,
-            "-L",
-            &topology.pod_ip_v6,
-            "-p",
-            PEER_PORT,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting turnutils_peer");
     Some(Setup {
         topology,
         daemon,
-        _peer: Process(peer),
-        _config_dir: TempDir(dir),
+        _peer: peer,
+        _config_dir: dir,
     })
 }
 
@@ -406,9 +382,8 @@ fn served_subject(setup: &Setup) -> String {
 
 #[test]
 fn uclient_over_tls_and_certificate_reload() {
-    let dir = std::env::temp_dir().join(common::unique_name("turnxtls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = TempDir(dir.clone());
+    let temp = TempDir::new("turnxtls");
+    let dir = temp.0.clone();
     if common::is_root() && common::have("openssl") {
         write_certificate(&dir, "turnx-first");
     }

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Process, Topology, turn_client::TurnClient};
+use common::{Daemon, Process, TempDir, Topology, turn_client::TurnClient};
 use turnx::{config::XdpMode, xdp::XdpRelay};
 
 const CHANNEL: u16 = 0x4000;
@@ -74,14 +74,6 @@ struct KernelSetup {
     _config_dir: TempDir,
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 impl KernelSetup {
     fn new(test: &str, ipv6: bool, server_extra: &str) -> Option<KernelSetup> {
         let object = common::xdp_object_or_skip(test)?;
@@ -106,18 +98,7 @@ impl KernelSetup {
                 .unwrap();
             assert!(status.status.success(), "ethtool -K {dev} tx off");
         }
-        // The kernel's FIB helper needs forwarding on the relay.
-        let status = topology
-            .relay
-            .command("sh")
-            .args([
-                "-c",
-                "echo 1 > /proc/sys/net/ipv4/conf/all/forwarding && \
-                 echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        topology.relay.enable_forwarding();
         let (server_ip, relayed_ip, pod_ip, client_ip) = if ipv6 {
             (
                 topology.relay_client_side_v6.clone(),
@@ -154,9 +135,8 @@ impl KernelSetup {
             .unwrap();
 
         let pins = common::PinDir::new();
-        let dir = std::env::temp_dir().join(common::unique_name("turnxk"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("turnxd.toml");
+        let dir = TempDir::new("turnxk");
+        let config = dir.0.join("turnxd.toml");
         std::fs::write(
             &config,
             format!(
@@ -186,22 +166,8 @@ impl KernelSetup {
             ),
         )
         .unwrap();
-        let mut daemon = Daemon::start(&topology.relay, &["--config", config.to_str().unwrap()]);
-        assert!(
-            daemon.wait_for_line("turnxd ready", Duration::from_secs(20)),
-            "turnxd did not start:\n{}",
-            daemon.log()
-        );
-        let peer_process = topology
-            .pod
-            .command("turnutils_peer")
-            .args(["-L", &pod_ip, "-p", "3480"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let _peer_process = Process(peer_process);
-        std::thread::sleep(Duration::from_millis(300));
+        let daemon = Daemon::start_ready(&topology.relay, &["--config", config.to_str().unwrap()]);
+        let _peer_process = common::start_turnutils_peer(&topology.pod, &[&pod_ip], "3480");
         let server: SocketAddr = format!("{}:3478", bracketed(&server_ip)).parse().unwrap();
         let peer: SocketAddr = format!("{}:3480", bracketed(&pod_ip)).parse().unwrap();
         Some(KernelSetup {
@@ -213,7 +179,7 @@ impl KernelSetup {
             _pass_programs: [client_pass, pod_pass],
             _peer_process,
             _pins: pins,
-            _config_dir: TempDir(dir),
+            _config_dir: dir,
         })
     }
 

@@ -175,12 +175,7 @@ fn daemon_attaches_counts_logs_and_detaches_on_sigterm() {
         "--stats-interval",
         "1",
     ];
-    let mut daemon = Daemon::start(&link.relay, &args);
-    assert!(
-        daemon.wait_for_line("turnxd ready", Duration::from_secs(20)),
-        "turnxd did not become ready:\n{}",
-        daemon.log()
-    );
+    let mut daemon = Daemon::start_ready(&link.relay, &args);
     assert!(
         daemon
             .log()

@@ -329,13 +329,7 @@ fn relayed_frames_go_to_the_next_hop_or_stay_for_userspace() {
 
     // A route to the peer's network, its resolved neighbour, and IP
     // forwarding, which the kernel's FIB helper requires.
-    let forwarding = relay
-        .ns
-        .command("sh")
-        .args(["-c", "echo 1 > /proc/sys/net/ipv4/conf/all/forwarding"])
-        .status()
-        .expect("enabling forwarding");
-    assert!(forwarding.success());
+    relay.ns.enable_forwarding();
     let (out, peer_end) = (common::unique_name("vo"), common::unique_name("vp"));
     relay.ns.ip(&[
         "link", "add", &out, "type", "veth", "peer", "name", &peer_end,

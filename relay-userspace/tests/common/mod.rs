@@ -89,16 +89,34 @@ impl Netns {
     /// on: a fresh namespace's tentative link-local addresses would
     /// otherwise drop the first packets while neighbours are resolved.
     pub fn disable_dad(&self) {
+        self.set_sysctls(&[
+            ("net/ipv6/conf/default/accept_dad", "0"),
+            ("net/ipv6/conf/all/accept_dad", "0"),
+        ]);
+    }
+
+    /// Turns IPv4 and IPv6 forwarding on, which the kernel's FIB helper
+    /// needs for the relay's lookups.
+    pub fn enable_forwarding(&self) {
+        self.set_sysctls(&[
+            ("net/ipv4/conf/all/forwarding", "1"),
+            ("net/ipv6/conf/all/forwarding", "1"),
+        ]);
+    }
+
+    /// Writes sysctls (paths below /proc/sys, values) in this namespace.
+    pub fn set_sysctls(&self, settings: &[(&str, &str)]) {
+        let script = settings
+            .iter()
+            .map(|(path, value)| format!("echo {value} > /proc/sys/{path}"))
+            .collect::<Vec<_>>()
+            .join(" && ");
         let status = self
             .command("sh")
-            .args([
-                "-c",
-                "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad && \
-                 echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad",
-            ])
+            .args(["-c", &script])
             .status()
-            .expect("turning duplicate address detection off");
-        assert!(status.success(), "turning DAD off in {}", self.name);
+            .expect("writing sysctls");
+        assert!(status.success(), "{script} in {}", self.name);
     }
 
     /// `ip -n <ns> args...`
@@ -332,6 +350,41 @@ impl Drop for Process {
     }
 }
 
+/// coturn's `turnutils_peer` echoing UDP on `addresses` at `port` in
+/// `ns`, given a moment to bind.
+pub fn start_turnutils_peer(ns: &Netns, addresses: &[&str], port: &str) -> Process {
+    let mut command = ns.command("turnutils_peer");
+    for address in addresses {
+        command.args(["-L", address]);
+    }
+    let child = command
+        .args(["-p", port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting turnutils_peer");
+    std::thread::sleep(Duration::from_millis(300));
+    Process(child)
+}
+
+/// A directory under the system's temporary directory, unique to the run,
+/// removed on drop (also on failure).
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(unique_name(prefix));
+        std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Whether a program is installed (as the tests' packages provide it).
 pub fn have(program: &str) -> bool {
     Command::new("sh")
@@ -373,6 +426,17 @@ impl Daemon {
             lines,
             log: Vec::new(),
         }
+    }
+
+    /// Starts turnxd and waits until it says it is ready.
+    pub fn start_ready(ns: &Netns, args: &[&str]) -> Daemon {
+        let mut daemon = Daemon::start(ns, args);
+        assert!(
+            daemon.wait_for_line("turnxd ready", Duration::from_secs(20)),
+            "turnxd did not become ready:\n{}",
+            daemon.log()
+        );
+        daemon
     }
 
     /// Waits up to `limit` for a log line containing `needle`.
