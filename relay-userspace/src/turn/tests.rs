@@ -358,21 +358,23 @@ fn allocate(harness: &mut Harness, from: FiveTuple) -> (Signing, SocketAddr) {
     (signing, relayed)
 }
 
-fn channel_bind(channel: u16, to: SocketAddr) -> impl FnOnce(&mut MessageWriteVec, TransactionId) {
-    move |builder, transaction| {
+/// A signed ChannelBind of `channel` to `to`.
+fn channel_bind(signing: &Signing, channel: u16, to: SocketAddr) -> Vec<u8> {
+    build(CHANNEL_BIND, Some(signing), |builder, transaction| {
         builder.add_attribute(&ChannelNumber::new(channel)).unwrap();
         builder
             .add_attribute(&XorPeerAddress::new(to, transaction))
             .unwrap();
-    }
+    })
 }
 
-fn permission(to: SocketAddr) -> impl FnOnce(&mut MessageWriteVec, TransactionId) {
-    move |builder, transaction| {
+/// A signed CreatePermission for `to`.
+fn permission(signing: &Signing, to: SocketAddr) -> Vec<u8> {
+    build(CREATE_PERMISSION, Some(signing), |builder, transaction| {
         builder
             .add_attribute(&XorPeerAddress::new(to, transaction))
             .unwrap();
-    }
+    })
 }
 
 fn expect_success(harness: &mut Harness, from: FiveTuple, request: &[u8]) -> Vec<u8> {
@@ -818,7 +820,7 @@ fn requests_without_allocation_or_with_another_user() {
     expect_error(
         &mut harness,
         from,
-        &build(CREATE_PERMISSION, Some(&signing), permission(peer(1, 5000))),
+        &permission(&signing, peer(1, 5000)),
         437,
     );
     let (_, _) = allocate(&mut harness, from);
@@ -828,12 +830,7 @@ fn requests_without_allocation_or_with_another_user() {
         password: rest_password(SECRET, &rest_user),
         ..signing
     };
-    expect_error(
-        &mut harness,
-        from,
-        &build(CREATE_PERMISSION, Some(&other), permission(peer(1, 5000))),
-        441,
-    );
+    expect_error(&mut harness, from, &permission(&other, peer(1, 5000)), 441);
 }
 
 // RFC 8656 sections 9 and 10: permissions, and the peer policy.
@@ -853,20 +850,12 @@ fn create_permission_policy_and_family() {
         expect_error(
             &mut harness,
             from,
-            &build(
-                CREATE_PERMISSION,
-                Some(&signing),
-                permission(peer_address.parse().unwrap()),
-            ),
+            &permission(&signing, peer_address.parse().unwrap()),
             code,
         );
     }
     assert!(harness.events().is_empty(), "refusals change nothing");
-    expect_success(
-        &mut harness,
-        from,
-        &build(CREATE_PERMISSION, Some(&signing), permission(peer(1, 5000))),
-    );
+    expect_success(&mut harness, from, &permission(&signing, peer(1, 5000)));
     assert_eq!(
         harness.events(),
         [Event::PermissionCreated {
@@ -875,11 +864,7 @@ fn create_permission_policy_and_family() {
         }]
     );
     // Refreshing an existing permission is not a new one.
-    expect_success(
-        &mut harness,
-        from,
-        &build(CREATE_PERMISSION, Some(&signing), permission(peer(1, 6000))),
-    );
+    expect_success(&mut harness, from, &permission(&signing, peer(1, 6000)));
     assert!(harness.events().is_empty());
     assert_eq!(harness.server.stats().denied_peers, 4);
 }
@@ -902,11 +887,7 @@ fn send_indication_and_data_indication() {
         harness.send(from, &indication).is_empty(),
         "no permission yet: dropped"
     );
-    expect_success(
-        &mut harness,
-        from,
-        &build(CREATE_PERMISSION, Some(&signing), permission(to)),
-    );
+    expect_success(&mut harness, from, &permission(&signing, to));
     assert_eq!(
         harness.send(from, &indication),
         [Transmit::ToPeer {
@@ -950,25 +931,17 @@ fn channel_bind_and_channel_data_both_ways() {
         expect_error(
             &mut harness,
             from,
-            &build(CHANNEL_BIND, Some(&signing), channel_bind(channel, to)),
+            &channel_bind(&signing, channel, to),
             code,
         );
     }
     expect_error(
         &mut harness,
         from,
-        &build(
-            CHANNEL_BIND,
-            Some(&signing),
-            channel_bind(0x4000, "127.0.0.1:9".parse().unwrap()),
-        ),
+        &channel_bind(&signing, 0x4000, "127.0.0.1:9".parse().unwrap()),
         403,
     );
-    expect_success(
-        &mut harness,
-        from,
-        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4000, to)),
-    );
+    expect_success(&mut harness, from, &channel_bind(&signing, 0x4000, to));
     assert_eq!(
         harness.events(),
         [
@@ -1021,25 +994,12 @@ fn channel_bind_and_channel_data_both_ways() {
     expect_error(
         &mut harness,
         from,
-        &build(
-            CHANNEL_BIND,
-            Some(&signing),
-            channel_bind(0x4000, peer(5, 8000)),
-        ),
+        &channel_bind(&signing, 0x4000, peer(5, 8000)),
         400,
     );
-    expect_error(
-        &mut harness,
-        from,
-        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4001, to)),
-        400,
-    );
+    expect_error(&mut harness, from, &channel_bind(&signing, 0x4001, to), 400);
     // The same binding again is a refresh.
-    expect_success(
-        &mut harness,
-        from,
-        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4000, to)),
-    );
+    expect_success(&mut harness, from, &channel_bind(&signing, 0x4000, to));
     assert_eq!(
         harness.events(),
         [Event::ChannelRefreshed {
@@ -1060,11 +1020,7 @@ fn channel_data_is_padded_on_streams() {
     };
     let (signing, relayed) = allocate(&mut harness, from);
     let to = peer(6, 8000);
-    expect_success(
-        &mut harness,
-        from,
-        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4001, to)),
-    );
+    expect_success(&mut harness, from, &channel_bind(&signing, 0x4001, to));
     assert_eq!(
         harness.peer_sends(relayed, to, b"12345"),
         [Transmit::ToClient {
@@ -1081,11 +1037,7 @@ fn permission_channel_and_allocation_expiry_in_order() {
     let from = client(40060);
     let (signing, relayed) = allocate(&mut harness, from);
     let to = peer(7, 9000);
-    expect_success(
-        &mut harness,
-        from,
-        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4002, to)),
-    );
+    expect_success(&mut harness, from, &channel_bind(&signing, 0x4002, to));
     harness.events();
 
     harness.advance(Duration::from_secs(299));
@@ -1124,25 +1076,12 @@ fn permission_channel_and_allocation_expiry_in_order() {
     expect_error(
         &mut harness,
         from,
-        &build(
-            CHANNEL_BIND,
-            Some(&signing),
-            channel_bind(0x4002, peer(8, 9000)),
-        ),
+        &channel_bind(&signing, 0x4002, peer(8, 9000)),
         400,
     );
-    expect_error(
-        &mut harness,
-        from,
-        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4003, to)),
-        400,
-    );
+    expect_error(&mut harness, from, &channel_bind(&signing, 0x4003, to), 400);
     // ...but rebinding the same pair is allowed.
-    expect_success(
-        &mut harness,
-        from,
-        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4002, to)),
-    );
+    expect_success(&mut harness, from, &channel_bind(&signing, 0x4002, to));
     harness.events();
 
     // Without a Refresh the allocation ends at 600 s.
@@ -1168,11 +1107,7 @@ fn channel_cooldown_ends_after_five_minutes() {
     let from = client(40061);
     let (signing, _) = allocate(&mut harness, from);
     let to = peer(9, 9000);
-    expect_success(
-        &mut harness,
-        from,
-        &build(CHANNEL_BIND, Some(&signing), channel_bind(0x4100, to)),
-    );
+    expect_success(&mut harness, from, &channel_bind(&signing, 0x4100, to));
     // Keep the allocation alive; let the channel lapse (600 s), then wait
     // out the 300 s cool-down.
     let refresh = |harness: &mut Harness| {
@@ -1194,11 +1129,7 @@ fn channel_cooldown_ends_after_five_minutes() {
     expect_error(
         &mut harness,
         from,
-        &build(
-            CHANNEL_BIND,
-            Some(&signing),
-            channel_bind(0x4100, peer(10, 9000)),
-        ),
+        &channel_bind(&signing, 0x4100, peer(10, 9000)),
         400,
     );
     harness.advance(Duration::from_secs(300));
@@ -1209,11 +1140,7 @@ fn channel_cooldown_ends_after_five_minutes() {
     expect_success(
         &mut harness,
         from,
-        &build(
-            CHANNEL_BIND,
-            Some(&signing),
-            channel_bind(0x4100, peer(10, 9000)),
-        ),
+        &channel_bind(&signing, 0x4100, peer(10, 9000)),
     );
 }
 
@@ -1321,15 +1248,11 @@ fn malformed_input_never_panics_or_amplifies() {
     let (signing, relayed) = allocate(&mut harness, from);
     let seeds = [
         first_allocate(),
-        build(
-            CHANNEL_BIND,
-            Some(&signing),
-            channel_bind(0x4000, peer(1, 1)),
-        ),
+        channel_bind(&signing, 0x4000, peer(1, 1)),
         build(REFRESH, Some(&signing), |b, _| {
             b.add_attribute(&Lifetime::new(600)).unwrap()
         }),
-        build(CREATE_PERMISSION, Some(&signing), permission(peer(1, 1))),
+        permission(&signing, peer(1, 1)),
         crate::frame::channel_data(0x4000, b"abcdefgh", true),
         hex(RFC5769_REQUEST),
     ];
