@@ -237,55 +237,41 @@ fn uclient_negative_cases() {
         return;
     };
     let server = setup.topology.relay_client_side.clone();
-    let wrong_password = [
-        "-u",
-        USER,
-        "-w",
-        "not-it",
-        "-e",
-        &setup.topology.pod_ip,
-        "-r",
-        PEER_PORT,
-        "-c",
-        "-n",
-        "3",
+    let pod = setup.topology.pod_ip.as_str();
+    // (case, credentials flags, peer, what uclient must report). The
+    // loopback peer and the client network (outside the allow-list) are
+    // refused by policy.
+    let cases = [
+        (
+            "wrong password",
+            ["-u", USER, "-w", "not-it"],
+            pod,
+            "Cannot complete Allocation",
+        ),
+        (
+            "wrong secret",
+            ["-u", "bob", "-W", "not-the-secret"],
+            pod,
+            "Cannot complete Allocation",
+        ),
+        (
+            "loopback peer",
+            ["-u", USER, "-w", PASSWORD],
+            "127.0.0.1",
+            "error 403",
+        ),
+        (
+            "peer outside the allow-list",
+            ["-u", USER, "-w", PASSWORD],
+            "198.18.0.1",
+            "error 403",
+        ),
     ];
-    let (ok, output) = uclient(&setup, &wrong_password, &server);
-    assert!(
-        !ok && output.contains("Cannot complete Allocation"),
-        "wrong password:\n{output}"
-    );
-
-    let wrong_secret = [
-        "-u",
-        "bob",
-        "-W",
-        "not-the-secret",
-        "-e",
-        &setup.topology.pod_ip,
-        "-r",
-        PEER_PORT,
-        "-c",
-        "-n",
-        "3",
-    ];
-    let (ok, output) = uclient(&setup, &wrong_secret, &server);
-    assert!(
-        !ok && output.contains("Cannot complete Allocation"),
-        "wrong secret:\n{output}"
-    );
-
-    // A peer on loopback, and one outside the allow-list (the client
-    // network): refused with 403.
-    for peer in ["127.0.0.1", "198.18.0.1"] {
-        let args = [
-            "-u", USER, "-w", PASSWORD, "-e", peer, "-r", PEER_PORT, "-c", "-n", "3",
-        ];
+    for (case, credentials, peer, expected) in cases {
+        let mut args = credentials.to_vec();
+        args.extend_from_slice(&["-e", peer, "-r", PEER_PORT, "-c", "-n", "3"]);
         let (ok, output) = uclient(&setup, &args, &server);
-        assert!(
-            !ok && output.contains("error 403"),
-            "peer {peer}:\n{output}"
-        );
+        assert!(!ok && output.contains(expected), "{case}:\n{output}");
     }
 }
 
