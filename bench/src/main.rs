@@ -1,299 +1,283 @@
-//! relay-bench: measurements of the relay.
+//! relay-bench: how much media one core relays and how much delay it adds,
+//! side by side with coturn and with the machine's limits, in one run.
 //!
-//! For now: the XDP program's cost per frame, by frame class (including
-//! relaying a bound channel in each direction), from
-//! BPF_PROG_TEST_RUN with repeat (the kernel times the loop and reports the
-//! mean). Each case runs several times; the median and the spread are
-//! reported. `--smoke` uses few repetitions and writes nothing, to check the
-//! benchmark works.
+//! It builds a client ↔ relay ↔ pod network of namespaces, offers ChannelData
+//! on channel bindings made by real TURN exchanges with a generator of its
+//! own (BPF_PROG_RUN in live-frames mode), counts what arrives with XDP
+//! sinks, and reads how busy the relay's core was. Compared: turnx with the
+//! XDP media plane, turnx in userspace, coturn, plain kernel forwarding and a
+//! do-nothing XDP redirect. Also: round-trip latency, allocation setup rate
+//! and memory, and the XDP program's own cost per frame. See bench/README.md.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+mod allocations;
+mod cleanup;
+mod cpu;
+mod flows;
+mod latency;
+mod plots;
+mod programs;
+mod relays;
+mod report;
+mod stats;
+mod throughput;
+mod topology;
+mod xdp_cost;
+
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use relay_common::PacketClass;
-use turnx::{
-    frame::{UdpFrame, channel_data, stun_binding_request},
-    xdp::{KernelBinding, XdpRelay},
+
+use crate::{
+    flows::{Binding, Direction},
+    programs::BenchPrograms,
+    relays::{Relay, Server},
+    report::{AllocationRow, LatencyRow, Report, ThroughputRow},
+    topology::Topology,
 };
 
 #[derive(Debug, Parser)]
-#[command(about = "Benchmarks of the turnx relay")]
+#[command(about = "Benchmarks of the turnx relay against coturn and the machine's limits")]
 struct Args {
-    /// Short run that only checks the benchmark works; writes no results.
+    /// A short run (a second or two per configuration) that checks the
+    /// whole suite works; results go to target/bench-smoke/.
     #[arg(long)]
     smoke: bool,
-    /// Runs of each case (the median is reported).
-    #[arg(long, default_value_t = 5)]
-    runs: u32,
-    /// Program executions per run.
+    /// Runs of each throughput measurement (median and range reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds the generator sends in each throughput run.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Media payload sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 200, 1200])]
+    sizes: Vec<usize>,
+    /// Channel binding counts for the cost-versus-bindings measurement.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 1000, 100_000])]
+    bindings: Vec<usize>,
+    /// Fixed offered load for latency under load, frames per second.
+    #[arg(long, default_value_t = 20_000)]
+    load_rate: u64,
+    /// Pings per latency series.
+    #[arg(long, default_value_t = 20_000)]
+    pings: usize,
+    /// Allocation counts at which setup rate and memory are reported.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000])]
+    allocations: Vec<u64>,
+    /// BPF_PROG_TEST_RUN repeats per run for the XDP cost per frame.
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
-    /// Where the markdown table goes.
-    #[arg(long, default_value = "bench/results/xdp_per_frame.md")]
+    /// Configurations to measure (all by default).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Relay::ALL)]
+    relays: Vec<Relay>,
+    /// Where tables and plots go.
+    #[arg(long, default_value = "bench/results")]
     output: PathBuf,
+    /// The README whose results block is replaced with the new headline
+    /// table (full runs only).
+    #[arg(long, default_value = "README.md")]
+    readme: PathBuf,
+    /// The benchmark's own XDP object (`cargo xtask bench` sets this).
+    #[arg(long, env = "TURNX_BENCH_OBJECT")]
+    bench_object: PathBuf,
 }
 
-/// One frame to time, and the class the program must put it in.
-struct Case {
-    name: &'static str,
-    frame: Vec<u8>,
-    class: PacketClass,
-}
-
-impl Case {
-    /// Whether the program rewrites the frame. BPF_PROG_TEST_RUN does not
-    /// restore the frame between repeats, so such a case is timed one run
-    /// at a time (the kernel's timer then adds its own few tens of ns).
-    fn rewrites(&self) -> bool {
-        matches!(
-            self.class,
-            PacketClass::ForwardedToPeer | PacketClass::ForwardedToClient
-        )
+impl Args {
+    fn smoke(mut self) -> Self {
+        self.runs = 1;
+        self.seconds = 0.5;
+        self.sizes = vec![64];
+        self.bindings = vec![1, 1000];
+        self.pings = 200;
+        self.allocations = vec![300];
+        self.repeat = 10_000;
+        self.output = PathBuf::from("target/bench-smoke");
+        self
     }
 }
 
-const LISTEN_PORT: u16 = 3478;
-
-/// The binding the forwarding cases run on.
-fn binding() -> KernelBinding {
-    KernelBinding {
-        // Another client port than the unbound ChannelData case's.
-        client: "198.18.0.1:50001".parse().unwrap(),
-        server: SocketAddr::new("198.19.0.1".parse().unwrap(), LISTEN_PORT),
-        channel: 0x4000,
-        relayed: "198.19.0.1:50002".parse().unwrap(),
-        peer: "198.19.0.2:3480".parse().unwrap(),
-        slot: 0,
-    }
-}
-
-fn cases() -> Vec<Case> {
-    let v4 = |port: u16| -> (SocketAddr, SocketAddr) {
-        (
-            "198.18.0.1:50000".parse().unwrap(),
-            SocketAddr::new("198.19.0.1".parse().unwrap(), port),
-        )
-    };
-    let v6 = |port: u16| -> (SocketAddr, SocketAddr) {
-        (
-            "[fd00::1]:50000".parse().unwrap(),
-            SocketAddr::new("fd00::2".parse().unwrap(), port),
-        )
-    };
-    let frame = |(src, dst): (SocketAddr, SocketAddr), payload: &[u8]| {
-        UdpFrame::new(src, dst, payload).build().bytes
-    };
-    let media = channel_data(0x4000, &[0x5A; 60], true);
-    let mut truncated = frame(v4(LISTEN_PORT), &media);
-    truncated.truncate(30);
-    let bound = binding();
-    vec![
-        Case {
-            name: "bound ChannelData 64 B to peer, IPv4",
-            frame: frame(
-                (bound.client, bound.server),
-                &channel_data(0x4000, &[0x5A; 64], false),
-            ),
-            class: PacketClass::ForwardedToPeer,
-        },
-        Case {
-            name: "bound peer data 64 B to client, IPv4",
-            frame: frame((bound.peer, bound.relayed), &[0x5A; 64]),
-            class: PacketClass::ForwardedToClient,
-        },
-        Case {
-            name: "ChannelData 64 B, IPv4",
-            frame: frame(v4(LISTEN_PORT), &media),
-            class: PacketClass::ChannelData,
-        },
-        Case {
-            name: "ChannelData 64 B, IPv6",
-            frame: frame(v6(LISTEN_PORT), &media),
-            class: PacketClass::ChannelData,
-        },
-        Case {
-            name: "STUN Binding, IPv4",
-            frame: frame(v4(LISTEN_PORT), &stun_binding_request([7; 12])),
-            class: PacketClass::Stun,
-        },
-        Case {
-            name: "UDP to another port, IPv4",
-            frame: frame(v4(LISTEN_PORT + 1), &media),
-            class: PacketClass::Unrelated,
-        },
-        Case {
-            name: "truncated IPv4 header",
-            frame: truncated,
-            class: PacketClass::Malformed,
-        },
-    ]
-}
-
-/// A network namespace made for the benchmark, where the relay's FIB
-/// lookups succeed: IP forwarding, routes to the client and peer networks,
-/// and permanent neighbours (no traffic is ever sent). Removed on drop.
-struct BenchNamespace {
-    name: String,
-}
-
-impl BenchNamespace {
-    fn new() -> Result<Self> {
-        let name = format!("turnxbench{}", std::process::id());
-        ip(&["netns", "add", &name])?;
-        let namespace = BenchNamespace { name };
-        let ns = namespace.name.as_str();
-        let links = [
-            ("198.18.0", "198.18.0.1", "bclient", "bclientp"),
-            ("198.19.0", "198.19.0.2", "bpod", "bpodp"),
-        ];
-        for (net, neighbour, a, b) in links {
-            ip(&[
-                "-n", ns, "link", "add", a, "type", "veth", "peer", "name", b,
-            ])?;
-            ip(&["-n", ns, "addr", "add", &format!("{net}.254/24"), "dev", a])?;
-            ip(&["-n", ns, "link", "set", a, "up"])?;
-            ip(&["-n", ns, "link", "set", b, "up"])?;
-            ip(&[
-                "-n",
-                ns,
-                "neigh",
-                "add",
-                neighbour,
-                "lladdr",
-                "02:00:00:00:00:99",
-                "dev",
-                a,
-                "nud",
-                "permanent",
-            ])?;
-        }
-        let status = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "sh",
-                "-c",
-                "echo 1 > /proc/sys/net/ipv4/conf/all/forwarding",
-            ])
-            .status()?;
-        ensure!(status.success(), "enabling forwarding in {ns}");
-        Ok(namespace)
-    }
-
-    /// Runs `f` on a thread inside the namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        use std::os::fd::AsRawFd;
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns = std::fs::File::open(&path)?;
-                    // SAFETY: setns on a namespace fd we hold; only this
-                    // thread moves.
-                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(std::io::Error::last_os_error().into());
-                    }
-                    Ok(f())
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("benchmark thread panicked"))?
-        })
-    }
-}
-
-impl Drop for BenchNamespace {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.name]);
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let output = std::process::Command::new("ip").args(args).output()?;
-    ensure!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
+/// Bindings in the XDP maps: room for the largest count measured.
+const MAX_BINDINGS: usize = 131_072;
+/// Longest the channel bindings of one measurement may take to set up.
+const BINDING_TIME_LIMIT: Duration = Duration::from_secs(90);
+/// Longest a step of the allocation load may take.
+const ALLOCATION_TIME_LIMIT: Duration = Duration::from_secs(120);
 
 fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.smoke {
-        args.runs = 3;
-        args.repeat = 10_000;
+        args = args.smoke();
     }
-    let object = turnx::ebpf_object::embedded()
+    cleanup::install()?;
+    let relay_object = turnx::ebpf_object::embedded()
         .context("relay-bench was built without the XDP object; run it with `cargo xtask bench`")?;
-    let mut relay = XdpRelay::load(object, "info").context("loading the XDP program")?;
-    relay.set_listen_ports(&[LISTEN_PORT])?;
-    relay.install(&binding())?;
+    let workdir = std::env::temp_dir().join(format!("turnx-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir)?;
+    let result = (|| {
+        let topology = Topology::new().context("building the benchmark network")?;
+        let mut programs = BenchPrograms::load(&args.bench_object, &topology)?;
+        let mut report = Report::new(&args.output, topology.relay_core)?;
 
-    let namespace = BenchNamespace::new().context("creating the benchmark namespace")?;
-    let mut table = String::from(
-        "| frame | class | bytes | ns/frame (median) | min | max |\n|---|---|---:|---:|---:|---:|\n",
-    );
-    for case in cases() {
-        let before = relay.counters()?;
-        let (runs, repeat) = if case.rewrites() {
-            // Bounded single runs, to keep the benchmark short.
-            (args.repeat.min(20_000), 1)
-        } else {
-            (args.runs, args.repeat)
-        };
-        let mut times: Vec<Duration> = namespace.run(|| {
-            (0..runs)
-                .map(|_| {
-                    relay
-                        .run_on_frame(&case.frame, repeat)
-                        .map(|run| run.duration)
-                })
-                .collect::<Result<_, _>>()
-        })??;
-        let counted = relay.counters()?.since(&before).get(case.class).packets;
-        ensure!(
-            counted == u64::from(runs) * u64::from(repeat),
-            "{}: expected every run counted as {}, counted {counted}",
-            case.name,
-            case.class.name()
-        );
-        times.sort();
-        let ns = |d: &Duration| d.as_nanos();
-        table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            case.name,
-            case.class.name(),
-            case.frame.len(),
-            ns(&times[times.len() / 2]),
-            ns(&times[0]),
-            ns(&times[times.len() - 1]),
-        ));
-    }
-    println!(
-        "XDP cost per frame, BPF_PROG_TEST_RUN, {} runs x {} repeats \
-         (forwarding cases: single runs, timer overhead included)\n\n{table}",
-        args.runs, args.repeat
-    );
-    if !args.smoke {
-        if let Some(dir) = args.output.parent() {
-            std::fs::create_dir_all(dir)?;
+        println!("XDP program cost per frame (BPF_PROG_TEST_RUN)");
+        report.xdp_costs = xdp_cost::measure(
+            relay_object,
+            &topology.relay,
+            if args.smoke { 3 } else { 5 },
+            args.repeat,
+            &args.bindings,
+        )?;
+
+        for &relay in &args.relays {
+            measure_relay(
+                &args,
+                &topology,
+                &mut programs,
+                &workdir,
+                relay,
+                &mut report,
+            )?;
         }
-        let header = format!(
-            "# XDP cost per frame\n\nBPF_PROG_TEST_RUN with repeat: the kernel's mean \
-             time per program run, {} runs of {} repeats, median and range. The \
-             forwarding cases (with their FIB lookup, in a namespace with routes and \
-             permanent neighbours) rewrite the frame, which the kernel does not restore \
-             between repeats: they are single runs, median of many, and include the \
-             kernel timer's own overhead, so read them as upper bounds.\n\
-             Reproduce with `cargo xtask bench`.\n\n",
-            args.runs, args.repeat
-        );
-        std::fs::write(&args.output, header + &table)
-            .with_context(|| format!("writing {}", args.output.display()))?;
-        println!("written to {}", args.output.display());
+        let servers = [Relay::XdpOffload, Relay::Coturn];
+        for relay in servers.into_iter().filter(|r| args.relays.contains(r)) {
+            println!("{}: allocation setup rate and memory", relay.label());
+            let server = Server::start(relay, &topology, &workdir, MAX_BINDINGS)?
+                .context("a TURN server")?;
+            let steps =
+                allocations::grow(&topology, &server, &args.allocations, ALLOCATION_TIME_LIMIT)
+                    .with_context(|| format!("allocation load on {}", relay.label()))?;
+            for step in steps {
+                println!(
+                    "  {} allocations: {:.0}/s, {:.0} bytes each, {} failed",
+                    step.allocations, step.rate, step.bytes_per_allocation, step.failed
+                );
+                report.allocations.push(AllocationRow { relay, step });
+            }
+        }
+        report.write(&args.readme, !args.smoke)?;
+        if args.smoke {
+            report.check_smoke()?;
+        }
+        println!("results in {}", args.output.display());
+        anyhow::Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&workdir);
+    result
+}
+
+/// Throughput at every size in both directions, latency, and cost versus
+/// bindings, for one configuration.
+fn measure_relay(
+    args: &Args,
+    topology: &Topology,
+    programs: &mut BenchPrograms,
+    workdir: &std::path::Path,
+    relay: Relay,
+    report: &mut Report,
+) -> Result<()> {
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut counts = vec![1];
+    counts.extend(args.bindings.iter().copied().filter(|&n| n > 1));
+    for count in counts {
+        let server = Server::start(relay, topology, workdir, MAX_BINDINGS)?;
+        let (bindings, _clients) = if relay.is_turn() {
+            match relays::bind_channels(topology, count, BINDING_TIME_LIMIT) {
+                Ok(made) => made,
+                // Many bindings are a measurement of their own: note why
+                // one is missing and go on with the rest.
+                Err(err) if count > 1 => {
+                    let note = format!("{} with {count} bindings: {err:#}", relay.label());
+                    println!("skipped: {note}");
+                    report.notes.push(note);
+                    continue;
+                }
+                Err(err) => {
+                    return Err(err.context(format!("a channel binding on {}", relay.label())));
+                }
+            }
+        } else {
+            (relays::plain_bindings(count), Vec::new())
+        };
+        if matches!(
+            relay,
+            Relay::Userspace | Relay::Coturn | Relay::KernelForwarding
+        ) {
+            programs.attach_pass(topology)?;
+        }
+        let first = count == 1;
+        let sizes: &[usize] = if first { &args.sizes } else { &[64] };
+        let directions: &[Direction] = if first {
+            &[Direction::ToPod, Direction::ToClient]
+        } else {
+            &[Direction::ToPod]
+        };
+        for &direction in directions {
+            if relay == Relay::XdpRedirect {
+                let (from, to) = match direction {
+                    Direction::ToPod => (&topology.relay_client_if, &topology.relay_pod_if),
+                    Direction::ToClient => (&topology.relay_pod_if, &topology.relay_client_if),
+                };
+                programs.attach_redirect(&topology.relay, from, to)?;
+            }
+            for &size in sizes {
+                let traffic = flows::traffic(topology, &bindings, direction, size, relay.is_turn());
+                // A short warm-up: caches, and the first packets' slow paths.
+                throughput::run(programs, topology, &traffic, direction, duration / 10, None)?;
+                let mut samples = Vec::new();
+                for _ in 0..args.runs {
+                    let sample =
+                        throughput::run(programs, topology, &traffic, direction, duration, None)?;
+                    ensure!(
+                        sample.bad == 0,
+                        "{}: the sink received {} wrong datagrams",
+                        relay.label(),
+                        sample.bad
+                    );
+                    samples.push(sample);
+                }
+                let row = ThroughputRow {
+                    relay,
+                    direction,
+                    size,
+                    bindings: count,
+                    samples,
+                };
+                println!("{}", row.summary());
+                report.throughput.push(row);
+            }
+        }
+        programs.detach_relay_side()?;
+        if first && relay != Relay::XdpRedirect {
+            measure_latency(args, topology, programs, relay, &bindings, report)?;
+        }
+        drop(server);
     }
+    Ok(())
+}
+
+fn measure_latency(
+    args: &Args,
+    topology: &Topology,
+    programs: &mut BenchPrograms,
+    relay: Relay,
+    bindings: &[Binding],
+    report: &mut Report,
+) -> Result<()> {
+    let traffic = flows::traffic(topology, bindings, Direction::ToPod, 64, relay.is_turn());
+    let idle = latency::measure(programs, topology, relay.is_turn(), args.pings, None)?;
+    let loaded = latency::measure(
+        programs,
+        topology,
+        relay.is_turn(),
+        args.pings,
+        Some((&traffic, args.load_rate)),
+    )?;
+    let row = LatencyRow {
+        relay,
+        idle,
+        loaded,
+        load_rate: args.load_rate,
+    };
+    println!("{}", row.summary());
+    report.latency.push(row);
     Ok(())
 }

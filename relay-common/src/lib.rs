@@ -10,6 +10,8 @@
 //! With the `user` feature the types implement [`aya::Pod`].
 #![no_std]
 
+pub mod bench;
+
 /// Name of the hash map of UDP ports the TURN server listens on.
 /// Key: [`ListenPortKey`], value: [`ListenPortValue`].
 pub const MAP_LISTEN_PORTS: &str = "LISTEN_PORTS";

@@ -9,6 +9,7 @@
 //! - [`shell`]: the TURN server's sockets and timers on tokio;
 //! - [`frame`]: Ethernet frame builders for tests and benchmarks.
 
+pub mod client;
 pub mod config;
 pub mod ebpf_object;
 pub mod frame;

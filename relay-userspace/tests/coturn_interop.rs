@@ -4,7 +4,7 @@
 //! offload off: these test the TURN server and its userspace relay path.
 //!
 //! The negative cases coturn's client cannot express (an expired REST
-//! username, a quota) use the tests' own minimal client (`common::turn_client`).
+//! username, a quota) use the library's minimal test client (`turnx::client`).
 
 mod common;
 
@@ -13,7 +13,8 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Process, TempDir, Topology, turn_client::TurnClient};
+use common::{Daemon, Process, TempDir, Topology};
+use turnx::client::TurnClient;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
@@ -284,8 +285,13 @@ fn allocate(setup: &Setup, username: &str, password: &str) -> Option<u16> {
     setup.topology.client.run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         TurnClient::connect(socket, server, username, password)
+            .expect("a 401 challenge")
             .allocate(false)
             .err()
+            .map(|err| {
+                err.code()
+                    .unwrap_or_else(|| panic!("Allocate failed: {err}"))
+            })
     })
 }
 

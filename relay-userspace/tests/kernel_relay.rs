@@ -12,7 +12,8 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Process, TempDir, Topology, turn_client::TurnClient};
+use common::{Daemon, Process, TempDir, Topology};
+use turnx::client::TurnClient;
 use turnx::{config::XdpMode, xdp::XdpRelay};
 
 const CHANNEL: u16 = 0x4000;
@@ -198,18 +199,22 @@ fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
     let (topology, client_ip) = (&setup.topology, &setup.client_ip);
     let (before, after, warm) = topology.client.run(|| {
         let socket = UdpSocket::bind(format!("{client_ip}:0")).unwrap();
-        let client = TurnClient::connect(socket, server, "alice", "wonderland");
+        let client = TurnClient::connect(socket, server, "alice", "wonderland").expect("a 401");
         client.allocate(ipv6).expect("allocation");
-        assert_eq!(client.channel_bind(CHANNEL, peer), None, "ChannelBind");
+        client.channel_bind(CHANNEL, peer).expect("ChannelBind");
         // Round trips through userspace resolve the neighbours; a first
         // packet may be lost while they resolve, so try a few times.
-        let warm = (0..5)
-            .find_map(|_| client.channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(1)));
+        let warm = (0..5).find_map(|_| {
+            client
+                .channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(1))
+                .expect("sending the warm-up")
+        });
         let before = relay_counters(topology);
         for i in 0..ROUND_TRIPS {
             let data = format!("media packet {i:04}");
             let echo = client
                 .channel_round_trip(CHANNEL, data.as_bytes(), Duration::from_secs(2))
+                .expect("sending ChannelData")
                 .unwrap_or_else(|| panic!("no echo for packet {i}"));
             assert_eq!(
                 echo,
@@ -218,8 +223,10 @@ fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
         }
         let after = relay_counters(topology);
         // Deleting the allocation removes the binding from the kernel.
-        assert_eq!(client.refresh(0), None, "Refresh 0");
-        let lost = client.channel_round_trip(CHANNEL, b"after delete", Duration::from_millis(500));
+        client.refresh(0).expect("Refresh 0");
+        let lost = client
+            .channel_round_trip(CHANNEL, b"after delete", Duration::from_millis(500))
+            .expect("sending ChannelData");
         assert!(lost.is_none(), "relayed after the allocation was deleted");
         (before, after, warm)
     });

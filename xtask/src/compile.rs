@@ -17,24 +17,49 @@ use crate::{
 /// embed (see relay-userspace/build.rs).
 pub const OBJECT_ENV: &str = "TURNX_EBPF_OBJECT";
 
-/// Builds the kernel program with the nightly toolchain and returns the path
-/// of the object.
-pub fn ebpf(root: &Path, toolchain: &Toolchain) -> Result<PathBuf> {
-    run(&mut ebpf_command(
-        root,
-        toolchain,
-        &["build", "--release"],
-        &[],
-    ))
-    .context("building the XDP program (relay-ebpf) failed")?;
-    Ok(root.join("target/ebpf/bpfel-unknown-none/release/relay-ebpf"))
+/// The variable that tells relay-bench where the benchmark's own XDP
+/// programs are.
+pub const BENCH_OBJECT_ENV: &str = "TURNX_BENCH_OBJECT";
+
+/// The crates built for the BPF target, each its own workspace: the relay's
+/// XDP program and the benchmark's (generator, sink, redirect).
+pub const KERNEL_CRATES: [&str; 2] = ["relay-ebpf", "bench/ebpf"];
+
+/// The objects built from [`KERNEL_CRATES`].
+pub struct Objects {
+    /// The relay's XDP program, embedded into turnxd.
+    pub relay: PathBuf,
+    /// The benchmark's programs, read by relay-bench at run time.
+    pub bench: PathBuf,
 }
 
-/// `cargo <subcommand>` on relay-ebpf with the nightly toolchain, for the BPF
-/// target, with bpf-linker on PATH; `trailing` goes after the cargo options.
+/// Builds the kernel programs with the nightly toolchain and returns the
+/// paths of the objects.
+pub fn ebpf(root: &Path, toolchain: &Toolchain) -> Result<Objects> {
+    for krate in KERNEL_CRATES {
+        run(&mut ebpf_command(
+            root,
+            toolchain,
+            krate,
+            &["build", "--release"],
+            &[],
+        ))
+        .with_context(|| format!("building the XDP programs in {krate} failed"))?;
+    }
+    let release = root.join("target/ebpf/bpfel-unknown-none/release");
+    Ok(Objects {
+        relay: release.join("relay-ebpf"),
+        bench: release.join("bench-ebpf"),
+    })
+}
+
+/// `cargo <subcommand>` on the kernel crate in directory `krate` with the
+/// nightly toolchain, for the BPF target, with bpf-linker on PATH;
+/// `trailing` goes after the cargo options.
 pub fn ebpf_command(
     root: &Path,
     toolchain: &Toolchain,
+    krate: &str,
     subcommand: &[&str],
     trailing: &[&str],
 ) -> Command {
@@ -51,7 +76,7 @@ pub fn ebpf_command(
         .args(subcommand)
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--manifest-path")
-        .arg(root.join("relay-ebpf/Cargo.toml"))
+        .arg(root.join(krate).join("Cargo.toml"))
         .arg("--target-dir")
         .arg(root.join("target/ebpf"))
         .args(trailing)

@@ -91,22 +91,25 @@ fn run_task(task: Task) -> Result<()> {
         }
         Task::Test => test(&root),
         Task::Bench { smoke, args } => {
-            build(&root)?;
+            let objects = build(&root)?;
             require_root("the benchmarks load XDP programs and create network namespaces")?;
             let mut command = Command::new(root.join("target/release/relay-bench"));
             if smoke {
                 command.arg("--smoke");
             }
-            run(command.args(args).current_dir(&root))
+            run(command
+                .args(args)
+                .env(compile::BENCH_OBJECT_ENV, &objects.bench)
+                .current_dir(&root))
         }
     }
 }
 
-fn build(root: &Path) -> Result<PathBuf> {
+fn build(root: &Path) -> Result<compile::Objects> {
     let toolchain = setup::setup(root, false)?;
-    let object = compile::ebpf(root, &toolchain)?;
-    compile::userspace(&object)?;
-    Ok(object)
+    let objects = compile::ebpf(root, &toolchain)?;
+    compile::userspace(&objects.relay)?;
+    Ok(objects)
 }
 
 fn require_root(why: &str) -> Result<()> {
@@ -118,15 +121,18 @@ fn require_root(why: &str) -> Result<()> {
 
 fn test(root: &Path) -> Result<()> {
     let toolchain = setup::setup(root, true)?;
-    let object = compile::ebpf(root, &toolchain)?;
+    let objects = compile::ebpf(root, &toolchain)?;
+    let object = &objects.relay;
 
     println!("test: cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]).current_dir(root))
         .context("formatting differs; run `cargo fmt --all`")?;
-    run(cargo()
-        .args(["fmt", "--check", "--manifest-path"])
-        .arg(root.join("relay-ebpf/Cargo.toml")))
-    .context("relay-ebpf formatting differs; run `cargo fmt` in relay-ebpf")?;
+    for krate in compile::KERNEL_CRATES {
+        run(cargo()
+            .args(["fmt", "--check", "--manifest-path"])
+            .arg(root.join(krate).join("Cargo.toml")))
+        .with_context(|| format!("{krate} formatting differs; run `cargo fmt` in {krate}"))?;
+    }
 
     println!("test: cargo clippy");
     run(cargo()
@@ -138,31 +144,35 @@ fn test(root: &Path) -> Result<()> {
             "-D",
             "warnings",
         ])
-        .env(compile::OBJECT_ENV, &object)
+        .env(compile::OBJECT_ENV, object)
         .current_dir(root))
     .context("clippy found problems")?;
-    run(&mut compile::ebpf_command(
-        root,
-        &toolchain,
-        &["clippy", "--release"],
-        &["--", "-D", "warnings"],
-    ))
-    .context("clippy found problems in relay-ebpf")?;
+    for krate in compile::KERNEL_CRATES {
+        run(&mut compile::ebpf_command(
+            root,
+            &toolchain,
+            krate,
+            &["clippy", "--release"],
+            &["--", "-D", "warnings"],
+        ))
+        .with_context(|| format!("clippy found problems in {krate}"))?;
+    }
 
     println!("test: cargo test");
     let mut command = cargo();
     command
         .args(["test", "--workspace"])
-        .env(compile::OBJECT_ENV, &object)
+        .env(compile::OBJECT_ENV, object)
         .env(REQUIRE_XDP_TESTS_ENV, "1")
         .current_dir(root);
     run(&mut command).context("tests failed")?;
 
     if is_root() {
         println!("test: benchmark smoke run");
-        compile::userspace(&object)?;
+        compile::userspace(object)?;
         run(Command::new(root.join("target/release/relay-bench"))
             .arg("--smoke")
+            .env(compile::BENCH_OBJECT_ENV, &objects.bench)
             .current_dir(root))
         .context("the benchmark smoke run failed")?;
     } else {

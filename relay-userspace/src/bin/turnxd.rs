@@ -142,10 +142,33 @@ fn init_tracing(level: &str) {
         .init();
 }
 
+/// Every allocation holds a socket, so the default soft limit on open files
+/// (often 1024) would cap allocations long before memory does: raise it to
+/// the hard limit, as coturn does.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let soft = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::debug!("open file limit raised from {soft} to {}", limit.rlim_max);
+        }
+    }
+}
+
 async fn run(args: Args, config: Config) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
+    raise_open_file_limit();
     let relay = if config.xdp.enabled {
         Some(Arc::new(Mutex::new(start_xdp(&args, &config)?)))
     } else {

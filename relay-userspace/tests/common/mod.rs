@@ -2,8 +2,6 @@
 //! object, and throwaway network namespaces with veth pairs.
 #![allow(dead_code)] // each test binary uses a different subset
 
-pub mod turn_client;
-
 use std::{
     fs::File,
     io::{BufRead, BufReader},

@@ -1,0 +1,180 @@
+//! The benchmark's XDP programs. None of them is part of the relay.
+//!
+//! - `turnx_bench_gen` runs under BPF_PROG_RUN in live-frames mode: it
+//!   writes the next flow's headers over the frame and transmits it (XDP_TX
+//!   out of the context's interface), which is how the benchmark offers the
+//!   relay millions of frames a second the way a NIC driver would.
+//! - `turnx_bench_sink` counts and checks the datagrams that reach a
+//!   namespace and drops them; everything else passes.
+//! - `turnx_bench_redirect` sends every frame out of another interface
+//!   unchanged: the ceiling of any XDP forwarder on this machine.
+//! - `turnx_bench_pass` passes everything on.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_redirect,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use relay_common::bench::{
+    GEN_HEAD_LEN, GenConfig, GenFlow, MAX_GEN_FLOWS, PAYLOAD_MAGIC, SinkConfig, SinkCounters,
+};
+
+#[map]
+static GEN_FLOWS: Array<GenFlow> = Array::with_max_entries(MAX_GEN_FLOWS, 0);
+#[map]
+static GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
+/// The generator's position in the flows (one CPU runs it at a time, but
+/// per-CPU keeps it free of atomics either way).
+#[map]
+static GEN_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SINK_CONFIG: Array<SinkConfig> = Array::with_max_entries(1, 0);
+#[map]
+static SINK_COUNTERS: PerCpuArray<SinkCounters> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static REDIRECT_TO: Array<u32> = Array::with_max_entries(1, 0);
+
+#[xdp]
+pub fn turnx_bench_gen(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + GEN_HEAD_LEN > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let (Some(config), Some(next)) = (GEN_CONFIG.get(0), GEN_NEXT.get_ptr_mut(0)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array.
+    let index = unsafe { *next };
+    let following = index + 1;
+    // SAFETY: as above.
+    unsafe {
+        *next = if following >= config.flows {
+            0
+        } else {
+            following
+        }
+    };
+    let Some(flow) = GEN_FLOWS.get(index) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let head = start as *mut [u64; GEN_HEAD_LEN / 8];
+    // SAFETY: the frame holds at least GEN_HEAD_LEN bytes (checked above);
+    // unaligned because the frame's start need not be 8-byte aligned.
+    unsafe { head.write_unaligned(flow.head) };
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn turnx_bench_sink(ctx: XdpContext) -> u32 {
+    match sink(&ctx) {
+        Some(good) => {
+            if let Some(counters) = SINK_COUNTERS.get_ptr_mut(0) {
+                // SAFETY: this CPU's slot of a per-CPU array.
+                unsafe {
+                    if good {
+                        (*counters).good += 1;
+                    } else {
+                        (*counters).bad += 1;
+                    }
+                }
+            }
+            xdp_action::XDP_DROP
+        }
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+/// Whether the frame is a datagram the sink counts (`None` if not), and if
+/// so whether it is the one expected.
+#[inline(always)]
+fn sink(ctx: &XdpContext) -> Option<bool> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let config = SINK_CONFIG.get(0)?;
+    if start + 14 > end {
+        return None;
+    }
+    // SAFETY: bounds checked above.
+    let ether_type = unsafe { [*((start + 12) as *const u8), *((start + 13) as *const u8)] };
+    let udp = match ether_type {
+        [0x08, 0x00] => {
+            if start + 14 + 20 > end {
+                return None;
+            }
+            // SAFETY: bounds checked above.
+            let (version_ihl, protocol) = unsafe {
+                (
+                    *((start + 14) as *const u8),
+                    *((start + 14 + 9) as *const u8),
+                )
+            };
+            if protocol != 17 {
+                return None;
+            }
+            14 + usize::from(version_ihl & 0x0F) * 4
+        }
+        [0x86, 0xDD] => {
+            if start + 14 + 40 > end {
+                return None;
+            }
+            // SAFETY: bounds checked above.
+            if unsafe { *((start + 14 + 6) as *const u8) } != 17 {
+                return None;
+            }
+            14 + 40
+        }
+        _ => return None,
+    };
+    let udp = start + udp;
+    if udp + 8 > end {
+        return None;
+    }
+    // SAFETY: the UDP header ends before `end` (checked above).
+    let (dst_port, udp_len) = unsafe {
+        (
+            u16::from_be_bytes(*((udp + 2) as *const [u8; 2])),
+            u16::from_be_bytes(*((udp + 4) as *const [u8; 2])),
+        )
+    };
+    let magic = udp + 8 + usize::from(config.magic_offset & 0x0C);
+    if magic + 4 > end {
+        return None;
+    }
+    // SAFETY: the magic ends before `end` (checked above).
+    let magic = unsafe { *(magic as *const [u8; 4]) };
+    if dst_port < config.port_first || dst_port > config.port_last {
+        return None;
+    }
+    Some(udp_len == config.udp_len && magic == PAYLOAD_MAGIC)
+}
+
+#[xdp]
+pub fn turnx_bench_redirect(_ctx: XdpContext) -> u32 {
+    match REDIRECT_TO.get(0) {
+        // SAFETY: a helper call with plain integer arguments.
+        Some(ifindex) => unsafe { bpf_redirect(*ifindex, 0) as u32 },
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+/// Passes every frame to the stack. Attached to the relay's veths when the
+/// configuration under test has no XDP program of its own, because a veth
+/// drops the frames that another veth's XDP sends it unless it has one.
+#[xdp]
+pub fn turnx_bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

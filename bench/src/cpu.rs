@@ -1,0 +1,117 @@
+//! Cores: pinning threads and processes, and how busy a core was.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// The cores this process may run on, in order.
+pub fn online_cores() -> Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is valid; the kernel fills it in.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pointer and size of a local set.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: reading a bit of a valid set.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Pins the calling thread to `core`.
+pub fn pin_current_thread(core: usize) -> Result<()> {
+    pin_task(0, core)
+}
+
+/// Pins the task (thread or kernel thread) `pid` to `core`.
+pub fn pin_task(pid: i32, core: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes one bit of it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(core, &mut set) };
+    // SAFETY: pointer and size of a local set.
+    if unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        bail!(
+            "pinning task {pid} to core {core}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Pins every thread of process `pid` to `core`.
+pub fn pin_process(pid: u32, core: usize) -> Result<()> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid: i32 = entry?.file_name().to_string_lossy().parse()?;
+        pin_task(tid, core)?;
+    }
+    Ok(())
+}
+
+/// The kernel threads that run `dev`'s threaded NAPI (named
+/// `napi/<dev>-<id>`).
+pub fn napi_threads(dev: &str) -> Result<Vec<i32>> {
+    let prefix = format!("napi/{dev}-");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(&prefix) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// A core's time counters from /proc/stat, in clock ticks.
+#[derive(Clone, Copy, Debug)]
+pub struct CoreTimes {
+    busy: u64,
+}
+
+impl CoreTimes {
+    /// Reads `core`'s counters now.
+    pub fn read(core: usize) -> Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let label = format!("cpu{core} ");
+        let line = stat
+            .lines()
+            .find(|line| line.starts_with(&label))
+            .with_context(|| format!("no {label}line in /proc/stat"))?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        // user nice system idle iowait irq softirq steal ...: work done on
+        // the core is user, nice, system, irq and softirq (guest time is
+        // inside user; steal is the hypervisor's, not ours).
+        let busy = [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum();
+        Ok(CoreTimes { busy })
+    }
+
+    /// Busy time on the core between `earlier` and `self`.
+    pub fn busy_since(&self, earlier: &CoreTimes) -> Duration {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let ticks = self.busy.saturating_sub(earlier.busy);
+        Duration::from_nanos(ticks * 1_000_000_000 / hz)
+    }
+}
+
+/// Resident memory of process `pid`, in bytes.
+pub fn resident_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .with_context(|| format!("no VmRSS for process {pid}"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS without a value")?
+        .parse()?;
+    Ok(kib * 1024)
+}

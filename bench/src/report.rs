@@ -1,0 +1,570 @@
+//! The results: markdown tables (with the machine and the targets) and
+//! plots in the output directory, and the headline table in the README.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, ensure};
+
+use crate::{
+    allocations::Step,
+    flows::Direction,
+    latency::Rtts,
+    plots,
+    relays::Relay,
+    stats::{Spread, si},
+    throughput::Sample,
+    xdp_cost::Cost,
+};
+
+/// Marks the generated block in the README.
+const README_BEGIN: &str = "<!-- bench:begin -->";
+const README_END: &str = "<!-- bench:end -->";
+/// The payload and direction of the headline comparison.
+const HEADLINE_SIZE: usize = 64;
+
+/// Repeated throughput runs of one configuration and traffic.
+pub struct ThroughputRow {
+    pub relay: Relay,
+    pub direction: Direction,
+    pub size: usize,
+    pub bindings: usize,
+    pub samples: Vec<Sample>,
+}
+
+impl ThroughputRow {
+    pub fn pps(&self) -> Spread {
+        Spread::of(self.samples.iter().map(Sample::pps))
+    }
+    pub fn pps_per_cpu(&self) -> Spread {
+        Spread::of(self.samples.iter().map(Sample::pps_per_cpu))
+    }
+    pub fn ns_per_packet(&self) -> Spread {
+        Spread::of(self.samples.iter().map(Sample::ns_per_packet))
+    }
+    fn offered(&self) -> Spread {
+        Spread::of(
+            self.samples
+                .iter()
+                .map(|s| s.sent as f64 / s.duration.as_secs_f64()),
+        )
+    }
+    fn loss(&self) -> Spread {
+        Spread::of(self.samples.iter().map(Sample::loss))
+    }
+
+    /// One line for the console.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:<24} {} {:>5} B {:>6} bindings: {:>9} pps relayed of {:>9} offered, {:>9} pps per CPU-s",
+            self.relay.label(),
+            self.direction.label(),
+            self.size,
+            self.bindings,
+            si(self.pps().median),
+            si(self.offered().median),
+            si(self.pps_per_cpu().median)
+        )
+    }
+}
+
+/// Ping-pong round trips, idle and under a fixed load.
+pub struct LatencyRow {
+    pub relay: Relay,
+    pub idle: Rtts,
+    pub loaded: Rtts,
+    pub load_rate: u64,
+}
+
+impl LatencyRow {
+    pub fn summary(&self) -> String {
+        format!(
+            "{:<24} RTT idle p50/p99/p99.9 {:.1}/{:.1}/{:.1} µs, at {} pps {:.1}/{:.1}/{:.1} µs",
+            self.relay.label(),
+            self.idle.percentile(50.0),
+            self.idle.percentile(99.0),
+            self.idle.percentile(99.9),
+            si(self.load_rate as f64),
+            self.loaded.percentile(50.0),
+            self.loaded.percentile(99.0),
+            self.loaded.percentile(99.9),
+        )
+    }
+}
+
+/// One step of the allocation load on one server.
+pub struct AllocationRow {
+    pub relay: Relay,
+    pub step: Step,
+}
+
+/// Everything measured in one run.
+pub struct Report {
+    output: PathBuf,
+    relay_core: usize,
+    pub xdp_costs: Vec<Cost>,
+    pub throughput: Vec<ThroughputRow>,
+    pub latency: Vec<LatencyRow>,
+    pub allocations: Vec<AllocationRow>,
+    /// Measurements that could not be made, and why.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn new(output: &Path, relay_core: usize) -> Result<Self> {
+        std::fs::create_dir_all(output)
+            .with_context(|| format!("creating {}", output.display()))?;
+        Ok(Report {
+            output: output.to_owned(),
+            relay_core,
+            xdp_costs: Vec::new(),
+            throughput: Vec::new(),
+            latency: Vec::new(),
+            allocations: Vec::new(),
+            notes: Vec::new(),
+        })
+    }
+
+    /// Checks what a smoke run must show: every configuration relayed in
+    /// both directions, no echo lost, no allocation failed.
+    pub fn check_smoke(&self) -> Result<()> {
+        for row in &self.throughput {
+            ensure!(
+                row.samples.iter().all(|s| s.received > 0),
+                "{} {} relayed nothing",
+                row.relay.label(),
+                row.direction.label()
+            );
+        }
+        for row in &self.latency {
+            ensure!(
+                row.idle.lost == 0 && !row.idle.micros.is_empty(),
+                "{}: {} pings lost",
+                row.relay.label(),
+                row.idle.lost
+            );
+        }
+        for row in &self.allocations {
+            ensure!(
+                row.step.failed == 0 && row.step.allocations > 0,
+                "{}: {} allocations failed",
+                row.relay.label(),
+                row.step.failed
+            );
+        }
+        Ok(())
+    }
+
+    fn headline(&self, relay: Relay) -> Option<&ThroughputRow> {
+        self.throughput.iter().find(|row| {
+            row.relay == relay
+                && row.direction == Direction::ToPod
+                && row.size == HEADLINE_SIZE
+                && row.bindings == 1
+        })
+    }
+
+    fn latency_of(&self, relay: Relay) -> Option<&LatencyRow> {
+        self.latency.iter().find(|row| row.relay == relay)
+    }
+
+    /// Writes results.md and the plots; with `update_readme`, also the
+    /// README's results block.
+    pub fn write(&self, readme: &Path, update_readme: bool) -> Result<()> {
+        let headline = self.headline_table();
+        let mut text = String::from("# Benchmark results\n\n");
+        writeln!(
+            text,
+            "Written by `cargo xtask bench` on {}. {}\n",
+            today(),
+            machine()
+        )?;
+        text += &headline;
+        text += "\n## Targets\n\n";
+        text += &self.targets();
+        text += &self.throughput_table();
+        text += &self.latency_table();
+        text += &self.bindings_table();
+        text += &self.allocation_table();
+        text += &self.cost_table();
+        if !self.notes.is_empty() {
+            text += "\n## Not measured\n\n";
+            for note in &self.notes {
+                writeln!(text, "- {note}")?;
+            }
+        }
+        text += METHOD;
+        let path = self.output.join("results.md");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        plots::throughput(&self.output.join("throughput.svg"), &self.throughput)?;
+        plots::latency(&self.output.join("latency.svg"), &self.latency)?;
+        plots::bindings(&self.output.join("bindings.svg"), &self.throughput)?;
+        if update_readme {
+            update_readme_block(readme, &headline)?;
+        }
+        Ok(())
+    }
+
+    fn headline_table(&self) -> String {
+        let mut text = format!(
+            "{HEADLINE_SIZE}-byte media, client→pod, one channel binding, relay pinned to one \
+             core (core {}); median of the runs. `pps/CPU-s` is relayed packets per second of \
+             busy time on the relay core.\n\n\
+             | relay | relayed pps | loss | pps/CPU-s | × coturn | of ceiling | RTT p99 idle | RTT p99 loaded |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|\n",
+            self.relay_core
+        );
+        let coturn = self.headline(Relay::Coturn).map(|r| r.pps_per_cpu().median);
+        let ceiling = self
+            .headline(Relay::XdpRedirect)
+            .map(|r| r.pps_per_cpu().median);
+        for relay in Relay::ALL {
+            let Some(row) = self.headline(relay) else {
+                continue;
+            };
+            let per_cpu = row.pps_per_cpu().median;
+            let ratio = |base: Option<f64>, pct: bool| match base {
+                Some(base) if base > 0.0 && pct => format!("{:.0} %", 100.0 * per_cpu / base),
+                Some(base) if base > 0.0 => format!("{:.1}×", per_cpu / base),
+                _ => "–".into(),
+            };
+            let rtt = |f: fn(&LatencyRow) -> &Rtts| {
+                self.latency_of(relay)
+                    .map_or("–".into(), |l| format!("{:.1} µs", f(l).percentile(99.0)))
+            };
+            writeln!(
+                text,
+                "| {} | {} | {:.1} % | {} | {} | {} | {} | {} |",
+                relay.label(),
+                si(row.pps().median),
+                100.0 * row.loss().median,
+                si(per_cpu),
+                ratio(coturn, false),
+                ratio(ceiling, true),
+                rtt(|l| &l.idle),
+                rtt(|l| &l.loaded),
+            )
+            .expect("writing to a String");
+        }
+        text
+    }
+
+    fn targets(&self) -> String {
+        let per_cpu = |relay| self.headline(relay).map(|r| r.pps_per_cpu().median);
+        let p99 = |relay| self.latency_of(relay).map(|l| l.idle.percentile(99.0));
+        let rate = |relay| {
+            self.allocations
+                .iter()
+                .find(|a| a.relay == relay)
+                .map(|a| a.step.rate)
+        };
+        let xdp_costs: Vec<f64> = self
+            .throughput
+            .iter()
+            .filter(|r| {
+                r.relay == Relay::XdpOffload
+                    && r.direction == Direction::ToPod
+                    && r.size == HEADLINE_SIZE
+            })
+            .map(|r| r.ns_per_packet().median)
+            .collect();
+        let mut text = String::from("| target | measured | met |\n|---|---|---|\n");
+        let mut row = |target: &str, value: Option<(f64, String)>, met: fn(f64) -> bool| {
+            let (measured, verdict) = match value {
+                Some((v, shown)) => (shown, if met(v) { "yes" } else { "no" }),
+                None => ("not measured".into(), "–"),
+            };
+            writeln!(text, "| {target} | {measured} | {verdict} |").expect("writing to a String");
+        };
+        let both = |a: Option<f64>, b: Option<f64>| a.zip(b);
+        row(
+            "XDP ≥ 20× coturn in packets per CPU-second",
+            both(per_cpu(Relay::XdpOffload), per_cpu(Relay::Coturn))
+                .map(|(x, c)| (x / c, format!("{:.1}×", x / c))),
+            |v| v >= 20.0,
+        );
+        row(
+            "XDP ≥ 80 % of the do-nothing XDP redirect (packets per CPU-second)",
+            both(per_cpu(Relay::XdpOffload), per_cpu(Relay::XdpRedirect))
+                .map(|(x, c)| (x / c, format!("{:.0} %", 100.0 * x / c))),
+            |v| v >= 0.8,
+        );
+        row(
+            "added p99 round trip through the XDP path ≤ 10 µs (vs kernel forwarding)",
+            both(p99(Relay::XdpOffload), p99(Relay::KernelForwarding))
+                .map(|(x, f)| (x - f, format!("{:+.1} µs", x - f))),
+            |v| v <= 10.0,
+        );
+        row(
+            "userspace path at least as fast as coturn (packets per CPU-second)",
+            both(per_cpu(Relay::Userspace), per_cpu(Relay::Coturn))
+                .map(|(u, c)| (u / c, format!("{:.2}×", u / c))),
+            |v| v >= 1.0,
+        );
+        row(
+            "allocation setup rate ≥ coturn's",
+            both(rate(Relay::XdpOffload), rate(Relay::Coturn))
+                .map(|(x, c)| (x / c, format!("{:.0}/s vs {:.0}/s", x, c))),
+            |v| v >= 1.0,
+        );
+        let flat = match (
+            xdp_costs.iter().copied().reduce(f64::min),
+            xdp_costs.iter().copied().reduce(f64::max),
+        ) {
+            (Some(low), Some(high)) if xdp_costs.len() > 1 && low > 0.0 => {
+                Some((high / low, format!("{low:.0} to {high:.0} ns per packet")))
+            }
+            _ => None,
+        };
+        row(
+            "XDP cost per packet flat from 1 to 100 000 bindings (within 25 %)",
+            flat,
+            |v| v <= 1.25,
+        );
+        text
+    }
+
+    fn throughput_table(&self) -> String {
+        let mut text = String::from(
+            "\n## Throughput, one binding, full offered load\n\n\
+             Median [min–max] of the runs.\n\n\
+             | relay | direction | payload | offered pps | relayed pps | loss | pps/CPU-s | relay-core ns/packet |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for row in self.throughput.iter().filter(|r| r.bindings == 1) {
+            let (pps, per_cpu, ns) = (row.pps(), row.pps_per_cpu(), row.ns_per_packet());
+            writeln!(
+                text,
+                "| {} | {} | {} B | {} | {} [{}–{}] | {:.1} % | {} [{}–{}] | {:.0} [{:.0}–{:.0}] |",
+                row.relay.label(),
+                row.direction.label(),
+                row.size,
+                si(row.offered().median),
+                si(pps.median),
+                si(pps.min),
+                si(pps.max),
+                100.0 * row.loss().median,
+                si(per_cpu.median),
+                si(per_cpu.min),
+                si(per_cpu.max),
+                ns.median,
+                ns.min,
+                ns.max,
+            )
+            .expect("writing to a String");
+        }
+        text
+    }
+
+    fn latency_table(&self) -> String {
+        let mut text = String::from(
+            "\n## Round-trip latency\n\n\
+             64-byte ping-pong between the client and an echo in the pod, through the relay \
+             both ways; idle, and while the generator offers a fixed load on another binding \
+             (whose loss is reported too). The XDP redirect is one-way only and has no round \
+             trip.\n\n\
+             | relay | idle p50 | p99 | p99.9 | loaded p50 | p99 | p99.9 | load | loss of the load | pings lost |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for row in &self.latency {
+            writeln!(
+                text,
+                "| {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {} pps | {} | {} |",
+                row.relay.label(),
+                row.idle.percentile(50.0),
+                row.idle.percentile(99.0),
+                row.idle.percentile(99.9),
+                row.loaded.percentile(50.0),
+                row.loaded.percentile(99.0),
+                row.loaded.percentile(99.9),
+                si(row.load_rate as f64),
+                row.loaded
+                    .load
+                    .map_or("–".into(), |s| format!("{:.2} %", 100.0 * s.loss())),
+                row.idle.lost + row.loaded.lost,
+            )
+            .expect("writing to a String");
+        }
+        text
+    }
+
+    fn bindings_table(&self) -> String {
+        let mut text = String::from(
+            "\n## Cost versus number of bindings\n\n\
+             64-byte media, client→pod, full offered load, the generator cycling through every \
+             binding.\n\n\
+             | relay | bindings | relayed pps | pps/CPU-s | relay-core ns/packet |\n\
+             |---|---:|---:|---:|---:|\n",
+        );
+        let mut rows: Vec<&ThroughputRow> = self
+            .throughput
+            .iter()
+            .filter(|r| r.direction == Direction::ToPod && r.size == HEADLINE_SIZE)
+            .collect();
+        rows.sort_by_key(|r| (Relay::ALL.iter().position(|&x| x == r.relay), r.bindings));
+        for row in rows {
+            let ns = row.ns_per_packet();
+            writeln!(
+                text,
+                "| {} | {} | {} | {} | {:.0} [{:.0}–{:.0}] |",
+                row.relay.label(),
+                row.bindings,
+                si(row.pps().median),
+                si(row.pps_per_cpu().median),
+                ns.median,
+                ns.min,
+                ns.max
+            )
+            .expect("writing to a String");
+        }
+        text
+    }
+
+    fn allocation_table(&self) -> String {
+        let mut text = String::from(
+            "\n## Allocation setup rate and memory\n\n\
+             Authenticated Allocate (after the 401) and ChannelBind from a new client address \
+             and port each, 16 at a time; every other allocation has an IPv6 relayed address. \
+             Memory is the growth of the server's resident set divided by live allocations \
+             (turnx's kernel maps are preallocated and not in it).\n\n\
+             | server | live allocations | setup rate (per s) | resident bytes per allocation | failed |\n\
+             |---|---:|---:|---:|---:|\n",
+        );
+        for row in &self.allocations {
+            writeln!(
+                text,
+                "| {} | {} | {:.0} | {:.0} | {} |",
+                row.relay.label(),
+                row.step.allocations,
+                row.step.rate,
+                row.step.bytes_per_allocation,
+                row.step.failed
+            )
+            .expect("writing to a String");
+        }
+        text
+    }
+
+    fn cost_table(&self) -> String {
+        let mut text = String::from(
+            "\n## XDP program cost per frame\n\n\
+             BPF_PROG_TEST_RUN in the relay namespace. Classification: the kernel's mean over \
+             a loop of repeats, median [min–max] of the runs. Relaying rewrites the frame, so it \
+             is timed one run at a time, less the timer's own cost per run (measured on a \
+             frame rejected at once).\n\n\
+             | frame | class | bytes | bindings installed | ns/frame |\n\
+             |---|---|---:|---:|---:|\n",
+        );
+        for cost in &self.xdp_costs {
+            writeln!(
+                text,
+                "| {} | {} | {} | {} | {:.0} [{:.0}–{:.0}] |",
+                cost.name,
+                cost.class.name(),
+                cost.bytes,
+                cost.bindings,
+                cost.ns.median,
+                cost.ns.min,
+                cost.ns.max
+            )
+            .expect("writing to a String");
+        }
+        text
+    }
+}
+
+const METHOD: &str = "
+## How it is measured
+
+- Three namespaces: client ↔ relay ↔ pod over two veth pairs (198.18.0.0/24 and \
+198.19.0.0/24), threaded NAPI on every veth. The relay namespace's NAPI threads and the \
+server under test are pinned to one core, the generator, sinks and clients to the other.
+- The generator is an XDP program run with BPF_PROG_RUN in live-frames mode: each frame \
+gets the next binding's headers and leaves the client's (or pod's) veth with XDP_TX, so the \
+relay receives `xdp_frame`s as from a NIC driver. Bindings are made first by real TURN \
+exchanges (authenticated Allocate, ChannelBind) from the same client addresses and ports.
+- Sinks are XDP programs on the far veths: they count datagrams to the expected ports, check \
+length and payload, and drop them. A wrong datagram fails the benchmark.
+- CPU: busy time of the relay core from /proc/stat (user, system, irq, softirq) over the run.
+- The configurations without TURN receive the datagrams the relay would deliver: kernel \
+forwarding routes them through the relay namespace; the ceiling redirects them unchanged \
+between the relay's veths with a do-nothing XDP program.
+";
+
+/// Replaces the README's block between the markers with `table`.
+fn update_readme_block(readme: &Path, table: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
+    let (Some(begin), Some(end)) = (text.find(README_BEGIN), text.find(README_END)) else {
+        anyhow::bail!(
+            "{} has no {README_BEGIN} … {README_END} block for the results",
+            readme.display()
+        );
+    };
+    let updated = format!(
+        "{}{README_BEGIN}\n{}\n{}",
+        &text[..begin],
+        table.trim_end(),
+        &text[end..]
+    );
+    std::fs::write(readme, updated).with_context(|| format!("writing {}", readme.display()))
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// One sentence about the machine and the software measured.
+fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split(':').nth(1))
+        })
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_owned();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let memory_gib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let coturn = std::process::Command::new("sh")
+        .args(["-c", "dpkg-query -W -f '${Version}' coturn 2>/dev/null"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "Machine: {model}, {cores} cores, {memory_gib:.0} GiB, Linux {}. turnx at {}, coturn {}.",
+        read("/proc/sys/kernel/osrelease").trim(),
+        if commit.is_empty() {
+            "unknown commit"
+        } else {
+            &commit
+        },
+        if coturn.is_empty() {
+            "(version unknown)"
+        } else {
+            &coturn
+        },
+    )
+}
