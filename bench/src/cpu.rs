@@ -115,3 +115,17 @@ pub fn resident_bytes(pid: u32) -> Result<u64> {
         .parse()?;
     Ok(kib * 1024)
 }
+
+/// This process's hard limit on open files, which the servers it starts
+/// inherit and can raise their soft limit to.
+pub fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer to a local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_max
+}

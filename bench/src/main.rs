@@ -100,6 +100,8 @@ impl Args {
 const MAX_BINDINGS: usize = 131_072;
 /// Longest the channel bindings of one measurement may take to set up.
 const BINDING_TIME_LIMIT: Duration = Duration::from_secs(90);
+/// Open files a server needs besides its allocations' sockets.
+const ALLOCATION_FD_HEADROOM: u64 = 1000;
 /// Longest a step of the allocation load may take.
 const ALLOCATION_TIME_LIMIT: Duration = Duration::from_secs(120);
 
@@ -136,6 +138,22 @@ fn main() -> Result<()> {
                 relay,
                 &mut report,
             )?;
+        }
+        // Both servers hold a socket per allocation, so the open-file limit
+        // caps allocations; it is fixed from outside (root may be refused a
+        // higher hard limit, as on our CI machines).
+        let most = cpu::open_file_limit().saturating_sub(ALLOCATION_FD_HEADROOM);
+        let mut targets: Vec<u64> = args.allocations.iter().map(|&n| n.min(most)).collect();
+        targets.dedup();
+        if let Some(&wanted) = args.allocations.iter().find(|&&n| n > most) {
+            let note = format!(
+                "{wanted} allocations: both servers hold a socket per allocation and the hard \
+                 limit on open files here is {} (raising it was refused), so the largest count \
+                 measured is {most}",
+                cpu::open_file_limit()
+            );
+            println!("capped: {note}");
+            report.notes.push(note);
         }
         let servers = [Relay::XdpOffload, Relay::Coturn];
         for relay in servers.into_iter().filter(|r| args.relays.contains(r)) {

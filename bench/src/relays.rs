@@ -116,14 +116,15 @@ impl Server {
         let log = workdir.join(format!("{relay:?}.log"));
         let output = File::create(&log)?;
         let core = topology.relay_core;
+        let files = cpu::open_file_limit();
         // SAFETY: only async-signal-safe calls (setrlimit, sched_setaffinity)
         // between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                // Room for 100 000 allocations, each a socket.
+                // Every allocation is a socket: allow as many as we may.
                 let limit = libc::rlimit {
-                    rlim_cur: 1 << 20,
-                    rlim_max: 1 << 20,
+                    rlim_cur: files,
+                    rlim_max: files,
                 };
                 libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
