@@ -1,11 +1,18 @@
 //! Cleanup when the benchmark is interrupted: Ctrl-C or SIGTERM stop the
-//! servers it started (by PID) and delete its namespaces before it exits,
-//! as drop does on a normal exit or an error.
+//! servers it started (by PID) and delete its namespaces and its scratch
+//! directory before it exits, as drop does on a normal exit or an error.
 
-use std::sync::Mutex;
+use std::{path::PathBuf, sync::Mutex};
 
 /// Namespaces and processes to remove if interrupted.
 static LIVE: Mutex<(Vec<String>, Vec<u32>)> = Mutex::new((Vec::new(), Vec::new()));
+/// The scratch directory (server configurations and logs).
+static SCRATCH: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Remembers the scratch directory, removed if interrupted.
+pub fn scratch_directory(path: PathBuf) {
+    *SCRATCH.lock().expect("cleanup lock") = Some(path);
+}
 
 /// Remembers a namespace until [`forget_namespace`].
 pub fn namespace_created(name: &str) {
@@ -55,6 +62,9 @@ pub fn install() -> anyhow::Result<()> {
             let _ = std::process::Command::new("ip")
                 .args(["netns", "delete", &name])
                 .status();
+        }
+        if let Some(dir) = SCRATCH.lock().expect("cleanup lock").take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
         std::process::exit(130);
     });

@@ -115,6 +115,7 @@ fn main() -> Result<()> {
         .context("relay-bench was built without the XDP object; run it with `cargo xtask bench`")?;
     let workdir = std::env::temp_dir().join(format!("turnx-bench-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
+    cleanup::scratch_directory(workdir.clone());
     let result = (|| {
         let topology = Topology::new().context("building the benchmark network")?;
         let mut programs = BenchPrograms::load(&args.bench_object, &topology)?;
@@ -160,9 +161,8 @@ fn main() -> Result<()> {
             println!("{}: allocation setup rate and memory", relay.label());
             let server = Server::start(relay, &topology, &workdir, MAX_BINDINGS)?
                 .context("a TURN server")?;
-            let steps =
-                allocations::grow(&topology, &server, &args.allocations, ALLOCATION_TIME_LIMIT)
-                    .with_context(|| format!("allocation load on {}", relay.label()))?;
+            let steps = allocations::grow(&topology, &server, &targets, ALLOCATION_TIME_LIMIT)
+                .with_context(|| format!("allocation load on {}", relay.label()))?;
             for step in steps {
                 println!(
                     "  {} allocations: {:.0}/s, {:.0} bytes each, {} failed",
