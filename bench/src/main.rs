@@ -281,14 +281,23 @@ fn measure_latency(
     report: &mut Report,
 ) -> Result<()> {
     let traffic = flows::traffic(topology, bindings, Direction::ToPod, 64, relay.is_turn());
-    let idle = latency::measure(programs, topology, relay.is_turn(), args.pings, None)?;
-    let loaded = latency::measure(
-        programs,
-        topology,
-        relay.is_turn(),
-        args.pings,
-        Some((&traffic, args.load_rate)),
-    )?;
+    let (mut idle, mut loaded) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        idle.push(latency::measure(
+            programs,
+            topology,
+            relay.is_turn(),
+            args.pings,
+            None,
+        )?);
+        loaded.push(latency::measure(
+            programs,
+            topology,
+            relay.is_turn(),
+            args.pings,
+            Some((&traffic, args.load_rate)),
+        )?);
+    }
     let row = LatencyRow {
         relay,
         idle,

@@ -92,7 +92,7 @@ pub fn latency(path: &Path, rows: &[LatencyRow]) -> Result<()> {
     root.fill(&WHITE).map_err(plot_error)?;
     let right = rows
         .iter()
-        .map(|r| r.idle.percentile(99.9))
+        .map(|r| crate::report::percentile(&r.idle, 99.9).median)
         .filter(|v| v.is_finite())
         .fold(1.0, f64::max)
         * 1.1;
@@ -110,7 +110,13 @@ pub fn latency(path: &Path, rows: &[LatencyRow]) -> Result<()> {
         .draw()
         .map_err(plot_error)?;
     for row in rows {
-        let samples = &row.idle.micros;
+        // Every run's round trips together.
+        let mut samples: Vec<f64> = row
+            .idle
+            .iter()
+            .flat_map(|r| r.micros.iter().copied())
+            .collect();
+        samples.sort_by(f64::total_cmp);
         let step = (samples.len() / 500).max(1);
         let points: Vec<(f64, f64)> = samples
             .iter()

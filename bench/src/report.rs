@@ -70,27 +70,44 @@ impl ThroughputRow {
     }
 }
 
-/// Ping-pong round trips, idle and under a fixed load.
+/// Ping-pong round trips, idle and under a fixed load, one series of each
+/// per run.
 pub struct LatencyRow {
     pub relay: Relay,
-    pub idle: Rtts,
-    pub loaded: Rtts,
+    pub idle: Vec<Rtts>,
+    pub loaded: Vec<Rtts>,
     pub load_rate: u64,
+}
+
+/// The `p`-th percentile of each series: median and range over the runs.
+pub fn percentile(series: &[Rtts], p: f64) -> Spread {
+    Spread::of(series.iter().map(|rtts| rtts.percentile(p)))
 }
 
 impl LatencyRow {
     pub fn summary(&self) -> String {
+        let p = |series: &[Rtts], q| percentile(series, q).median;
         format!(
             "{:<24} RTT idle p50/p99/p99.9 {:.1}/{:.1}/{:.1} µs, at {} pps {:.1}/{:.1}/{:.1} µs",
             self.relay.label(),
-            self.idle.percentile(50.0),
-            self.idle.percentile(99.0),
-            self.idle.percentile(99.9),
+            p(&self.idle, 50.0),
+            p(&self.idle, 99.0),
+            p(&self.idle, 99.9),
             si(self.load_rate as f64),
-            self.loaded.percentile(50.0),
-            self.loaded.percentile(99.0),
-            self.loaded.percentile(99.9),
+            p(&self.loaded, 50.0),
+            p(&self.loaded, 99.0),
+            p(&self.loaded, 99.9),
         )
+    }
+
+    /// Pings lost in every series.
+    fn lost(&self) -> u64 {
+        self.idle.iter().chain(&self.loaded).map(|r| r.lost).sum()
+    }
+
+    /// Loss of the load offered during the loaded series.
+    fn load_loss(&self) -> Spread {
+        Spread::of(self.loaded.iter().filter_map(|r| r.load).map(|s| s.loss()))
     }
 }
 
@@ -140,10 +157,10 @@ impl Report {
         }
         for row in &self.latency {
             ensure!(
-                row.idle.lost == 0 && !row.idle.micros.is_empty(),
+                row.lost() == 0 && row.idle.iter().all(|r| !r.micros.is_empty()),
                 "{}: {} pings lost",
                 row.relay.label(),
-                row.idle.lost
+                row.lost()
             );
         }
         for row in &self.allocations {
@@ -230,9 +247,10 @@ impl Report {
                 Some(base) if base > 0.0 => format!("{:.1}×", per_cpu / base),
                 _ => "–".into(),
             };
-            let rtt = |f: fn(&LatencyRow) -> &Rtts| {
-                self.latency_of(relay)
-                    .map_or("–".into(), |l| format!("{:.1} µs", f(l).percentile(99.0)))
+            let rtt = |f: fn(&LatencyRow) -> &[Rtts]| {
+                self.latency_of(relay).map_or("–".into(), |l| {
+                    format!("{:.1} µs", percentile(f(l), 99.0).median)
+                })
             };
             writeln!(
                 text,
@@ -253,7 +271,10 @@ impl Report {
 
     fn targets(&self) -> String {
         let per_cpu = |relay| self.headline(relay).map(|r| r.pps_per_cpu().median);
-        let p99 = |relay| self.latency_of(relay).map(|l| l.idle.percentile(99.0));
+        let p99 = |relay| {
+            self.latency_of(relay)
+                .map(|l| percentile(&l.idle, 99.0).median)
+        };
         let rate = |relay| {
             self.allocations
                 .iter()
@@ -362,28 +383,34 @@ impl Report {
         let mut text = String::from(
             "\n## Round-trip latency\n\n\
              64-byte ping-pong between the client and an echo in the pod, through the relay \
-             both ways; idle, and while the generator offers a fixed load on another binding \
+             both ways, one series per run: each percentile is the median [min–max] over the \
+             runs. Idle, and while the generator offers a fixed load on another binding \
              (whose loss is reported too). The XDP redirect is one-way only and has no round \
              trip.\n\n\
              | relay | idle p50 | p99 | p99.9 | loaded p50 | p99 | p99.9 | load | loss of the load | pings lost |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
+        let cell = |series: &[Rtts], p| {
+            let spread = percentile(series, p);
+            format!(
+                "{:.1} [{:.1}–{:.1}] µs",
+                spread.median, spread.min, spread.max
+            )
+        };
         for row in &self.latency {
             writeln!(
                 text,
-                "| {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {} pps | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} pps | {:.2} % | {} |",
                 row.relay.label(),
-                row.idle.percentile(50.0),
-                row.idle.percentile(99.0),
-                row.idle.percentile(99.9),
-                row.loaded.percentile(50.0),
-                row.loaded.percentile(99.0),
-                row.loaded.percentile(99.9),
+                cell(&row.idle, 50.0),
+                cell(&row.idle, 99.0),
+                cell(&row.idle, 99.9),
+                cell(&row.loaded, 50.0),
+                cell(&row.loaded, 99.0),
+                cell(&row.loaded, 99.9),
                 si(row.load_rate as f64),
-                row.loaded
-                    .load
-                    .map_or("–".into(), |s| format!("{:.2} %", 100.0 * s.loss())),
-                row.idle.lost + row.loaded.lost,
+                100.0 * row.load_loss().median,
+                row.lost(),
             )
             .expect("writing to a String");
         }
