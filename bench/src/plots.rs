@@ -27,6 +27,35 @@ fn plot_error(err: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing a plot: {err}")
 }
 
+/// One relay's measurements as a line with a dot at each point, in the
+/// relay's colour and under its name in the legend.
+fn draw_points<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    relay: Relay,
+    mut points: Vec<(f64, f64)>,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let style = colour(relay);
+    chart
+        .draw_series(LineSeries::new(points.clone(), style.stroke_width(2)))
+        .map_err(plot_error)?
+        .label(relay.label())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    chart
+        .draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, style.filled())),
+        )
+        .map_err(plot_error)?;
+    Ok(())
+}
+
 /// Packets per CPU-second against payload size, one panel per direction.
 pub fn throughput(path: &Path, rows: &[ThroughputRow]) -> Result<()> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
@@ -56,25 +85,12 @@ pub fn throughput(path: &Path, rows: &[ThroughputRow]) -> Result<()> {
             .draw()
             .map_err(plot_error)?;
         for relay in Relay::ALL {
-            let mut points: Vec<(f64, f64)> = rows
+            let points: Vec<(f64, f64)> = rows
                 .iter()
                 .filter(|r| r.relay == relay && r.direction == direction && r.bindings == 1)
                 .map(|r| (r.size as f64, (r.pps_per_cpu().median / 1e6).max(bottom)))
                 .collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let style = colour(relay);
-            chart
-                .draw_series(LineSeries::new(points.clone(), style.stroke_width(2)))
-                .map_err(plot_error)?
-                .label(relay.label())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-            chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 3, style.filled())),
-                )
-                .map_err(plot_error)?;
+            draw_points(&mut chart, relay, points)?;
         }
         chart
             .configure_series_labels()
@@ -178,25 +194,12 @@ pub fn bindings(path: &Path, rows: &[ThroughputRow]) -> Result<()> {
         .draw()
         .map_err(plot_error)?;
     for relay in Relay::ALL {
-        let mut points: Vec<(f64, f64)> = selected
+        let points: Vec<(f64, f64)> = selected
             .iter()
             .filter(|r| r.relay == relay)
             .map(|r| (r.bindings as f64, r.ns_per_packet().median.max(10.0)))
             .collect();
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let style = colour(relay);
-        chart
-            .draw_series(LineSeries::new(points.clone(), style.stroke_width(2)))
-            .map_err(plot_error)?
-            .label(relay.label())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-        chart
-            .draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, style.filled())),
-            )
-            .map_err(plot_error)?;
+        draw_points(&mut chart, relay, points)?;
     }
     chart
         .configure_series_labels()
