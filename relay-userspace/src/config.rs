@@ -85,6 +85,12 @@ pub struct LimitsConfig {
     pub total_quota: u32,
     /// Response/request size ratio allowed for unauthenticated UDP requests.
     pub amplification_limit: f64,
+    /// Unauthenticated response bytes per second to one source prefix.
+    pub unauthenticated_bytes_per_sec: u32,
+    /// Burst of unauthenticated response bytes to one source prefix.
+    pub unauthenticated_burst_bytes: u32,
+    /// Unauthenticated response bytes per second to all sources together.
+    pub unauthenticated_total_bytes_per_sec: u32,
 }
 
 /// `[peers]`
@@ -97,6 +103,8 @@ pub struct PeersConfig {
     pub denied: Vec<Cidr>,
     /// Whether the built-in deny-list applies.
     pub deny_defaults: bool,
+    /// Whether clients may reach other allocations of this relay.
+    pub relay_to_relay: bool,
 }
 
 /// `[xdp]`
@@ -155,7 +163,7 @@ impl Default for ServerConfig {
             relay_addresses: Vec::new(),
             relay_ports: [49152, 65535],
             software: "turnx".into(),
-            legacy_channel_numbers: false,
+            legacy_channel_numbers: true,
         }
     }
 }
@@ -176,7 +184,10 @@ impl Default for LimitsConfig {
             max_lifetime_secs: 3600,
             user_quota: 0,
             total_quota: 0,
-            amplification_limit: 1.0,
+            amplification_limit: 3.0,
+            unauthenticated_bytes_per_sec: 16_384,
+            unauthenticated_burst_bytes: 65_536,
+            unauthenticated_total_bytes_per_sec: 4_194_304,
         }
     }
 }
@@ -187,6 +198,7 @@ impl Default for PeersConfig {
             allowed: Vec::new(),
             denied: Vec::new(),
             deny_defaults: true,
+            relay_to_relay: true,
         }
     }
 }
@@ -236,6 +248,10 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
+
+/// The smallest `[limits] unauthenticated_burst_bytes`: a handful of
+/// challenges (a 401 is 50 to 150 bytes).
+const MIN_BURST_BYTES: u32 = 512;
 
 /// The log levels the `[log] level` key accepts.
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
@@ -320,6 +336,14 @@ impl Config {
                 "[limits] amplification_limit must be 1.0 or more".into(),
             ));
         }
+        if self.limits.unauthenticated_bytes_per_sec != 0
+            && self.limits.unauthenticated_burst_bytes < MIN_BURST_BYTES
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[limits] unauthenticated_burst_bytes must be at least {MIN_BURST_BYTES}: a \
+                 burst smaller than a few responses refuses clients that did nothing wrong"
+            )));
+        }
         if !LOG_LEVELS.contains(&self.log.level.as_str()) {
             return Err(ConfigError::Invalid(format!(
                 "[log] level {:?} is not one of {}",
@@ -355,13 +379,23 @@ impl Config {
             policy: policy::PeerPolicy {
                 allowed: self.peers.allowed.clone(),
                 denied,
+                own: policy::OwnAddresses {
+                    relay_ports: Some(self.server.relay_ports[0]..=self.server.relay_ports[1]),
+                    ..policy::OwnAddresses::default()
+                },
+                relay_to_relay: self.peers.relay_to_relay,
             },
             software: (!self.server.software.is_empty()).then(|| self.server.software.clone()),
             default_lifetime: std::time::Duration::from_secs(600),
             max_lifetime: std::time::Duration::from_secs(self.limits.max_lifetime_secs),
             user_quota: self.limits.user_quota,
             total_quota: self.limits.total_quota,
-            amplification_limit: self.limits.amplification_limit,
+            amplification: crate::turn::amplification::BudgetConfig {
+                ratio: self.limits.amplification_limit,
+                prefix_bytes_per_sec: self.limits.unauthenticated_bytes_per_sec,
+                prefix_burst_bytes: self.limits.unauthenticated_burst_bytes,
+                total_bytes_per_sec: self.limits.unauthenticated_total_bytes_per_sec,
+            },
             legacy_channel_numbers: self.server.legacy_channel_numbers,
         }
     }
@@ -416,7 +450,7 @@ mod tests {
     fn example_configuration_is_valid() {
         let text = include_str!("../config/example.toml");
         let config = Config::from_toml(text, "example.toml").unwrap();
-        assert_eq!(config.limits.amplification_limit, 2.5);
+        assert_eq!(config.limits.user_quota, 10);
         assert!(config.tls_files().is_some());
         assert_eq!(config.peers.allowed.len(), 2);
     }
@@ -451,6 +485,10 @@ mod tests {
             (
                 "[limits]\namplification_limit = 0.5\n",
                 "amplification_limit",
+            ),
+            (
+                "[limits]\nunauthenticated_burst_bytes = 100\n",
+                "unauthenticated_burst_bytes",
             ),
             ("[server]\nlisten = []\n", "listen is empty"),
             ("[server]\nlisten = [\"0.0.0.0:0\"]\n", "port 0"),

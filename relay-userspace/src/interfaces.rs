@@ -2,7 +2,7 @@
 //! those that carry a default route, i.e. the node's uplinks, where TURN
 //! clients' packets arrive.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use thiserror::Error;
 
@@ -70,7 +70,20 @@ fn ipv6_default_route_interfaces(table: &str) -> Vec<String> {
 
 /// The addresses configured on the named interfaces, IPv4 first, skipping
 /// link-local IPv6 (not usable as a relayed address).
-pub fn addresses_of(names: &[String]) -> std::io::Result<Vec<std::net::IpAddr>> {
+pub fn addresses_of(names: &[String]) -> std::io::Result<Vec<IpAddr>> {
+    let mut found: Vec<IpAddr> = interface_addresses()?
+        .into_iter()
+        .filter(|(name, _)| names.contains(name))
+        .map(|(_, address)| address)
+        .filter(|address| !matches!(address, IpAddr::V6(v6) if v6.segments()[0] & 0xFFC0 == 0xFE80))
+        .collect();
+    found.sort_by_key(|address| address.is_ipv6());
+    Ok(found)
+}
+
+/// Every address configured on every interface of the current network
+/// namespace, with its interface's name (getifaddrs).
+pub fn interface_addresses() -> std::io::Result<Vec<(String, IpAddr)>> {
     let mut found = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
@@ -87,32 +100,24 @@ pub fn addresses_of(names: &[String]) -> std::io::Result<Vec<std::net::IpAddr>> 
         }
         // SAFETY: a NUL-terminated name owned by the list.
         let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_string_lossy();
-        if !names.iter().any(|wanted| *wanted == name) {
-            continue;
-        }
         // SAFETY: the family tells which sockaddr type the pointer has.
         let address = unsafe {
             match i32::from((*entry.ifa_addr).sa_family) {
                 libc::AF_INET => {
                     let v4 = &*(entry.ifa_addr as *const libc::sockaddr_in);
-                    std::net::IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes())
+                    IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes())
                 }
                 libc::AF_INET6 => {
                     let v6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
-                    std::net::IpAddr::from(v6.sin6_addr.s6_addr)
+                    IpAddr::from(v6.sin6_addr.s6_addr)
                 }
                 _ => continue,
             }
         };
-        let link_local_v6 =
-            matches!(address, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xFFC0 == 0xFE80);
-        if !link_local_v6 {
-            found.push(address);
-        }
+        found.push((name.into_owned(), address));
     }
     // SAFETY: freeing the list getifaddrs allocated, once.
     unsafe { libc::freeifaddrs(list) };
-    found.sort_by_key(|address| address.is_ipv6());
     Ok(found)
 }
 

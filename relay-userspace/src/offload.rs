@@ -7,10 +7,14 @@
 //! handles every kind of traffic: bindings of TCP or TLS clients, of
 //! clients on wildcard listen addresses (the kernel needs the exact server
 //! address), across address families, on RFC 5766 channel numbers unless
-//! enabled, or that do not fit in the maps. Each refusal is counted and logged.
+//! enabled, to another allocation of this relay (the traffic never leaves
+//! the node, so the kernel's forwarding would only hand it back to the
+//! stack), or that do not fit in the maps. Each refusal is counted and
+//! logged.
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
@@ -35,6 +39,8 @@ pub struct OffloadStats {
     /// Channel numbers above 0x4FFF (RFC 5766 clients) while the kernel
     /// program accepts only RFC 8656's.
     pub legacy_channel: u64,
+    /// Peers that are relayed addresses of this relay.
+    pub relay_to_relay: u64,
     /// Map insertions that failed (full maps).
     pub failed: u64,
     /// What the kernel relayed for bindings that have ended.
@@ -63,11 +69,62 @@ impl KernelRelayed {
     }
 }
 
+/// Why a channel binding is left to the userspace relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ineligible {
+    /// The client speaks TCP or TLS; the kernel relays UDP.
+    NotUdp,
+    /// The client reached a wildcard listener: the kernel needs the exact
+    /// server address.
+    WildcardListener,
+    /// Client and peer are of different address families.
+    CrossFamily,
+    /// A channel number above what the kernel program accepts.
+    LegacyChannel,
+    /// The peer is a relayed address of this relay.
+    RelayToRelay,
+}
+
+/// What the kernel program can relay, as plain rules.
+#[derive(Clone, Debug)]
+pub struct Eligibility {
+    /// Highest channel number the kernel program accepts.
+    pub max_channel: u16,
+    /// The relay's own relay addresses.
+    pub own_relay: Vec<IpAddr>,
+}
+
+impl Eligibility {
+    /// Whether the kernel can take `channel` of `client` to `peer`.
+    pub fn check(
+        &self,
+        client: &FiveTuple,
+        channel: u16,
+        peer: SocketAddr,
+    ) -> Result<(), Ineligible> {
+        if client.transport != Transport::Udp {
+            Err(Ineligible::NotUdp)
+        } else if client.server.ip().is_unspecified() {
+            Err(Ineligible::WildcardListener)
+        } else if client.client.is_ipv4() != peer.is_ipv4() {
+            Err(Ineligible::CrossFamily)
+        } else if channel > self.max_channel {
+            Err(Ineligible::LegacyChannel)
+        } else if self
+            .own_relay
+            .contains(&crate::turn::policy::canonical(peer.ip()))
+        {
+            Err(Ineligible::RelayToRelay)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Follows events into the kernel maps.
 pub struct Offload {
     relay: Arc<Mutex<XdpRelay>>,
-    /// Highest channel number the kernel program accepts.
-    max_channel: u16,
+    rules: Eligibility,
     /// Counter slots not in use.
     free_slots: Vec<u32>,
     installed: HashMap<(FiveTuple, u16), KernelBinding>,
@@ -78,19 +135,24 @@ impl Offload {
     /// An offload manager writing into `relay`'s maps, which hold
     /// `max_bindings` bindings; with `legacy_channel_numbers` (as loaded
     /// into the program) RFC 5766 channel numbers are offloaded too.
+    /// `own_relay` are the relay addresses, whose channels stay in userspace.
     pub fn new(
         relay: Arc<Mutex<XdpRelay>>,
         max_bindings: u32,
         legacy_channel_numbers: bool,
+        own_relay: Vec<IpAddr>,
     ) -> Self {
         Offload {
             relay,
             // Popped from the end: slot 0 first.
             free_slots: (0..max_bindings).rev().collect(),
-            max_channel: if legacy_channel_numbers {
-                0x7FFF
-            } else {
-                relay_common::CHANNEL_MAX
+            rules: Eligibility {
+                max_channel: if legacy_channel_numbers {
+                    0x7FFF
+                } else {
+                    relay_common::CHANNEL_MAX
+                },
+                own_relay,
             },
             installed: HashMap::new(),
             stats: OffloadStats::default(),
@@ -144,21 +206,19 @@ impl Offload {
         }
     }
 
-    fn bind(
-        &mut self,
-        client: FiveTuple,
-        relayed: std::net::SocketAddr,
-        channel: u16,
-        peer: std::net::SocketAddr,
-    ) {
-        let stat = if client.transport != Transport::Udp {
-            &mut self.stats.not_udp
-        } else if client.server.ip().is_unspecified() {
-            &mut self.stats.wildcard_listener
-        } else if client.client.is_ipv4() != peer.is_ipv4() {
-            &mut self.stats.cross_family
-        } else if channel > self.max_channel {
-            &mut self.stats.legacy_channel
+    fn bind(&mut self, client: FiveTuple, relayed: SocketAddr, channel: u16, peer: SocketAddr) {
+        let stat = if let Err(ineligible) = self.rules.check(&client, channel, peer) {
+            tracing::debug!(
+                "channel {channel:#x} of {} to {peer} stays in userspace: {ineligible:?}",
+                client.client
+            );
+            match ineligible {
+                Ineligible::NotUdp => &mut self.stats.not_udp,
+                Ineligible::WildcardListener => &mut self.stats.wildcard_listener,
+                Ineligible::CrossFamily => &mut self.stats.cross_family,
+                Ineligible::LegacyChannel => &mut self.stats.legacy_channel,
+                Ineligible::RelayToRelay => &mut self.stats.relay_to_relay,
+            }
         } else if let Some(slot) = self.free_slots.pop() {
             let binding = KernelBinding {
                 client: client.client,
@@ -230,6 +290,59 @@ impl Offload {
         let keys: Vec<(FiveTuple, u16)> = self.installed.keys().copied().collect();
         for (client, channel) in keys {
             self.unbind(client, channel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp_client(server: &str) -> FiveTuple {
+        FiveTuple {
+            transport: Transport::Udp,
+            client: "198.18.0.1:40000".parse().unwrap(),
+            server: server.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn eligibility_rules() {
+        let rules = Eligibility {
+            max_channel: relay_common::CHANNEL_MAX,
+            own_relay: vec!["198.19.0.1".parse().unwrap()],
+        };
+        let peer: SocketAddr = "198.19.0.2:3480".parse().unwrap();
+        let client = udp_client("198.18.0.2:3478");
+        assert_eq!(rules.check(&client, 0x4000, peer), Ok(()));
+        let tcp = FiveTuple {
+            transport: Transport::Tcp,
+            ..client
+        };
+        let cases = [
+            (tcp, 0x4000, peer, Ineligible::NotUdp),
+            (
+                udp_client("0.0.0.0:3478"),
+                0x4000,
+                peer,
+                Ineligible::WildcardListener,
+            ),
+            (
+                client,
+                0x4000,
+                "[fd00:19::2]:3480".parse().unwrap(),
+                Ineligible::CrossFamily,
+            ),
+            (client, 0x5000, peer, Ineligible::LegacyChannel),
+            (
+                client,
+                0x4000,
+                "198.19.0.1:50000".parse().unwrap(),
+                Ineligible::RelayToRelay,
+            ),
+        ];
+        for (client, channel, peer, why) in cases {
+            assert_eq!(rules.check(&client, channel, peer), Err(why), "{peer}");
         }
     }
 }

@@ -20,6 +20,10 @@ const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
 const SECRET: &str = "s3cret-for-rest";
 const PEER_PORT: &str = "3480";
+const COTURN_TOOLS: &[(&str, &str)] = &[
+    ("turnutils_uclient", "Debian package coturn"),
+    ("turnutils_peer", "Debian package coturn"),
+];
 
 /// A relay with turnxd running in it and turnutils_peer in the pod, or
 /// `None` (after saying why) when the test cannot run here.
@@ -36,16 +40,8 @@ fn setup(test: &str, server_extra: &str, extra_config: &str) -> Option<Setup> {
         eprintln!("skipping {test}: it creates network namespaces and needs root");
         return None;
     }
-    let required = std::env::var_os("TURNX_REQUIRE_XDP_TESTS").is_some();
-    for program in ["turnutils_uclient", "turnutils_peer"] {
-        if !common::have(program) {
-            assert!(
-                !required,
-                "{test}: {program} (Debian package coturn) is missing"
-            );
-            eprintln!("skipping {test}: {program} is not installed (apt-get install coturn)");
-            return None;
-        }
+    if !common::have_all_or_skip(test, COTURN_TOOLS) {
+        return None;
     }
     let topology = Topology::new();
     let dir = TempDir::new("turnx");
@@ -327,35 +323,6 @@ fn expired_ephemeral_username_and_quota() {
     assert_eq!(allocate(&setup, "quota", "limited"), Some(486));
 }
 
-/// Writes a self-signed certificate for `name` and its key into `dir`.
-fn write_certificate(dir: &std::path::Path, name: &str) {
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-days", "1", "-subj", &format!("/CN={name}")])
-        .arg("-keyout")
-        .arg(dir.join("tls.key.new"))
-        .arg("-out")
-        .arg(dir.join("tls.crt.new"))
-        .output()
-        .expect("running openssl");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    // Replace both files by rename, as a secret update would.
-    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
-    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
-}
-
 /// The subject the TURNS listener presents, as seen from the client.
 fn served_subject(setup: &Setup) -> String {
     let output = setup
@@ -377,7 +344,7 @@ fn uclient_over_tls_and_certificate_reload() {
     let temp = TempDir::new("turnxtls");
     let dir = temp.0.clone();
     if common::is_root() && common::have("openssl") {
-        write_certificate(&dir, "turnx-first");
+        common::write_certificate(&dir, "turnx-first", "198.18.0.2");
     }
     let server_extra = format!(
         "tls_listen = [\"198.18.0.2:5349\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
@@ -398,7 +365,7 @@ fn uclient_over_tls_and_certificate_reload() {
         "{}",
         served_subject(&setup)
     );
-    write_certificate(&dir, "turnx-second");
+    common::write_certificate(&dir, "turnx-second", "198.18.0.2");
     let reloaded = common::wait_for(Duration::from_secs(10), || {
         served_subject(&setup)
             .contains("turnx-second")

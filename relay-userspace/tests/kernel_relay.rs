@@ -14,7 +14,7 @@ use std::{
 
 use common::{Daemon, Process, TempDir, Topology};
 use turnx::client::TurnClient;
-use turnx::{config::XdpMode, xdp::XdpRelay};
+use turnx::xdp::XdpRelay;
 
 const CHANNEL: u16 = 0x4000;
 const ROUND_TRIPS: usize = 200;
@@ -78,27 +78,11 @@ struct KernelSetup {
 impl KernelSetup {
     fn new(test: &str, ipv6: bool, server_extra: &str) -> Option<KernelSetup> {
         let object = common::xdp_object_or_skip(test)?;
-        if !common::have("turnutils_peer") {
-            assert!(
-                std::env::var_os("TURNX_REQUIRE_XDP_TESTS").is_none(),
-                "turnutils_peer missing"
-            );
-            eprintln!("skipping {test}: turnutils_peer (Debian package coturn) is not installed");
+        if !common::have_all_or_skip(test, &[("turnutils_peer", "Debian package coturn")]) {
             return None;
         }
         let topology = Topology::new();
-        // Senders fill in their checksums, as a NIC would deliver them.
-        for (ns, dev) in [
-            (&topology.client, &topology.client_if),
-            (&topology.pod, &topology.pod_if),
-        ] {
-            let status = ns
-                .command("ethtool")
-                .args(["-K", dev, "tx", "off"])
-                .output()
-                .unwrap();
-            assert!(status.status.success(), "ethtool -K {dev} tx off");
-        }
+        let pass_programs = common::engineer_far_ends(&topology, object);
         topology.relay.enable_forwarding();
         let (server_ip, relayed_ip, pod_ip, client_ip) = if ipv6 {
             (
@@ -122,19 +106,6 @@ impl KernelSetup {
                 ip.to_owned()
             }
         };
-        // Native XDP redirects into a veth need a program on its peer: a
-        // program that passes everything (no listen ports, no bindings).
-        let mut client_pass = XdpRelay::load(object, "info").unwrap();
-        topology
-            .client
-            .run(|| client_pass.attach(&topology.client_if, XdpMode::Native))
-            .unwrap();
-        let mut pod_pass = XdpRelay::load(object, "info").unwrap();
-        topology
-            .pod
-            .run(|| pod_pass.attach(&topology.pod_if, XdpMode::Native))
-            .unwrap();
-
         let pins = common::PinDir::new();
         let dir = TempDir::new("turnxk");
         let config = dir.0.join("turnxd.toml");
@@ -177,7 +148,7 @@ impl KernelSetup {
             server,
             peer,
             client_ip: bracketed(&client_ip),
-            _pass_programs: [client_pass, pod_pass],
+            _pass_programs: pass_programs,
             _peer_process,
             _pins: pins,
             _config_dir: dir,

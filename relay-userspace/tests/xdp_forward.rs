@@ -395,7 +395,7 @@ fn offload_follows_channel_events_and_keeps_the_rest_in_userspace() {
     };
     let Relay { xdp, ns } = relay;
     let xdp = Arc::new(Mutex::new(xdp));
-    let mut offload = Offload::new(Arc::clone(&xdp), 16, false);
+    let mut offload = Offload::new(Arc::clone(&xdp), 16, false, Vec::new());
     let binding = v4_binding();
     let udp_client = FiveTuple {
         transport: Transport::Udp,

@@ -159,11 +159,17 @@ fn test(root: &Path) -> Result<()> {
     }
 
     println!("test: cargo test");
+    // The tests drive the crates.io tools setup installed.
+    let tools = root.join(setup::TEST_TOOLS_DIR).join("bin");
+    let path = std::env::join_paths(std::iter::once(tools).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
     let mut command = cargo();
     command
         .args(["test", "--workspace"])
         .env(compile::OBJECT_ENV, object)
         .env(REQUIRE_XDP_TESTS_ENV, "1")
+        .env("PATH", path)
         .current_dir(root);
     run(&mut command).context("tests failed")?;
 

@@ -5,7 +5,8 @@
 //! - bpf-linker, built from crates.io against the nightly's own libLLVM
 //!   (no packaged LLVM here is new enough), once per nightly;
 //! - bpffs mounted at /sys/fs/bpf;
-//! - for tests, the Debian packages they drive (iproute2, ethtool).
+//! - for tests, the Debian packages they drive (iproute2, ethtool, coturn's
+//!   clients, openssl, chromium) and turnhammer from crates.io.
 
 use std::{
     fs,
@@ -24,12 +25,20 @@ pub struct Toolchain {
     pub bpf_linker_bin: PathBuf,
 }
 
+/// Where `cargo install`ed test tools go; the tests find them on PATH.
+pub const TEST_TOOLS_DIR: &str = "target/tools";
+
+/// Test tools from crates.io: (binary, crate, version). turnhammer is a
+/// third-party TURN load client.
+const TEST_CRATES: &[(&str, &str, &str)] = &[("turnhammer", "turnhammer", "0.2.0")];
+
 /// Debian packages the tests call, by the command that shows they are there.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("turnutils_uclient", "coturn"),
     ("openssl", "openssl"),
+    ("chromium", "chromium"),
 ];
 
 /// Runs every setup step; `for_tests` also installs the test packages.
@@ -39,8 +48,29 @@ pub fn setup(root: &Path, for_tests: bool) -> Result<Toolchain> {
     ensure_bpffs()?;
     if for_tests {
         ensure_packages(TEST_PACKAGES)?;
+        ensure_test_crates(root)?;
     }
     Ok(toolchain)
+}
+
+/// Installs the crates.io test tools into `target/tools/bin` unless they
+/// are there.
+fn ensure_test_crates(root: &Path) -> Result<()> {
+    let prefix = root.join(TEST_TOOLS_DIR);
+    for (binary, krate, version) in TEST_CRATES {
+        if prefix.join("bin").join(binary).is_file() {
+            continue;
+        }
+        println!("setup: installing {krate} {version} from crates.io");
+        run(Command::new("cargo")
+            .args(["install", krate, "--version", version, "--locked", "--root"])
+            .arg(&prefix)
+            .env("CARGO_TARGET_DIR", prefix.join("build"))
+            .env_remove("RUSTUP_TOOLCHAIN"))
+        .with_context(|| format!("`cargo install {krate} --version {version}` failed"))?;
+        let _ = fs::remove_dir_all(prefix.join("build"));
+    }
+    Ok(())
 }
 
 fn nightly_sysroot() -> Result<Option<PathBuf>> {

@@ -20,7 +20,6 @@ use turnx::{
     ebpf_object, interfaces,
     offload::Offload,
     shell::{ShellConfig, TurnServer},
-    turn::policy::Cidr,
     xdp::{LoadOptions, XdpRelay, kernel_log},
 };
 
@@ -66,6 +65,47 @@ struct Args {
     /// XDP object to load instead of the one built into this binary.
     #[arg(long, env = "TURNXD_EBPF_OBJECT")]
     ebpf_object: Option<PathBuf>,
+    /// A static user, NAME:PASSWORD (coturn's --user); repeat for several.
+    /// Adds to [auth] users. Prefer the environment variable: arguments are
+    /// visible to every user of the machine.
+    #[arg(
+        long = "user",
+        env = "TURNXD_USERS",
+        value_delimiter = ',',
+        value_name = "NAME:PASSWORD"
+    )]
+    users: Vec<String>,
+    /// A TURN REST API shared secret (coturn's --static-auth-secret);
+    /// repeat for several. Adds to [auth] secrets.
+    #[arg(
+        long = "static-auth-secret",
+        env = "TURNXD_STATIC_AUTH_SECRET",
+        value_delimiter = ','
+    )]
+    secrets: Vec<String>,
+    /// Realm of the credentials. Replaces [server] realm.
+    #[arg(long, env = "TURNXD_REALM")]
+    realm: Option<String>,
+    /// TURNS (TLS over TCP) listen address; repeat for several. Replaces
+    /// [server] tls_listen.
+    #[arg(long = "tls-listen", env = "TURNXD_TLS_LISTEN", value_delimiter = ',')]
+    tls_listen: Vec<std::net::SocketAddr>,
+    /// PEM certificate chain for TURNS (coturn's --cert). Replaces [server]
+    /// tls_cert.
+    #[arg(long = "tls-cert", env = "TURNXD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TURNS (coturn's --pkey). Replaces [server]
+    /// tls_key.
+    #[arg(long = "tls-key", env = "TURNXD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Address relayed sockets bind to, at most one IPv4 and one IPv6.
+    /// Replaces [server] relay_addresses.
+    #[arg(
+        long = "relay-address",
+        env = "TURNXD_RELAY_ADDRESSES",
+        value_delimiter = ','
+    )]
+    relay_addresses: Vec<std::net::IpAddr>,
 }
 
 impl Args {
@@ -92,6 +132,34 @@ impl Args {
         }
         if let Some(secs) = self.stats_interval {
             config.log.stats_interval_secs = secs;
+        }
+        for user in &self.users {
+            let Some((name, password)) = user.split_once(':') else {
+                anyhow::bail!("--user {user:?} is not NAME:PASSWORD");
+            };
+            if name.is_empty() || password.is_empty() {
+                anyhow::bail!("--user needs a non-empty name and password, as NAME:PASSWORD");
+            }
+            config
+                .auth
+                .users
+                .insert(name.to_owned(), password.to_owned());
+        }
+        config.auth.secrets.extend(self.secrets.iter().cloned());
+        if let Some(realm) = &self.realm {
+            config.server.realm = realm.clone();
+        }
+        if !self.relay_addresses.is_empty() {
+            config.server.relay_addresses = self.relay_addresses.clone();
+        }
+        if !self.tls_listen.is_empty() {
+            config.server.tls_listen = self.tls_listen.clone();
+        }
+        if let Some(cert) = &self.tls_cert {
+            config.server.tls_cert = Some(cert.clone());
+        }
+        if let Some(key) = &self.tls_key {
+            config.server.tls_key = Some(key.clone());
         }
         config.validate()?;
         Ok(config)
@@ -175,9 +243,16 @@ async fn run(args: Args, config: Config) -> Result<()> {
         tracing::info!("XDP disabled by configuration");
         None
     };
+    let (relay_ipv4, relay_ipv6) = config.relay_addresses();
+    let own_relay: Vec<std::net::IpAddr> = [relay_ipv4, relay_ipv6].into_iter().flatten().collect();
     let offload = relay.as_ref().map(|relay| {
         let legacy = config.server.legacy_channel_numbers;
-        let offload = Offload::new(Arc::clone(relay), config.xdp.max_bindings, legacy);
+        let offload = Offload::new(
+            Arc::clone(relay),
+            config.xdp.max_bindings,
+            legacy,
+            own_relay.clone(),
+        );
         Arc::new(Mutex::new(offload))
     });
     let follower = offload.clone();
@@ -187,7 +262,7 @@ async fn run(args: Args, config: Config) -> Result<()> {
             offload.lock().expect("offload lock").apply(event);
         }
     });
-    let turn = start_turn(&config, on_event).await?;
+    let turn = start_turn(&config, (relay_ipv4, relay_ipv6), on_event).await?;
     tracing::info!("turnxd ready; listening on {:?}", config.server.listen);
 
     let interval = Duration::from_secs(config.log.stats_interval_secs);
@@ -275,18 +350,18 @@ fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
 }
 
 /// Binds the TURN listeners and starts serving.
-async fn start_turn(config: &Config, on_event: turnx::shell::EventHandler) -> Result<TurnServer> {
-    let (relay_ipv4, relay_ipv6) = config.relay_addresses();
+async fn start_turn(
+    config: &Config,
+    (relay_ipv4, relay_ipv6): (Option<std::net::IpAddr>, Option<std::net::IpAddr>),
+    on_event: turnx::shell::EventHandler,
+) -> Result<TurnServer> {
     let mut server = config.turn();
-    // The relay's own addresses are never peers.
-    for own in [relay_ipv4, relay_ipv6].into_iter().flatten() {
-        server
-            .policy
-            .denied
-            .extend(Cidr::new(own, if own.is_ipv4() { 32 } else { 128 }));
-    }
+    server.policy.own.relay = [relay_ipv4, relay_ipv6].into_iter().flatten().collect();
     if config.auth.users.is_empty() && config.auth.secrets.is_empty() {
-        tracing::warn!("no [auth] users or secrets configured: every allocation will be refused");
+        tracing::warn!(
+            "no credentials configured: every allocation will be refused; give --user \
+             NAME:PASSWORD or --static-auth-secret SECRET (or [auth] users, secrets)"
+        );
     }
     tracing::info!(
         "relaying from {}",

@@ -8,6 +8,7 @@
 
 mod batch;
 mod framing;
+pub mod local_addresses;
 pub mod relay_sockets;
 pub mod tls;
 
@@ -106,7 +107,10 @@ impl TurnServer {
             config.relay_ports.clone(),
             Arc::clone(&relays),
         );
-        let core = Server::new(config.server.clone(), rand::random(), Box::new(allocator));
+        let mut core = Server::new(config.server.clone(), rand::random(), Box::new(allocator));
+        core.set_local_addresses(
+            local_addresses::read().context("reading the node's addresses for the peer policy")?,
+        );
         let mut udp_listeners = HashMap::new();
         let mut tcp_listeners = Vec::new();
         for address in &config.listen {
@@ -168,6 +172,7 @@ impl TurnServer {
             }));
         }
         tasks.push(tokio::spawn(timer(Arc::clone(&shared))));
+        tasks.push(tokio::spawn(local_addresses::follow(Arc::clone(&shared))));
         Ok(TurnServer { shared, tasks })
     }
 

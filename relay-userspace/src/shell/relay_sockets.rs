@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket},
     ops::RangeInclusive,
+    os::fd::{AsRawFd, RawFd},
     sync::{Arc, Mutex},
 };
 
@@ -94,16 +95,61 @@ impl UdpRelayAllocator {
         let socket = StdUdpSocket::bind(SocketAddr::new(ip, port))?;
         socket.set_nonblocking(true)?;
         if dont_fragment {
-            set_dont_fragment(&socket, ip.is_ipv6())?;
+            set_dont_fragment(socket.as_raw_fd(), ip.is_ipv6())?;
         }
         UdpSocket::from_std(socket)
     }
+
+    /// The relay address of a family.
+    fn ip(&self, ipv6: bool) -> Result<IpAddr, AllocateError> {
+        if ipv6 { self.ipv6 } else { self.ipv4 }.ok_or(AllocateError::FamilyNotSupported)
+    }
+
+    /// The ports of the range in search order, starting at the cursor.
+    fn search_order(&self) -> impl Iterator<Item = u16> + use<> {
+        let (start, end) = (*self.ports.start(), *self.ports.end());
+        let span = u32::from(end - start) + 1;
+        let cursor = u32::from(self.cursor - start);
+        (0..span).map(move |step| start + ((cursor + step) % span) as u16)
+    }
+
+    /// Records a bound socket: the shell starts its receive loop.
+    fn register(&mut self, relayed: SocketAddr, socket: UdpSocket) {
+        let (start, end) = (*self.ports.start(), *self.ports.end());
+        self.cursor = if relayed.port() >= end {
+            start
+        } else {
+            relayed.port() + 1
+        };
+        let socket = Arc::new(socket);
+        self.sockets
+            .sockets
+            .lock()
+            .expect("relay sockets lock")
+            .insert(
+                relayed,
+                Relay {
+                    socket: Arc::clone(&socket),
+                    receiver: None,
+                },
+            );
+        self.sockets
+            .fresh
+            .lock()
+            .expect("relay sockets lock")
+            .push((relayed, socket));
+    }
+
+    fn no_free_port(&self, ip: IpAddr, what: &str) -> AllocateError {
+        let (start, end) = (*self.ports.start(), *self.ports.end());
+        tracing::warn!("no free relay {what} in {start}-{end} on {ip}");
+        AllocateError::InsufficientCapacity
+    }
 }
 
-/// Sets IP_PMTUDISC_DO (or its IPv6 twin): datagrams leave with DF set and
-/// are never fragmented locally (RFC 8656 DONT-FRAGMENT).
-fn set_dont_fragment(socket: &StdUdpSocket, ipv6: bool) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+/// Sets IP_PMTUDISC_DO (or its IPv6 twin) on a socket: datagrams leave with
+/// DF set and are never fragmented locally (RFC 8656 DONT-FRAGMENT).
+fn set_dont_fragment(fd: RawFd, ipv6: bool) -> std::io::Result<()> {
     let (level, name, value) = if ipv6 {
         (
             libc::IPPROTO_IPV6,
@@ -120,7 +166,7 @@ fn set_dont_fragment(socket: &StdUdpSocket, ipv6: bool) -> std::io::Result<()> {
     // SAFETY: setsockopt with a valid fd and a c_int option value.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            fd,
             level,
             name,
             (&value as *const libc::c_int).cast(),
@@ -141,41 +187,55 @@ impl RelayAllocator for UdpRelayAllocator {
         even_port: bool,
         dont_fragment: bool,
     ) -> Result<SocketAddr, AllocateError> {
-        let ip =
-            if ipv6 { self.ipv6 } else { self.ipv4 }.ok_or(AllocateError::FamilyNotSupported)?;
-        let (start, end) = (*self.ports.start(), *self.ports.end());
-        let span = u32::from(end - start) + 1;
-        for step in 0..span {
-            let port = start + ((u32::from(self.cursor - start) + step) % span) as u16;
+        let ip = self.ip(ipv6)?;
+        for port in self.search_order() {
             if even_port && port % 2 == 1 {
                 continue;
             }
-            let Ok(socket) = Self::bind(ip, port, dont_fragment) else {
+            if let Ok(socket) = Self::bind(ip, port, dont_fragment) {
+                let relayed = SocketAddr::new(ip, port);
+                self.register(relayed, socket);
+                return Ok(relayed);
+            }
+        }
+        Err(self.no_free_port(ip, "port"))
+    }
+
+    fn allocate_pair(
+        &mut self,
+        ipv6: bool,
+        dont_fragment: bool,
+    ) -> Result<(SocketAddr, SocketAddr), AllocateError> {
+        let ip = self.ip(ipv6)?;
+        let end = *self.ports.end();
+        for port in self.search_order() {
+            if port % 2 == 1 || port == end {
+                continue;
+            }
+            let Ok(even) = Self::bind(ip, port, dont_fragment) else {
                 continue;
             };
-            self.cursor = if port == end { start } else { port + 1 };
-            let relayed = SocketAddr::new(ip, port);
-            let socket = Arc::new(socket);
-            self.sockets
-                .sockets
-                .lock()
-                .expect("relay sockets lock")
-                .insert(
-                    relayed,
-                    Relay {
-                        socket: Arc::clone(&socket),
-                        receiver: None,
-                    },
-                );
-            self.sockets
-                .fresh
-                .lock()
-                .expect("relay sockets lock")
-                .push((relayed, socket));
-            return Ok(relayed);
+            // Dropping `even` frees the port again when its twin is taken.
+            let Ok(next) = Self::bind(ip, port + 1, dont_fragment) else {
+                continue;
+            };
+            let pair = (SocketAddr::new(ip, port), SocketAddr::new(ip, port + 1));
+            self.register(pair.0, even);
+            self.register(pair.1, next);
+            return Ok(pair);
         }
-        tracing::warn!("no free relay port in {start}-{end} on {ip}");
-        Err(AllocateError::InsufficientCapacity)
+        Err(self.no_free_port(ip, "port pair"))
+    }
+
+    fn adopt(&mut self, relayed: SocketAddr, dont_fragment: bool) {
+        if !dont_fragment {
+            return;
+        }
+        if let Some(socket) = self.sockets.get(&relayed)
+            && let Err(err) = set_dont_fragment(socket.as_raw_fd(), relayed.is_ipv6())
+        {
+            tracing::warn!("setting DONT-FRAGMENT on the reserved socket {relayed}: {err}");
+        }
     }
 
     fn release(&mut self, relayed: SocketAddr) {

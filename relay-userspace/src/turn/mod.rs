@@ -7,15 +7,39 @@
 //!
 //! - [`auth`]: long-term credentials, TURN REST API credentials, nonces;
 //! - [`policy`]: which peers a client may reach;
+//! - [`amplification`]: bounds on responses to unauthenticated requests;
+//! - [`refusal`]: the error responses, as a type;
+//! - `server`: the state, the inputs and outputs, and their dispatch;
+//! - `challenge`: authentication and the 401/438 challenges;
+//! - `requests`: the request handlers (Binding, Allocate, Refresh,
+//!   CreatePermission, ChannelBind);
+//! - `relay`: application data between clients and peers;
 //! - `allocation`: one allocation's permissions, channels and timers;
-//! - `server`: request handling and the relay path;
+//! - `reservation`: ports reserved by EVEN-PORT and their tokens;
 //! - `reply`: building responses.
+//!
+//! # Driving the core
+//!
+//! The shell feeds [`Server::handle_client`] (bytes from a client),
+//! [`Server::handle_peer`] (a datagram to a relayed address),
+//! [`Server::handle_timeout`] (no earlier than [`Server::next_deadline`]),
+//! [`Server::close_client`] (a stream closed) and
+//! [`Server::set_local_addresses`] (the node's addresses changed). After
+//! each call it drains [`Server::poll_event`] and then sends what the call
+//! wrote into the [`Outbox`]: events first, so that whoever mirrors them
+//! (the kernel offload) is up to date before a client sees the response.
 
 mod allocation;
+pub mod amplification;
 pub mod auth;
+mod challenge;
 mod outbox;
 pub mod policy;
+pub mod refusal;
+mod relay;
 mod reply;
+mod requests;
+mod reservation;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -26,6 +50,7 @@ use std::{
 };
 
 pub use outbox::{Destination, Outbox};
+pub use reservation::RESERVATION_LIFETIME;
 pub use server::{Server, ServerConfig, Stats};
 
 /// How a client reaches the server.
@@ -193,6 +218,16 @@ pub trait RelayAllocator: Send {
         even_port: bool,
         dont_fragment: bool,
     ) -> Result<SocketAddr, AllocateError>;
+    /// Reserves an even port and the next one, on one address (EVEN-PORT
+    /// with the R bit); both are held until released.
+    fn allocate_pair(
+        &mut self,
+        ipv6: bool,
+        dont_fragment: bool,
+    ) -> Result<(SocketAddr, SocketAddr), AllocateError>;
+    /// A reserved address becomes an allocation's: it sends with the IP
+    /// Don't Fragment bit from now on when `dont_fragment`.
+    fn adopt(&mut self, relayed: SocketAddr, dont_fragment: bool);
     /// Gives a relayed address back.
     fn release(&mut self, relayed: SocketAddr);
 }

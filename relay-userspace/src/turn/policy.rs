@@ -7,8 +7,10 @@
 //! deny-list wins over the allow-list.
 
 use std::{
+    collections::HashSet,
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::RangeInclusive,
     str::FromStr,
 };
 
@@ -120,6 +122,31 @@ pub fn default_denied() -> Vec<Cidr> {
     .collect()
 }
 
+/// The relay's own addresses, as far as peers are concerned.
+///
+/// A relayed transport address of this server (a relay address with a port
+/// in the relay port range) is a legitimate peer: two clients of one relay
+/// talk to each other through it, as two browsers behind NATs do. Every
+/// other address of the node is not: it would reach the node's own services
+/// (anything bound to a wildcard address), other listeners, or chain TURN
+/// into TURN.
+#[derive(Clone, Debug, Default)]
+pub struct OwnAddresses {
+    /// The relay addresses (canonical), which relayed sockets bind to.
+    pub relay: Vec<IpAddr>,
+    /// Ports relayed sockets bind to.
+    pub relay_ports: Option<RangeInclusive<u16>>,
+    /// Every address configured on the node's interfaces (canonical), as
+    /// the kernel reports them; kept current by the I/O shell.
+    pub local: HashSet<IpAddr>,
+}
+
+impl OwnAddresses {
+    fn is_relay(&self, ip: IpAddr) -> bool {
+        self.relay.contains(&ip)
+    }
+}
+
 /// The peer policy in force.
 #[derive(Clone, Debug, Default)]
 pub struct PeerPolicy {
@@ -127,16 +154,51 @@ pub struct PeerPolicy {
     pub allowed: Vec<Cidr>,
     /// Peers in these are refused, whatever `allowed` says.
     pub denied: Vec<Cidr>,
+    /// The relay's own addresses; relayed transport addresses are allowed
+    /// as peers when `relay_to_relay` is set, every other local address is
+    /// refused.
+    pub own: OwnAddresses,
+    /// Whether clients may reach other allocations of this relay.
+    pub relay_to_relay: bool,
 }
 
 impl PeerPolicy {
-    /// Whether a client may reach `peer`.
+    /// Whether a client may have a permission for `peer`'s IP
+    /// (CreatePermission; permissions ignore ports). The relay's own
+    /// relay addresses pass here and have their port checked by
+    /// [`Self::permits_transport`].
     pub fn permits(&self, peer: IpAddr) -> bool {
         let peer = canonical(peer);
-        if self.denied.iter().any(|cidr| cidr.contains(peer)) {
+        if self.own.is_relay(peer) {
+            return self.relay_to_relay;
+        }
+        if self.own.local.contains(&peer) || self.denied.iter().any(|cidr| cidr.contains(peer)) {
             return false;
         }
         self.allowed.is_empty() || self.allowed.iter().any(|cidr| cidr.contains(peer))
+    }
+
+    /// Whether a client may send to, or receive from, the transport address
+    /// `peer` (ChannelBind, Send, data from peers): [`Self::permits`], and on
+    /// a relay address only a port of the relay range.
+    pub fn permits_transport(&self, peer: SocketAddr) -> bool {
+        let ip = canonical(peer.ip());
+        if self.own.is_relay(ip) {
+            return self.relay_to_relay
+                && self
+                    .own
+                    .relay_ports
+                    .as_ref()
+                    .is_some_and(|ports| ports.contains(&peer.port()));
+        }
+        self.permits(ip)
+    }
+
+    /// Whether `peer` is one of this relay's relayed transport addresses
+    /// (traffic to it never leaves the node, so the kernel offload leaves
+    /// it to userspace).
+    pub fn is_own_relayed(&self, peer: SocketAddr) -> bool {
+        self.own.is_relay(canonical(peer.ip()))
     }
 }
 
@@ -165,8 +227,8 @@ mod tests {
     #[test]
     fn default_deny_list_covers_the_dangerous_blocks() {
         let policy = PeerPolicy {
-            allowed: vec![],
             denied: default_denied(),
+            ..PeerPolicy::default()
         };
         for denied in [
             "127.0.0.1",
@@ -196,10 +258,83 @@ mod tests {
                 "127.0.0.0/8".parse().unwrap(),
             ],
             denied: default_denied(),
+            ..PeerPolicy::default()
         };
         assert!(policy.permits(ip("10.244.1.1")));
         assert!(policy.permits(ip("::ffff:10.244.1.1")));
         assert!(!policy.permits(ip("10.0.0.1")), "outside the allow-list");
         assert!(!policy.permits(ip("127.0.0.1")), "deny wins over allow");
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    /// A node with relay addresses 198.18.2.1 and fd00:2::1, ports
+    /// 50000-50999, a listen address, a secondary address, a bridge
+    /// address and a CNI address.
+    fn node_policy() -> PeerPolicy {
+        let local = [
+            "198.18.0.2",
+            "198.18.2.1",
+            "198.18.2.7",
+            "198.18.9.1",
+            "fd00:2::1",
+            "fd00:2::99",
+        ];
+        PeerPolicy {
+            denied: default_denied(),
+            own: OwnAddresses {
+                relay: vec![ip("198.18.2.1"), ip("fd00:2::1")],
+                relay_ports: Some(50000..=50999),
+                local: local.iter().map(|text| ip(text)).collect(),
+            },
+            relay_to_relay: true,
+            ..PeerPolicy::default()
+        }
+    }
+
+    #[test]
+    fn relayed_transport_addresses_are_peers_and_nothing_else_local_is() {
+        let policy = node_policy();
+        for relay in ["198.18.2.1", "::ffff:198.18.2.1", "fd00:2::1"] {
+            assert!(policy.permits(ip(relay)), "{relay}: permission by IP");
+        }
+        for relayed in ["198.18.2.1:50000", "198.18.2.1:50999", "[fd00:2::1]:50123"] {
+            assert!(policy.permits_transport(addr(relayed)), "{relayed}");
+        }
+        for other_port in ["198.18.2.1:3478", "198.18.2.1:49999", "[fd00:2::1]:51000"] {
+            assert!(!policy.permits_transport(addr(other_port)), "{other_port}");
+        }
+        // Listen, secondary, bridge and CNI addresses and other IPv6
+        // addresses of the node, in every encoding.
+        for local in [
+            "198.18.0.2",
+            "198.18.2.7",
+            "198.18.9.1",
+            "::ffff:198.18.9.1",
+            "fd00:2::99",
+        ] {
+            assert!(!policy.permits(ip(local)), "{local} is the node's own");
+            let transport = SocketAddr::new(ip(local), 50000);
+            assert!(!policy.permits_transport(transport), "{transport}");
+        }
+        assert!(
+            policy.permits_transport(addr("198.18.5.5:50000")),
+            "a real peer"
+        );
+        assert!(policy.is_own_relayed(addr("198.18.2.1:50000")));
+        assert!(!policy.is_own_relayed(addr("198.18.5.5:50000")));
+    }
+
+    #[test]
+    fn relay_to_relay_can_be_switched_off_and_ignores_the_allow_list() {
+        let mut policy = node_policy();
+        policy.allowed = vec!["10.244.0.0/16".parse().unwrap()];
+        assert!(policy.permits_transport(addr("198.18.2.1:50000")));
+        assert!(!policy.permits_transport(addr("198.18.5.5:50000")));
+        policy.relay_to_relay = false;
+        assert!(!policy.permits(ip("198.18.2.1")));
+        assert!(!policy.permits_transport(addr("198.18.2.1:50000")));
     }
 }

@@ -3,7 +3,7 @@
 //! request was.
 
 use stun_types::{
-    attribute::{ErrorCode, Fingerprint, Software},
+    attribute::{ErrorCode, Fingerprint, Software, UnknownAttributes},
     message::{
         IntegrityAlgorithm, IntegrityKey, Message, MessageWrite, MessageWriteExt, MessageWriteVec,
         StunWriteError,
@@ -77,6 +77,17 @@ impl<'a> Reply<'a> {
         self.finish(builder)
     }
 
+    /// The error response for `refusal`, with UNKNOWN-ATTRIBUTES for 420.
+    pub fn refuse(&self, refusal: Refusal) -> Result<Vec<u8>, StunWriteError> {
+        let code = refusal.code();
+        match refusal {
+            Refusal::UnknownAttributes(unknown) => {
+                self.error(code, |b| b.add_attribute(&UnknownAttributes::new(&unknown)))
+            }
+            _ => self.error(code, |_| Ok(())),
+        }
+    }
+
     fn finish(&self, mut builder: MessageWriteVec) -> Result<Vec<u8>, StunWriteError> {
         if let Some(software) = self.software {
             builder.add_attribute(&Software::new(software)?)?;
@@ -92,3 +103,5 @@ impl<'a> Reply<'a> {
 }
 
 use stun_types::attribute::AttributeStaticType;
+
+use super::refusal::Refusal;

@@ -21,7 +21,7 @@ use stun_types::{
 use turn_types::{
     attribute::{
         AdditionalAddressFamily, ChannelNumber, Data, EvenPort, Lifetime, RequestedAddressFamily,
-        RequestedTransport, XorPeerAddress, XorRelayedAddress,
+        RequestedTransport, ReservationToken, XorPeerAddress, XorRelayedAddress,
     },
     message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND},
 };
@@ -30,7 +30,7 @@ use super::{
     AllocateError, DeleteReason, Event, FiveTuple, Now, Outbox, RelayAllocator, Server,
     ServerConfig, Transmit, Transport,
     auth::{Credentials, rest_password},
-    policy::{PeerPolicy, default_denied},
+    policy::{OwnAddresses, PeerPolicy, default_denied},
 };
 
 fn hex(text: &str) -> Vec<u8> {
@@ -120,6 +120,18 @@ struct FakeAllocator {
     released: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
 }
 
+/// The fake allocator's relay addresses and port range.
+const RELAY_V4: &str = "198.51.100.1";
+const RELAY_V6: &str = "fd00:5eed::1";
+const RELAY_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+impl FakeAllocator {
+    fn address(ipv6: bool, port: u16) -> SocketAddr {
+        let ip = if ipv6 { RELAY_V6 } else { RELAY_V4 };
+        SocketAddr::new(ip.parse().unwrap(), port)
+    }
+}
+
 impl RelayAllocator for FakeAllocator {
     fn allocate(
         &mut self,
@@ -135,13 +147,20 @@ impl RelayAllocator for FakeAllocator {
         }
         let port = self.next_port;
         self.next_port += 1;
-        let ip = if ipv6 {
-            "fd00:5eed::1".parse().unwrap()
-        } else {
-            "198.51.100.1".parse().unwrap()
-        };
-        Ok(SocketAddr::new(ip, port))
+        Ok(Self::address(ipv6, port))
     }
+
+    fn allocate_pair(
+        &mut self,
+        ipv6: bool,
+        dont_fragment: bool,
+    ) -> Result<(SocketAddr, SocketAddr), AllocateError> {
+        let even = self.allocate(ipv6, true, dont_fragment)?;
+        self.next_port += 1;
+        Ok((even, Self::address(ipv6, even.port() + 1)))
+    }
+
+    fn adopt(&mut self, _relayed: SocketAddr, _dont_fragment: bool) {}
 
     fn release(&mut self, relayed: SocketAddr) {
         self.released.lock().unwrap().push(relayed);
@@ -176,6 +195,12 @@ fn config() -> ServerConfig {
                 "fd00::/8".parse().unwrap(),
             ],
             denied: default_denied(),
+            own: OwnAddresses {
+                relay: vec![RELAY_V4.parse().unwrap(), RELAY_V6.parse().unwrap()],
+                relay_ports: Some(RELAY_PORTS),
+                ..OwnAddresses::default()
+            },
+            relay_to_relay: true,
         },
         ..ServerConfig::default()
     }
@@ -319,8 +344,8 @@ fn nonce_of(response: &[u8]) -> String {
     message.attribute::<Nonce>().unwrap().nonce().to_owned()
 }
 
-/// An unauthenticated first Allocate, padded with SOFTWARE as real clients
-/// pad theirs, so that the challenge fits the amplification limit.
+/// An unauthenticated first Allocate, with SOFTWARE as real clients send
+/// it.
 fn first_allocate() -> Vec<u8> {
     build(ALLOCATE, None, |b, t| {
         allocate_body(b, t);
@@ -403,8 +428,7 @@ fn expect_error(harness: &mut Harness, from: FiveTuple, request: &[u8], code: u1
 fn binding_returns_the_mapped_address() {
     let mut harness = Harness::new();
     let from = client(40000);
-    // With SOFTWARE the request is large enough to be answered under the
-    // default amplification limit.
+    // SOFTWARE and FINGERPRINT, as clients send them.
     let request = build(BINDING, None, |b, _| {
         b.add_attribute(&stun_types::attribute::Software::new("test client").unwrap())
             .unwrap();
@@ -676,10 +700,55 @@ fn allocate_errors_table() {
             420,
         ),
         (
-            "EVEN-PORT with reservation",
+            "EVEN-PORT with R on a dual allocation",
             Box::new(|b, t| {
                 allocate_body(b, t);
                 b.add_attribute(&EvenPort::new(true)).unwrap();
+                b.add_attribute(&AdditionalAddressFamily::new(
+                    stun_types::AddressFamily::IPV6,
+                ))
+                .unwrap();
+            }),
+            400,
+        ),
+        (
+            "RESERVATION-TOKEN with EVEN-PORT",
+            Box::new(|b, t| {
+                allocate_body(b, t);
+                b.add_attribute(&ReservationToken::new(1)).unwrap();
+                b.add_attribute(&EvenPort::new(false)).unwrap();
+            }),
+            400,
+        ),
+        (
+            "RESERVATION-TOKEN with REQUESTED-ADDRESS-FAMILY",
+            Box::new(|b, t| {
+                allocate_body(b, t);
+                b.add_attribute(&ReservationToken::new(1)).unwrap();
+                b.add_attribute(&RequestedAddressFamily::new(
+                    stun_types::AddressFamily::IPV4,
+                ))
+                .unwrap();
+            }),
+            400,
+        ),
+        (
+            "RESERVATION-TOKEN with ADDITIONAL-ADDRESS-FAMILY",
+            Box::new(|b, t| {
+                allocate_body(b, t);
+                b.add_attribute(&ReservationToken::new(1)).unwrap();
+                b.add_attribute(&AdditionalAddressFamily::new(
+                    stun_types::AddressFamily::IPV6,
+                ))
+                .unwrap();
+            }),
+            400,
+        ),
+        (
+            "unknown RESERVATION-TOKEN",
+            Box::new(|b, t| {
+                allocate_body(b, t);
+                b.add_attribute(&ReservationToken::new(0x1234)).unwrap();
             }),
             508,
         ),
@@ -869,6 +938,15 @@ fn create_permission_policy_and_family() {
     assert_eq!(harness.server.stats().denied_peers, 4);
 }
 
+/// A Send indication of `data` to `to`.
+fn send_indication(to: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut builder = Message::builder_indication(SEND, MessageWriteVec::new());
+    let t = builder.transaction_id();
+    builder.add_attribute(&XorPeerAddress::new(to, t)).unwrap();
+    builder.add_attribute(&Data::new(data)).unwrap();
+    builder.finish()
+}
+
 // RFC 8656 sections 11 and 12: Send/Data and channels.
 #[test]
 fn send_indication_and_data_indication() {
@@ -876,13 +954,7 @@ fn send_indication_and_data_indication() {
     let from = client(40040);
     let (signing, relayed) = allocate(&mut harness, from);
     let to = peer(2, 7000);
-    let indication = {
-        let mut builder = Message::builder_indication(SEND, MessageWriteVec::new());
-        let t = builder.transaction_id();
-        builder.add_attribute(&XorPeerAddress::new(to, t)).unwrap();
-        builder.add_attribute(&Data::new(b"hello peer")).unwrap();
-        builder.finish()
-    };
+    let indication = send_indication(to, b"hello peer");
     assert!(
         harness.send(from, &indication).is_empty(),
         "no permission yet: dropped"
@@ -1191,56 +1263,119 @@ fn user_and_total_quotas() {
     assert_eq!(harness.server.stats().quota_refusals, 1);
 }
 
-// No amplification for unauthenticated requests on UDP.
-#[test]
-fn unauthenticated_responses_never_exceed_the_request_on_udp() {
-    let mut harness = Harness::new();
-    // A bare 28-byte Allocate and a bare 20-byte Binding.
-    let mut small_allocate = Message::builder_request(ALLOCATE, MessageWriteVec::new());
-    small_allocate
-        .add_attribute(&RequestedTransport::new(17))
-        .unwrap();
-    let small_allocate = small_allocate.finish();
-    let small_binding = Message::builder_request(BINDING, MessageWriteVec::new()).finish();
-    for request in [&small_allocate, &small_binding] {
-        assert!(
-            harness.request(client(40080), request).is_none(),
-            "{} bytes",
-            request.len()
-        );
+/// A bare request: a 20-byte Binding, or a 28-byte Allocate with only
+/// REQUESTED-TRANSPORT, as libwebrtc sends first.
+fn bare(method: Method) -> Vec<u8> {
+    let mut builder = Message::builder_request(method, MessageWriteVec::new());
+    if method == ALLOCATE {
+        builder.add_attribute(&RequestedTransport::new(17)).unwrap();
     }
-    assert_eq!(harness.server.stats().dropped_amplification, 2);
-    // coturn's client pads its first Allocate to 60 bytes: it is answered,
-    // and never with more than it sent.
-    let uclient_like = build(ALLOCATE, None, |b, t| {
-        allocate_body(b, t);
-        b.add_attribute(&Lifetime::new(600)).unwrap();
-        b.add_attribute(&EvenPort::new(false)).unwrap();
-        b.add_attribute(&RequestedAddressFamily::new(
-            stun_types::AddressFamily::IPV4,
-        ))
-        .unwrap();
-    });
-    let response = harness
-        .request(client(40081), &uclient_like)
-        .expect("answered");
-    assert!(
-        response.len() <= uclient_like.len(),
-        "{} > {}",
-        response.len(),
-        uclient_like.len()
-    );
+    builder.finish()
+}
+
+fn ipv6_client(port: u16) -> FiveTuple {
+    FiveTuple {
+        transport: Transport::Udp,
+        client: SocketAddr::new("fd00:18::1".parse().unwrap(), port),
+        server: "[fd00:18::2]:3478".parse().unwrap(),
+    }
+}
+
+// The sizes the README gives: what the smallest requests draw, and that
+// the default limits answer them all.
+#[test]
+fn bare_binding_and_allocate_are_answered_with_these_sizes() {
+    let mut harness = Harness::new();
+    let binding = bare(BINDING);
+    let allocate = bare(ALLOCATE);
+    assert_eq!((binding.len(), allocate.len()), (20, 28));
+    let sizes = [
+        (client(40080), &binding, 32),
+        (ipv6_client(40080), &binding, 44),
+        // 401 with ERROR-CODE, REALM "turnx", a nonce with the RFC 8489
+        // security-feature cookie, PASSWORD-ALGORITHMS.
+        (client(40081), &allocate, 80),
+        (ipv6_client(40081), &allocate, 80),
+    ];
+    for (from, request, size) in sizes {
+        let response = harness.request(from, request).expect("answered");
+        assert_eq!(response.len(), size, "{from:?}");
+        assert!(response.len() as f64 <= 3.0 * request.len() as f64);
+    }
+    // A longer realm falls back to the compact 401 (plain nonce, no
+    // PASSWORD-ALGORITHMS) to stay within the ratio.
+    let mut long_realm = config();
+    long_realm.credentials.realm = "turn.media.example.com".into();
+    let mut harness = Harness::with(long_realm, true);
+    let response = harness.request(client(40082), &allocate).expect("answered");
     assert_eq!(error_code(&response), Some(401));
-    // On TCP the source is verified by the handshake: answered anyway.
+    assert_eq!(response.len(), 20 + 8 + 4 + 24 + 4 + 8);
+    assert!(
+        !Message::from_bytes(&response)
+            .unwrap()
+            .has_attribute(PasswordAlgorithms::TYPE)
+    );
+    assert_eq!(harness.server.stats().refused_amplification_ratio, 0);
+}
+
+// Reflection: a flood of unauthenticated requests forged from one /24 is
+// answered up to its budget only, while other prefixes are still answered
+// and the budget refills with time.
+#[test]
+fn unauthenticated_flood_from_one_prefix_is_bounded_by_its_budget() {
+    let mut harness = Harness::new();
+    let binding = bare(BINDING);
+    let mut answered_bytes = 0;
+    for index in 0..5000u16 {
+        let forged = FiveTuple {
+            client: SocketAddr::from(([198, 18, 0, (index % 250) as u8], 1000 + index)),
+            ..client(0)
+        };
+        if let Some(response) = harness.request(forged, &binding) {
+            answered_bytes += response.len();
+        }
+    }
+    // The default burst: 64 KiB to one prefix, then 16 KiB a second.
+    assert!(answered_bytes <= 65_536, "{answered_bytes} bytes answered");
+    assert!(
+        answered_bytes > 65_536 - 32,
+        "{answered_bytes} bytes answered"
+    );
+    let refused = harness.server.stats().refused_response_budget;
+    assert_eq!(refused, 5000 - answered_bytes as u64 / 32);
+    // Another /24 and another /64 are answered meanwhile.
+    assert!(
+        harness.request(client(40083), &binding).is_none(),
+        "same /24"
+    );
+    let other = FiveTuple {
+        client: "198.18.7.1:4000".parse().unwrap(),
+        ..client(0)
+    };
+    assert!(harness.request(other, &binding).is_some());
+    assert!(harness.request(ipv6_client(40083), &binding).is_some());
+    // Authenticated traffic from the flooded prefix is not limited.
+    let from = client(40084);
+    harness.advance(Duration::from_secs(1));
+    let (signing, _) = allocate(&mut harness, from);
+    for _ in 0..200 {
+        expect_success(&mut harness, from, &permission(&signing, peer(1, 1)));
+    }
+    // A second later the prefix has 16 KiB again.
+    harness.advance(Duration::from_secs(1));
+    assert!(harness.request(client(40085), &binding).is_some());
+    // On TCP the handshake proves the source: not limited.
     let tcp = FiveTuple {
         transport: Transport::Tcp,
-        ..client(40082)
+        ..client(40086)
     };
-    assert!(harness.request(tcp, &small_allocate).is_some());
+    for _ in 0..3000 {
+        assert!(harness.request(tcp, &binding).is_some());
+    }
 }
 
 /// Random and mutated input never panics, and unauthenticated input never
-/// draws a larger response on UDP.
+/// draws more than three times its size on UDP.
 #[test]
 fn malformed_input_never_panics_or_amplifies() {
     let mut harness = Harness::new();
@@ -1282,7 +1417,7 @@ fn malformed_input_never_panics_or_amplifies() {
         for transmit in harness.send(stranger, &input) {
             if let Transmit::ToClient { data, .. } = transmit {
                 assert!(
-                    data.len() <= input.len(),
+                    data.len() <= 3 * input.len(),
                     "amplified {} -> {}",
                     input.len(),
                     data.len()
@@ -1292,4 +1427,229 @@ fn malformed_input_never_panics_or_amplifies() {
         harness.send(from, &input);
         harness.peer_sends(relayed, peer(1, 1), &input);
     }
+}
+
+/// Allocates for `from` with `add`'s attributes and returns the response.
+fn allocate_with(
+    harness: &mut Harness,
+    from: FiveTuple,
+    signing: &Signing,
+    add: impl FnOnce(&mut MessageWriteVec, TransactionId),
+) -> Message<'static> {
+    let response = harness
+        .request(from, &build(ALLOCATE, Some(signing), add))
+        .expect("a response");
+    Message::from_bytes(Box::leak(response.into_boxed_slice())).unwrap()
+}
+
+fn relayed_of(message: &Message) -> SocketAddr {
+    message
+        .attribute::<XorRelayedAddress>()
+        .unwrap()
+        .addr(message.transaction_id())
+}
+
+/// An Allocate with EVEN-PORT and the R bit: the relayed address and the
+/// token.
+fn allocate_even_pair(
+    harness: &mut Harness,
+    from: FiveTuple,
+    signing: &Signing,
+) -> (SocketAddr, u64) {
+    let message = allocate_with(harness, from, signing, |b, t| {
+        allocate_body(b, t);
+        b.add_attribute(&EvenPort::new(true)).unwrap();
+    });
+    assert_eq!(message.class(), MessageClass::Success, "{message}");
+    let token = message.attribute::<ReservationToken>().unwrap().token();
+    (relayed_of(&message), token)
+}
+
+fn with_token(token: u64) -> impl FnOnce(&mut MessageWriteVec, TransactionId) {
+    move |b, t| {
+        allocate_body(b, t);
+        b.add_attribute(&ReservationToken::new(token)).unwrap();
+    }
+}
+
+// RFC 8656 sections 7.1 and 7.2: EVEN-PORT with R reserves the next port;
+// a later Allocate redeems it with the token, from any 5-tuple of the
+// same user, once.
+#[test]
+fn even_port_reservation_is_redeemed_once_by_its_token() {
+    let mut harness = Harness::new();
+    let rtp = client(40100);
+    let signing = login(&mut harness, rtp, USER, PASSWORD);
+    let (even, token) = allocate_even_pair(&mut harness, rtp, &signing);
+    assert_eq!(even.port() % 2, 0);
+    assert_eq!(harness.server.stats().reservations_made, 1);
+    // The reserved port carries no allocation yet: peers reach nobody.
+    let reserved = SocketAddr::new(even.ip(), even.port() + 1);
+    assert!(
+        harness
+            .peer_sends(reserved, peer(1, 1), b"early")
+            .is_empty()
+    );
+
+    let rtcp = client(40101);
+    let signing = login(&mut harness, rtcp, USER, PASSWORD);
+    let message = allocate_with(&mut harness, rtcp, &signing, with_token(token));
+    assert_eq!(message.class(), MessageClass::Success, "{message}");
+    assert_eq!(relayed_of(&message), reserved);
+    assert!(
+        !message.has_attribute(ReservationToken::TYPE),
+        "no new reservation"
+    );
+    assert_eq!(harness.server.stats().reservations_redeemed, 1);
+    // The redeemed address is a full allocation: it relays.
+    expect_success(&mut harness, rtcp, &permission(&signing, peer(1, 1)));
+    assert_eq!(harness.peer_sends(reserved, peer(1, 1), b"rtcp").len(), 1);
+
+    // Reused: the token is gone.
+    let again = client(40102);
+    let signing = login(&mut harness, again, USER, PASSWORD);
+    let message = allocate_with(&mut harness, again, &signing, with_token(token));
+    assert_eq!(error_code(message.as_bytes()), Some(508));
+    assert_eq!(harness.server.allocation_count(), 2);
+}
+
+#[test]
+fn reservation_tokens_of_other_users_or_expired_are_refused_and_ports_released() {
+    let mut harness = Harness::new();
+    let from = client(40110);
+    let signing = login(&mut harness, from, USER, PASSWORD);
+    let (even, token) = allocate_even_pair(&mut harness, from, &signing);
+    let reserved = SocketAddr::new(even.ip(), even.port() + 1);
+
+    let bob = format!("{}:bob", START_UNIX + 3600);
+    let thief = client(40111);
+    let signing = login(&mut harness, thief, &bob, &rest_password(SECRET, &bob));
+    let message = allocate_with(&mut harness, thief, &signing, with_token(token));
+    assert_eq!(error_code(message.as_bytes()), Some(508), "another user");
+    assert!(!harness.released.lock().unwrap().contains(&reserved));
+
+    // After 30 s the port goes back, and the token is worth nothing.
+    harness.advance(super::RESERVATION_LIFETIME);
+    assert!(harness.released.lock().unwrap().contains(&reserved));
+    assert_eq!(harness.server.stats().reservations_expired, 1);
+    let late = client(40112);
+    let signing = login(&mut harness, late, USER, PASSWORD);
+    let message = allocate_with(&mut harness, late, &signing, with_token(token));
+    assert_eq!(error_code(message.as_bytes()), Some(508), "expired");
+}
+
+#[test]
+fn reservations_count_against_quotas() {
+    let mut config = config();
+    config.user_quota = 2;
+    let mut harness = Harness::with(config, true);
+    let from = client(40120);
+    let signing = login(&mut harness, from, USER, PASSWORD);
+    let (_, token) = allocate_even_pair(&mut harness, from, &signing);
+    // An allocation and a reservation: the quota is used up...
+    let other = client(40121);
+    let signing = login(&mut harness, other, USER, PASSWORD);
+    let message = allocate_with(&mut harness, other, &signing, allocate_body);
+    assert_eq!(error_code(message.as_bytes()), Some(486));
+    // ...but redeeming the reservation needs nothing more.
+    let message = allocate_with(&mut harness, other, &signing, with_token(token));
+    assert_eq!(message.class(), MessageClass::Success, "{message}");
+    // A pair needs room for two.
+    let mut config = self::config();
+    config.total_quota = 1;
+    let mut harness = Harness::with(config, true);
+    let from = client(40122);
+    let signing = login(&mut harness, from, USER, PASSWORD);
+    let message = allocate_with(&mut harness, from, &signing, |b, t| {
+        allocate_body(b, t);
+        b.add_attribute(&EvenPort::new(true)).unwrap();
+    });
+    assert_eq!(error_code(message.as_bytes()), Some(508));
+}
+
+// Relay to relay: two clients of this server reach each other through
+// their relayed addresses, with permissions, channels and Send, even
+// though the relay address is outside the allow-list; other ports of the
+// relay address and other local addresses stay refused.
+#[test]
+fn allocations_of_this_relay_are_peers_of_each_other() {
+    let mut harness = Harness::new();
+    let (alice, bob) = (client(40130), client(40131));
+    let (signing_a, relayed_a) = allocate(&mut harness, alice);
+    let (signing_b, relayed_b) = allocate(&mut harness, bob);
+    assert_eq!(relayed_a.ip(), relayed_b.ip());
+    // Permissions are by IP: each lets the other's relay address in.
+    expect_success(&mut harness, alice, &permission(&signing_a, relayed_b));
+    expect_success(&mut harness, bob, &permission(&signing_b, relayed_a));
+    expect_success(
+        &mut harness,
+        alice,
+        &channel_bind(&signing_a, 0x4000, relayed_b),
+    );
+    let listener = SocketAddr::new(relayed_b.ip(), 3478);
+    expect_error(
+        &mut harness,
+        alice,
+        &channel_bind(&signing_a, 0x4001, listener),
+        403,
+    );
+
+    // Alice's ChannelData leaves her relayed address for Bob's...
+    let data = crate::frame::channel_data(0x4000, b"hello bob", false);
+    let out = harness.send(alice, &data);
+    assert_eq!(
+        out,
+        [Transmit::ToPeer {
+            from: relayed_a,
+            to: relayed_b,
+            data: b"hello bob".to_vec()
+        }]
+    );
+    // ...and arrives at Bob's as a Data indication, since Bob has no channel.
+    let out = harness.peer_sends(relayed_b, relayed_a, b"hello bob");
+    assert!(matches!(&out[..], [Transmit::ToClient { to, .. }] if *to == bob));
+    // Bob answers with a Send indication.
+    let send = send_indication(relayed_a, b"hi alice");
+    assert_eq!(
+        harness.send(bob, &send),
+        [Transmit::ToPeer {
+            from: relayed_b,
+            to: relayed_a,
+            data: b"hi alice".to_vec()
+        }]
+    );
+    // A Send to another port of the relay address goes nowhere, and a
+    // datagram from one does not reach the client.
+    assert!(
+        harness
+            .send(bob, &send_indication(listener, b"x"))
+            .is_empty()
+    );
+    assert!(harness.peer_sends(relayed_b, listener, b"x").is_empty());
+}
+
+#[test]
+fn the_nodes_other_addresses_are_refused_and_follow_changes() {
+    let mut harness = Harness::new();
+    let from = client(40140);
+    let (signing, _) = allocate(&mut harness, from);
+    let secondary: SocketAddr = "198.18.3.3:5000".parse().unwrap();
+    let cni: SocketAddr = "[fd00:cafe::1]:5000".parse().unwrap();
+    expect_success(&mut harness, from, &permission(&signing, secondary));
+    harness
+        .server
+        .set_local_addresses([secondary.ip(), cni.ip(), "198.18.0.2".parse().unwrap()]);
+    let listen: SocketAddr = "198.18.0.2:3478".parse().unwrap();
+    for local in [secondary, listen, "[::ffff:198.18.3.3]:1".parse().unwrap()] {
+        expect_error(&mut harness, from, &permission(&signing, local), 403);
+        expect_error(
+            &mut harness,
+            from,
+            &channel_bind(&signing, 0x4002, local),
+            403,
+        );
+    }
+    // The address went away: it is a peer like any other again.
+    harness.server.set_local_addresses([cni.ip()]);
+    expect_success(&mut harness, from, &permission(&signing, secondary));
 }

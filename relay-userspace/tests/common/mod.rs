@@ -2,6 +2,8 @@
 //! object, and throwaway network namespaces with veth pairs.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod browser;
+
 use std::{
     fs::File,
     io::{BufRead, BufReader},
@@ -518,4 +520,75 @@ pub fn turnxctl_status(ns: &Netns, interface: &str) -> serde_json::Value {
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     report[0].clone()
+}
+
+/// The engineered far ends of the kernel relay tests: tx checksum offload
+/// off on the client's and the pod's veth (senders fill in checksums, as a
+/// NIC delivers them), and a program that passes everything on both, since
+/// native XDP redirects into a veth need one on its peer. Real pods have
+/// neither; the programs detach when the returned handles drop.
+pub fn engineer_far_ends(topology: &Topology, object: &[u8]) -> [turnx::xdp::XdpRelay; 2] {
+    use turnx::{config::XdpMode, xdp::XdpRelay};
+    [
+        (&topology.client, &topology.client_if),
+        (&topology.pod, &topology.pod_if),
+    ]
+    .map(|(ns, dev)| {
+        let status = ns
+            .command("ethtool")
+            .args(["-K", dev, "tx", "off"])
+            .output()
+            .expect("running ethtool");
+        assert!(status.status.success(), "ethtool -K {dev} tx off");
+        // No listen ports and no bindings: it passes every frame.
+        let mut pass = XdpRelay::load(object, "info").expect("loading the XDP program");
+        ns.run(|| pass.attach(dev, XdpMode::Native))
+            .expect("attaching XDP to a far end");
+        pass
+    })
+}
+
+/// Writes a self-signed certificate for the IP address `ip`, named `name`,
+/// and its key as `tls.crt` and `tls.key` into `dir`, replacing both by
+/// rename as a secret update would.
+pub fn write_certificate(dir: &std::path::Path, name: &str, ip: &str) {
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "1", "-subj", &format!("/CN={name}")])
+        .args(["-addext", &format!("subjectAltName=IP:{ip}")])
+        .arg("-keyout")
+        .arg(dir.join("tls.key.new"))
+        .arg("-out")
+        .arg(dir.join("tls.crt.new"))
+        .output()
+        .expect("running openssl");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).unwrap();
+}
+
+/// Fails (under `cargo xtask test`) or skips with a message when one of
+/// `programs` is not installed; true when all are there.
+pub fn have_all_or_skip(test: &str, programs: &[(&str, &str)]) -> bool {
+    let required = std::env::var_os("TURNX_REQUIRE_XDP_TESTS").is_some();
+    for (program, package) in programs {
+        if !have(program) {
+            assert!(!required, "{test}: {program} ({package}) is missing");
+            eprintln!("skipping {test}: {program} is not installed ({package})");
+            return false;
+        }
+    }
+    true
 }

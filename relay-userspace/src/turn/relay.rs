@@ -1,0 +1,149 @@
+//! The relay path: application data from clients to peers (ChannelData,
+//! Send indications) and from peers to clients (ChannelData, Data
+//! indications), each checked against the allocation's permissions.
+
+use std::net::SocketAddr;
+
+use stun_types::message::{Message, MessageWrite, MessageWriteExt, MessageWriteVec};
+use turn_types::{
+    attribute::{Data as DataAttr, XorPeerAddress},
+    channel::ChannelData,
+    message::DATA,
+};
+
+use super::{
+    FiveTuple, Now,
+    outbox::{Destination, Outbox},
+    server::Server,
+};
+
+impl Server {
+    /// A datagram from `peer` to the relayed address `relayed`: to the
+    /// client, on its channel when it has one.
+    pub(super) fn peer_to_client(
+        &mut self,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Now,
+        out: &mut Outbox,
+    ) {
+        let Some(client) = self.by_relayed.get(&relayed) else {
+            return;
+        };
+        let Some(allocation) = self.allocations.get(client) else {
+            return;
+        };
+        // Permissions are per IP; on the relay's own addresses only other
+        // allocations (relay ports) count as that peer.
+        let permitted = allocation.has_permission(peer.ip(), now.at)
+            && (!self.config.policy.is_own_relayed(peer)
+                || self.config.policy.permits_transport(peer));
+        if !permitted {
+            self.stats.dropped_no_permission += 1;
+            return;
+        }
+        let to = allocation.client;
+        match allocation.peer_channel(peer) {
+            // The hot path: a ChannelData header in front of the data.
+            Some(channel) => out.push_with(Destination::Client(to), |bytes| {
+                let start = bytes.len();
+                bytes.extend_from_slice(&channel.to_be_bytes());
+                bytes.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                bytes.extend_from_slice(data);
+                if to.transport.is_stream() {
+                    bytes.resize(start + (4 + data.len()).next_multiple_of(4), 0);
+                }
+            }),
+            None => {
+                let mut builder = Message::builder_indication(DATA, MessageWriteVec::new());
+                let built = builder
+                    .add_attribute(&XorPeerAddress::new(peer, builder.transaction_id()))
+                    .and_then(|()| builder.add_attribute(&DataAttr::new(data)));
+                if built.is_err() {
+                    return;
+                }
+                out.push(Destination::Client(to), &builder.finish());
+            }
+        }
+        self.stats.to_client_packets += 1;
+        self.stats.to_client_bytes += data.len() as u64;
+    }
+
+    /// The hot path from clients: ChannelData to the bound peer (whose
+    /// address the policy checked when the channel was bound).
+    pub(super) fn channel_data_from_client(
+        &mut self,
+        from: FiveTuple,
+        data: &[u8],
+        now: Now,
+        out: &mut Outbox,
+    ) {
+        let Ok(message) = ChannelData::parse(data) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let peer = self
+            .allocations
+            .get(&from)
+            .and_then(|allocation| allocation.channel_peer(message.id()));
+        match peer {
+            Some(peer) => self.relay_to_peer(from, peer, message.data(), now, out),
+            None => self.stats.dropped_no_permission += 1,
+        }
+    }
+
+    /// A Send indication: its data to its peer. The peer's port is checked
+    /// here, since permissions only know IPs.
+    pub(super) fn send_indication(
+        &mut self,
+        from: FiveTuple,
+        indication: &Message,
+        now: Now,
+        out: &mut Outbox,
+    ) {
+        let (Ok(peer), Ok(data)) = (
+            indication.attribute::<XorPeerAddress>(),
+            indication.attribute::<DataAttr>(),
+        ) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let peer = peer.addr(indication.transaction_id());
+        if self.config.policy.is_own_relayed(peer) && !self.config.policy.permits_transport(peer) {
+            self.stats.denied_peers += 1;
+            return;
+        }
+        self.relay_to_peer(from, peer, data.data(), now, out);
+    }
+
+    /// Relays a client's application data to `peer` from the allocation's
+    /// relayed address of the peer's family, if a permission allows it.
+    fn relay_to_peer(
+        &mut self,
+        from: FiveTuple,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Now,
+        out: &mut Outbox,
+    ) {
+        let relayed = self
+            .allocations
+            .get(&from)
+            .filter(|allocation| allocation.has_permission(peer.ip(), now.at))
+            .and_then(|allocation| allocation.relayed_for(peer.ip()));
+        let Some(relayed) = relayed else {
+            self.stats.dropped_no_permission += 1;
+            return;
+        };
+        self.stats.to_peer_packets += 1;
+        self.stats.to_peer_bytes += data.len() as u64;
+        out.push(
+            Destination::Peer {
+                from: relayed,
+                to: peer,
+            },
+            data,
+        );
+    }
+}

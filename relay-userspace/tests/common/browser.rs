@@ -1,0 +1,169 @@
+//! Headless Chromium (Debian package `chromium`) in a test namespace,
+//! loading a page the test serves itself on the namespace's loopback, which
+//! reports back with a POST.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Child, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+use super::{Netns, TempDir};
+
+/// An HTTP server on 127.0.0.1 inside a namespace: GET serves `page`, POST
+/// hands its body to [`PageServer::result`]. It stops when dropped.
+pub struct PageServer {
+    pub port: u16,
+    results: mpsc::Receiver<String>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PageServer {
+    pub fn start(ns: &Netns, page: &'static str) -> PageServer {
+        let listener =
+            ns.run(|| TcpListener::bind("127.0.0.1:0").expect("binding the page server"));
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (sender, results) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if let Some(body) = answer(stream, page) {
+                            let _ = sender.send(body);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        PageServer {
+            port,
+            results,
+            stop,
+        }
+    }
+
+    /// The next POSTed body, waiting at most `limit`.
+    pub fn result(&self, limit: Duration) -> Option<String> {
+        self.results.recv_timeout(limit).ok()
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Serves one request; returns the body of a POST.
+fn answer(stream: TcpStream, page: &str) -> Option<String> {
+    stream.set_nonblocking(false).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut stream = reader.get_ref().try_clone().ok()?;
+    if request_line.starts_with("POST") {
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).ok()?;
+        let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        return Some(String::from_utf8_lossy(&body).into_owned());
+    }
+    let (status, body) = if request_line.starts_with("GET / ") || request_line.starts_with("GET /?")
+    {
+        ("200 OK", page)
+    } else {
+        ("404 Not Found", "")
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    None
+}
+
+/// A headless Chromium in `ns` on `url`, with a fresh profile; stopped
+/// with SIGTERM (then SIGKILL), by PID, when dropped.
+pub struct Browser {
+    child: Child,
+    profile: TempDir,
+}
+
+impl Browser {
+    /// `extra` flags go before the URL.
+    pub fn open(ns: &Netns, url: &str, extra: &[&str]) -> Browser {
+        let profile = TempDir::new("turnxchr");
+        let log = std::fs::File::create(profile.0.join("chromium.log")).unwrap();
+        let child = ns
+            .command("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                profile.0.join("profile").display()
+            ))
+            .args(extra)
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting chromium");
+        Browser { child, profile }
+    }
+
+    /// The last lines Chromium logged, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.profile.0.join("chromium.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(20).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SAFETY: signalling the child we spawned, by its PID; Chromium
+        // stops its own helper processes on SIGTERM.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let exited = super::wait_for(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        });
+        if exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

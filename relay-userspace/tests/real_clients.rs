@@ -1,0 +1,458 @@
+//! turnxd as a new user runs it: the built-in configuration, with only
+//! listen and relay addresses and credentials given on the command line,
+//! and the kernel offload on, against third-party clients in their default
+//! modes:
+//! - coturn's `turnutils_uclient`, which allocates RTP/RTCP pairs
+//!   (EVEN-PORT with the R bit, then RESERVATION-TOKEN), over UDP, TCP and
+//!   TLS, with channels and with Send indications, one and ten clients;
+//! - turnhammer, with channels and without (`-C`);
+//! - headless Chromium: two relay-only RTCPeerConnections through the
+//!   relay, over `turn:` UDP and TCP and `turns:`, so that each relays to
+//!   the other's relayed address on this same relay;
+//! - and unauthenticated floods, which the response budget bounds.
+//!
+//! The relay sits between a client namespace and a pod namespace. The far
+//! ends are engineered so that XDP can deliver (see
+//! `common::engineer_far_ends`). Where the traffic is channel traffic over
+//! UDP the kernel carries it, and the tests assert that it did; everything
+//! else must be relayed by userspace, and the kernel counters must not move.
+
+mod common;
+
+use std::{net::UdpSocket, time::Duration};
+
+use common::{
+    Daemon, PinDir, Process, TempDir, Topology,
+    browser::{Browser, PageServer},
+};
+use turnx::xdp::XdpRelay;
+
+const USER: &str = "alice";
+const PASSWORD: &str = "wonderland";
+const SECRET: &str = "rest-api-secret";
+const PEER_PORT: &str = "3480";
+const COTURN: &str = "Debian package coturn";
+
+/// A relay namespace running turnxd on its defaults plus flags, with
+/// turnutils_peer echoing in the pod namespace.
+struct Relay {
+    topology: Topology,
+    daemon: Daemon,
+    _peer: Process,
+    _far_ends: [XdpRelay; 2],
+    _pins: PinDir,
+    _tls: TempDir,
+}
+
+impl Relay {
+    fn start(test: &str, tools: &[(&str, &str)]) -> Option<Relay> {
+        let object = common::xdp_object_or_skip(test)?;
+        if !common::have_all_or_skip(test, tools) {
+            return None;
+        }
+        let topology = Topology::new();
+        let far_ends = common::engineer_far_ends(&topology, object);
+        topology.relay.enable_forwarding();
+        // turnhammer's peer is its own socket in the client namespace, which
+        // sends to the relayed addresses.
+        topology.client.ip(&[
+            "route",
+            "add",
+            "198.19.0.0/24",
+            "via",
+            &topology.relay_client_side,
+        ]);
+        let tls = TempDir::new("turnxtls");
+        common::write_certificate(&tls.0, "turnx-test", &topology.relay_client_side);
+        let pins = PinDir::new();
+        let listen = format!("{}:3478", topology.relay_client_side);
+        let listen_v6 = format!("[{}]:3478", topology.relay_client_side_v6);
+        let tls_listen = format!("{}:5349", topology.relay_client_side);
+        let (cert, key) = (tls.0.join("tls.crt"), tls.0.join("tls.key"));
+        let user = format!("{USER}:{PASSWORD}");
+        let args = [
+            "--listen",
+            &listen,
+            "--listen",
+            &listen_v6,
+            "--tls-listen",
+            &tls_listen,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--relay-address",
+            &topology.relay_pod_side,
+            "--relay-address",
+            &topology.relay_pod_side_v6,
+            "--user",
+            &user,
+            "--static-auth-secret",
+            SECRET,
+            "--interface",
+            &topology.relay_client_if,
+            "--interface",
+            &topology.relay_pod_if,
+            // Tests run side by side; each needs its own pinned maps.
+            "--pin-dir",
+            pins.path(),
+            "--stats-interval",
+            "0",
+            "--log-level",
+            "debug",
+        ];
+        let daemon = Daemon::start_ready(&topology.relay, &args);
+        let peer = common::start_turnutils_peer(
+            &topology.pod,
+            &[&topology.pod_ip, &topology.pod_ip_v6],
+            PEER_PORT,
+        );
+        Some(Relay {
+            topology,
+            daemon,
+            _peer: peer,
+            _far_ends: far_ends,
+            _pins: pins,
+            _tls: tls,
+        })
+    }
+
+    /// Datagrams the kernel relayed so far: (to peers, to clients). The
+    /// counters are the program's, shared by every interface it is
+    /// attached to.
+    fn kernel_relayed(&self) -> (u64, u64) {
+        let ns = &self.topology.relay;
+        let status = common::turnxctl_status(ns, &self.topology.relay_client_if);
+        let counters = &status["turnx"]["counters"];
+        let packets = |class: &str| counters[class]["packets"].as_u64().unwrap_or(0);
+        (packets("forwarded_to_peer"), packets("forwarded_to_client"))
+    }
+
+    /// Stops turnxd and returns its log, which ends with its counters.
+    fn stop(mut self) -> String {
+        let exit = self.daemon.stop(libc::SIGTERM);
+        let log = self.daemon.log();
+        assert!(exit.success(), "turnxd exited with {exit}:\n{log}");
+        log
+    }
+}
+
+/// A number from turnxd's log, such as `reservations_redeemed: 3`.
+fn logged_number(log: &str, field: &str) -> u64 {
+    let start = log
+        .rfind(&format!("{field}: "))
+        .unwrap_or_else(|| panic!("no {field} in:\n{log}"));
+    log[start + field.len() + 2..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// What the kernel carried during `run`, which must be every datagram
+/// `expected` says, in each direction, or none at all.
+fn assert_kernel_share(relay: &Relay, case: &str, expected: Option<u64>, run: impl FnOnce()) {
+    let before = relay.kernel_relayed();
+    run();
+    let after = relay.kernel_relayed();
+    let (to_peer, to_client) = (after.0 - before.0, after.1 - before.1);
+    eprintln!("{case}: the kernel relayed {to_peer} to peers and {to_client} to clients");
+    match expected {
+        // The first datagrams of a binding may go through userspace while
+        // the relay resolves its neighbours.
+        Some(total) => {
+            let floor = total * 95 / 100;
+            assert!(
+                to_peer >= floor && to_client >= floor,
+                "{case}: the kernel relayed {to_peer} to peers and {to_client} to clients of {total}"
+            );
+        }
+        None => assert_eq!(
+            (to_peer, to_client),
+            (0, 0),
+            "{case}: the kernel relayed traffic it cannot carry"
+        ),
+    }
+}
+
+#[test]
+fn uclient_in_its_default_mode_relays_every_message() {
+    let test = "uclient_in_its_default_mode_relays_every_message";
+    let tools = [("turnutils_uclient", COTURN), ("turnutils_peer", COTURN)];
+    let Some(relay) = Relay::start(test, &tools) else {
+        return;
+    };
+    let messages = 50;
+    // (case, flags, sessions: an RTP and an RTCP one per client, whether
+    // the kernel carries the media). -m counts sessions.
+    let cases: [(&str, &[&str], u64, bool); 5] = [
+        ("UDP, channels", &[], 2, true),
+        ("UDP, Send indications", &["-s"], 2, false),
+        ("UDP, 10 sessions", &["-m", "10"], 10, true),
+        ("TCP", &["-t"], 2, false),
+        ("TLS", &["-t", "-S", "-p", "5349"], 2, false),
+    ];
+    for (case, flags, sessions, in_kernel) in cases {
+        let total = messages * sessions;
+        assert_kernel_share(&relay, case, in_kernel.then_some(total), || {
+            let output = relay
+                .topology
+                .client
+                .command("timeout")
+                .args(["60", "turnutils_uclient", "-u", USER, "-w", PASSWORD])
+                .args(["-e", &relay.topology.pod_ip, "-r", PEER_PORT])
+                .args(["-n", &messages.to_string(), "-l", "200"])
+                .args(flags)
+                .arg(&relay.topology.relay_client_side)
+                .output()
+                .expect("running turnutils_uclient");
+            let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            assert!(
+                output.status.success()
+                    && text.contains(&format!("tot_send_msgs={total}, tot_recv_msgs={total}"))
+                    && text.contains("Total lost packets 0 (0.000000%)"),
+                "{case}: not every message came back:\n{}\n--- turnxd:\n{}",
+                tail.join("\n"),
+                relay.daemon.log()
+            );
+        });
+    }
+    let log = relay.stop();
+    // Each client's RTP Allocate redeemed a reservation made with EVEN-PORT.
+    assert!(logged_number(&log, "reservations_redeemed") >= 5, "{log}");
+}
+
+#[test]
+fn turnhammer_loses_nothing_with_and_without_channels() {
+    let test = "turnhammer_loses_nothing_with_and_without_channels";
+    let tools = [
+        ("turnhammer", "cargo install turnhammer"),
+        ("turnutils_peer", COTURN),
+    ];
+    let Some(relay) = Relay::start(test, &tools) else {
+        return;
+    };
+    let (clients, pps, seconds) = (5, 50, 4);
+    let total = clients * pps * seconds;
+    for (case, flags, in_kernel) in [("channels", &[][..], true), ("-C", &["-C"][..], false)] {
+        assert_kernel_share(&relay, case, in_kernel.then_some(total), || {
+            let output = relay
+                .topology
+                .client
+                .command("timeout")
+                .args(["60", "turnhammer", "-J"])
+                .args(["-j", &clients.to_string(), "--pps", &pps.to_string()])
+                .args(["-d", &seconds.to_string(), "-s", "200"])
+                .args(flags)
+                .arg(format!("{}:3478", relay.topology.relay_client_side))
+                .args([USER, PASSWORD])
+                .output()
+                .expect("running turnhammer");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|err| {
+                panic!(
+                    "{case}: turnhammer printed no report ({err}):\n{stdout}\n{}\n--- turnxd:\n{}",
+                    String::from_utf8_lossy(&output.stderr),
+                    relay.daemon.log()
+                )
+            });
+            assert_eq!(report["status"], "ok", "{case}: {report}");
+            assert_eq!(report["loss"].as_f64(), Some(0.0), "{case}: {report}");
+            assert_eq!(report["bad_loss"].as_f64(), Some(0.0), "{case}: {report}");
+        });
+    }
+    relay.stop();
+}
+
+/// The page of two relay-only peer connections.
+const PAGE: &str = include_str!("browser/datachannel.html");
+const ROUND_TRIPS: u64 = 200;
+
+/// Opens the page in Chromium with `turn` as the only ICE server and
+/// returns its report; asserts every round trip came back over a relayed
+/// pair on both sides, relayed over `protocol`.
+fn browser_round_trips(
+    ns: &common::Netns,
+    server: &PageServer,
+    turn: &str,
+    protocol: &str,
+    extra: &[&str],
+    daemon: &Daemon,
+) {
+    let url = format!(
+        "http://127.0.0.1:{}/?turn={turn}&username={USER}&credential={PASSWORD}\
+         &rounds={ROUND_TRIPS}&timeout_ms=40000",
+        server.port
+    );
+    let browser = Browser::open(ns, &url, extra);
+    let Some(report) = server.result(Duration::from_secs(60)) else {
+        panic!(
+            "{turn}: the page reported nothing\n--- chromium:\n{}\n--- turnxd:\n{}",
+            browser.log_tail(),
+            daemon.log()
+        );
+    };
+    let report: serde_json::Value = serde_json::from_str(&report).expect("the page's JSON");
+    assert_eq!(
+        report["ok"],
+        true,
+        "{turn}: {report}\n--- turnxd:\n{}",
+        daemon.log()
+    );
+    assert_eq!(report["roundTrips"].as_u64(), Some(ROUND_TRIPS), "{report}");
+    for pair in report["pairs"].as_array().expect("pairs") {
+        assert_eq!(pair["state"], "succeeded", "{turn}: {pair}");
+        assert_eq!(pair["local"], "relay", "{turn}: {pair}");
+        assert_eq!(pair["remote"], "relay", "{turn}: {pair}");
+        assert_eq!(pair["relayProtocol"], protocol, "{turn}: {pair}");
+    }
+}
+
+#[test]
+fn browsers_relay_to_each_other_over_udp_tcp_and_tls() {
+    let test = "browsers_relay_to_each_other_over_udp_tcp_and_tls";
+    let tools = [
+        ("chromium", "Debian package chromium"),
+        ("turnutils_peer", COTURN),
+    ];
+    let Some(relay) = Relay::start(test, &tools) else {
+        return;
+    };
+    let server = PageServer::start(&relay.topology.client, PAGE);
+    let host = &relay.topology.relay_client_side;
+    // The certificate is self-signed: Chromium must be told to accept it.
+    let cases = [
+        (format!("turn:{host}:3478?transport=udp"), "udp", &[][..]),
+        (format!("turn:{host}:3478?transport=tcp"), "tcp", &[][..]),
+        (
+            format!("turns:{host}:5349?transport=tcp"),
+            "tls",
+            &["--ignore-certificate-errors"][..],
+        ),
+    ];
+    for (turn, protocol, extra) in cases {
+        // Both peers' relayed addresses are on this relay: userspace
+        // relays between them, the kernel carries nothing.
+        assert_kernel_share(&relay, &turn, None, || {
+            browser_round_trips(
+                &relay.topology.client,
+                &server,
+                &turn,
+                protocol,
+                extra,
+                &relay.daemon,
+            )
+        });
+    }
+    let log = relay.stop();
+    assert!(
+        log.contains("stays in userspace: RelayToRelay"),
+        "the UDP channels between the two allocations were offered to the kernel:\n{log}"
+    );
+}
+
+#[test]
+fn built_in_configuration_serves_a_local_browser() {
+    let test = "built_in_configuration_serves_a_local_browser";
+    let Some(_object) = common::xdp_object_or_skip(test) else {
+        return;
+    };
+    if !common::have_all_or_skip(test, &[("chromium", "Debian package chromium")]) {
+        return;
+    }
+    // A machine with an uplink and a default route, as a laptop or a node
+    // has: turnxd picks its relay address and its XDP interface from it.
+    let link = common::Link::new();
+    let machine = &link.relay;
+    machine.ip(&["route", "add", "default", "via", &link.client_v4]);
+    let pins = PinDir::new();
+    let user = format!("{USER}:{PASSWORD}");
+    let mut daemon = Daemon::start_ready(
+        machine,
+        &[
+            "--user",
+            &user,
+            "--pin-dir",
+            pins.path(),
+            "--stats-interval",
+            "0",
+        ],
+    );
+    assert!(
+        daemon.wait_for_line(&format!("relaying from {}", link.relay_v4), Duration::ZERO),
+        "{}",
+        daemon.log()
+    );
+    let server = PageServer::start(machine, PAGE);
+    browser_round_trips(machine, &server, "turn:127.0.0.1:3478", "udp", &[], &daemon);
+    let exit = daemon.stop(libc::SIGTERM);
+    assert!(exit.success(), "{}", daemon.log());
+}
+
+#[test]
+fn unauthenticated_flood_from_one_prefix_is_bounded_and_others_are_answered() {
+    let test = "unauthenticated_flood_from_one_prefix_is_bounded_and_others_are_answered";
+    let Some(relay) = Relay::start(test, &[("turnutils_peer", COTURN)]) else {
+        return;
+    };
+    let topology = &relay.topology;
+    // A second client address in another /24.
+    topology
+        .client
+        .ip(&["addr", "add", "198.18.1.1/24", "dev", &topology.client_if]);
+    topology
+        .relay
+        .ip(&["route", "add", "198.18.1.0/24", "via", "198.18.0.1"]);
+    let server = format!("{}:3478", topology.relay_client_side);
+    let binding = {
+        use stun_types::message::{BINDING, Message, MessageWrite, MessageWriteVec};
+        Message::builder_request(BINDING, MessageWriteVec::new()).finish()
+    };
+    let (answered, elapsed, other_prefix) = topology.client.run(|| {
+        let flooder = UdpSocket::bind("198.18.0.1:0").unwrap();
+        flooder
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        // 5000 requests, 100 at a time so that no response is lost in
+        // our own socket buffer: 160 KB of responses asked for.
+        let start = std::time::Instant::now();
+        let mut answered = 0u64;
+        let mut buffer = [0u8; 128];
+        for _ in 0..50 {
+            for _ in 0..100 {
+                flooder.send_to(&binding, &server).unwrap();
+            }
+            while flooder.recv_from(&mut buffer).is_ok() {
+                answered += 1;
+            }
+        }
+        let elapsed = start.elapsed();
+        let other = UdpSocket::bind("198.18.1.1:0").unwrap();
+        other
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let replies = (0..10)
+            .filter(|_| {
+                other.send_to(&binding, &server).unwrap();
+                other.recv_from(&mut buffer).is_ok()
+            })
+            .count();
+        (answered, elapsed, replies)
+    });
+    // 32-byte responses: the default burst of 64 KiB (2048 of them), plus
+    // what refilled at 16 KiB/s while the flood lasted.
+    let allowed = (65_536.0 + 16_384.0 * elapsed.as_secs_f64()) / 32.0;
+    assert!(
+        answered >= 2000 && answered as f64 <= allowed + 1.0,
+        "{answered} of 5000 answered in {elapsed:?}; the budget allows {allowed:.0}"
+    );
+    assert_eq!(other_prefix, 10, "another prefix was not answered");
+    let log = relay.stop();
+    assert!(
+        logged_number(&log, "refused_response_budget") >= 5000 - allowed as u64,
+        "{log}"
+    );
+}
