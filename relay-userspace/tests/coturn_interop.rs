@@ -1,7 +1,10 @@
-//! turnxd against third-party clients: coturn's `turnutils_uclient`
+//! turnxd with a configuration file as an operator writes one (peers
+//! restricted to the pod network, a user quota, REST API secrets), against
+//! coturn's `turnutils_uclient` in its default mode (RTP/RTCP pairs)
 //! relaying to `turnutils_peer`, through namespaces made by the test
-//! (client ↔ relay ↔ pod). Each case runs the real daemon, with the kernel
-//! offload off: these test the TURN server and its userspace relay path.
+//! (client ↔ relay ↔ pod), with the kernel offload off: these test the TURN
+//! server and its userspace relay path. `real_clients.rs` runs the same
+//! client, and others, on the built-in configuration with the offload on.
 //!
 //! The negative cases coturn's client cannot express (an expired REST
 //! username, a quota) use the library's minimal test client (`turnx::client`).
@@ -20,6 +23,8 @@ const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
 const SECRET: &str = "s3cret-for-rest";
 const PEER_PORT: &str = "3480";
+/// uclient's default mode runs an RTP and an RTCP session per client.
+const SESSIONS: u32 = 2;
 const COTURN_TOOLS: &[(&str, &str)] = &[
     ("turnutils_uclient", "Debian package coturn"),
     ("turnutils_peer", "Debian package coturn"),
@@ -51,7 +56,6 @@ fn setup(test: &str, server_extra: &str, extra_config: &str) -> Option<Setup> {
 listen = ["{client_side}:3478", "[{client_side_v6}]:3478"]
 relay_addresses = ["{pod_side}", "{pod_side_v6}"]
 relay_ports = [50000, 50999]
-legacy_channel_numbers = true
 {server_extra}
 
 [auth]
@@ -107,10 +111,10 @@ fn uclient(setup: &Setup, args: &[&str], server: &str) -> (bool, String) {
     (output.status.success(), text)
 }
 
-/// Asserts that a uclient run completed: every message came back, none was
-/// lost.
-fn assert_complete(setup: &Setup, (ok, output): (bool, String), messages: u32, clients: u32) {
-    let total = messages * clients;
+/// Asserts that a uclient run completed: every message of every session
+/// came back, none was lost.
+fn assert_complete(setup: &Setup, (ok, output): (bool, String), messages: u32, sessions: u32) {
+    let total = messages * sessions;
     let tail: String = output.lines().rev().take(15).collect::<Vec<_>>().join("\n");
     assert!(
         ok,
@@ -138,60 +142,11 @@ fn udp_args<'a>(setup: &'a Setup, extra: &[&'a str]) -> Vec<&'a str> {
         "-r",
         PEER_PORT,
     ];
-    // -c: no RTCP pair (no EVEN-PORT reservation); -n/-l: 50 messages of
-    // 200 bytes at the default 20 ms pace.
-    args.extend_from_slice(&["-c", "-n", "50", "-l", "200"]);
+    // 50 messages of 200 bytes at the default 20 ms pace, on each of the
+    // RTP and RTCP sessions.
+    args.extend_from_slice(&["-n", "50", "-l", "200"]);
     args.extend_from_slice(extra);
     args
-}
-
-#[test]
-fn uclient_udp_with_channels() {
-    let Some(mut setup) = setup("uclient_udp_with_channels", "", "") else {
-        return;
-    };
-    let result = uclient(
-        &setup,
-        &udp_args(&setup, &[]),
-        &setup.topology.relay_client_side,
-    );
-    assert_complete(&setup, result, 50, 1);
-    assert!(
-        setup
-            .daemon
-            .wait_for_line("ChannelBound", Duration::from_secs(5)),
-        "channels were used:\n{}",
-        setup.daemon.log()
-    );
-}
-
-/// Runs uclient's standard UDP session with `extra` flags against a fresh
-/// relay and checks that all of `clients` clients' messages came back.
-fn uclient_case(test: &str, extra: &[&str], clients: u32) {
-    let Some(setup) = setup(test, "", "") else {
-        return;
-    };
-    let result = uclient(
-        &setup,
-        &udp_args(&setup, extra),
-        &setup.topology.relay_client_side,
-    );
-    assert_complete(&setup, result, 50, clients);
-}
-
-#[test]
-fn uclient_udp_with_send_indications() {
-    uclient_case("uclient_udp_with_send_indications", &["-s"], 1);
-}
-
-#[test]
-fn uclient_several_concurrent_clients() {
-    uclient_case("uclient_several_concurrent_clients", &["-m", "5"], 5);
-}
-
-#[test]
-fn uclient_over_tcp() {
-    uclient_case("uclient_over_tcp", &["-t"], 1);
 }
 
 #[test]
@@ -203,7 +158,7 @@ fn uclient_ipv6_client_and_peer() {
     let peer = setup.topology.pod_ip_v6.clone();
     args[5] = &peer;
     let result = uclient(&setup, &args, &setup.topology.relay_client_side_v6);
-    assert_complete(&setup, result, 50, 1);
+    assert_complete(&setup, result, 50, SESSIONS);
 }
 
 #[test]
@@ -220,12 +175,11 @@ fn uclient_with_ephemeral_credentials() {
         &setup.topology.pod_ip,
         "-r",
         PEER_PORT,
-        "-c",
         "-n",
         "30",
     ];
     let result = uclient(&setup, &args, &setup.topology.relay_client_side);
-    assert_complete(&setup, result, 30, 1);
+    assert_complete(&setup, result, 30, SESSIONS);
 }
 
 #[test]
@@ -266,7 +220,7 @@ fn uclient_negative_cases() {
     ];
     for (case, credentials, peer, expected) in cases {
         let mut args = credentials.to_vec();
-        args.extend_from_slice(&["-e", peer, "-r", PEER_PORT, "-c", "-n", "3"]);
+        args.extend_from_slice(&["-e", peer, "-r", PEER_PORT, "-n", "3"]);
         let (ok, output) = uclient(&setup, &args, &server);
         assert!(!ok && output.contains(expected), "{case}:\n{output}");
     }
@@ -354,11 +308,9 @@ fn uclient_over_tls_and_certificate_reload() {
     let Some(setup) = setup("uclient_over_tls_and_certificate_reload", &server_extra, "") else {
         return;
     };
-    let mut args = udp_args(&setup, &["-t", "-S", "-p", "5349"]);
-    args.retain(|arg| *arg != "-c");
-    args.push("-c");
+    let args = udp_args(&setup, &["-t", "-S", "-p", "5349"]);
     let result = uclient(&setup, &args, &setup.topology.relay_client_side);
-    assert_complete(&setup, result, 50, 1);
+    assert_complete(&setup, result, 50, SESSIONS);
 
     assert!(
         served_subject(&setup).contains("turnx-first"),

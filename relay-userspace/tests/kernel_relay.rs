@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Process, TempDir, Topology};
+use common::{Daemon, Process, TempDir, Topology, logged_number};
 use turnx::client::TurnClient;
 use turnx::xdp::XdpRelay;
 
@@ -35,19 +35,6 @@ fn logged_number_after(log: &str, after: &str, field: &str) -> u64 {
         .find(after)
         .unwrap_or_else(|| panic!("no {after} in:\n{log}"));
     logged_number(&log[from..], field)
-}
-
-/// A number from turnxd's shutdown log line, such as `to_peer_packets: 1`.
-fn logged_number(log: &str, field: &str) -> u64 {
-    let start = log
-        .find(&format!("{field}: "))
-        .unwrap_or_else(|| panic!("no {field} in:\n{log}"));
-    log[start + field.len() + 2..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[test]

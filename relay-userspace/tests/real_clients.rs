@@ -24,6 +24,7 @@ use std::{net::UdpSocket, time::Duration};
 use common::{
     Daemon, PinDir, Process, TempDir, Topology,
     browser::{Browser, PageServer},
+    logged_number,
 };
 use turnx::xdp::XdpRelay;
 
@@ -135,19 +136,6 @@ impl Relay {
         assert!(exit.success(), "turnxd exited with {exit}:\n{log}");
         log
     }
-}
-
-/// A number from turnxd's log, such as `reservations_redeemed: 3`.
-fn logged_number(log: &str, field: &str) -> u64 {
-    let start = log
-        .rfind(&format!("{field}: "))
-        .unwrap_or_else(|| panic!("no {field} in:\n{log}"));
-    log[start + field.len() + 2..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// What the kernel carried during `run`, which must be every datagram

@@ -18,9 +18,9 @@ use super::{
 };
 
 impl Server {
-    /// A datagram from `peer` to the relayed address `relayed`: to the
-    /// client, on its channel when it has one.
-    pub(super) fn peer_to_client(
+    /// Handles a datagram a peer sent to a relayed address: to the client,
+    /// on its channel when it has one.
+    pub fn handle_peer(
         &mut self,
         relayed: SocketAddr,
         peer: SocketAddr,

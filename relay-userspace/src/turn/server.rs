@@ -1,7 +1,8 @@
 //! The TURN server state machine: its state, its inputs and outputs, and
 //! the dispatch of what arrives. The work is done in sibling modules:
 //! `challenge` (authentication), `requests` (the request handlers) and
-//! `relay` (application data both ways).
+//! `relay` (application data both ways, including
+//! [`Server::handle_peer`]).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -187,18 +188,6 @@ impl Server {
             _ => self.stats.dropped_malformed += 1,
         }
         self.flush_events();
-    }
-
-    /// Handles a datagram a peer sent to a relayed address.
-    pub fn handle_peer(
-        &mut self,
-        relayed: SocketAddr,
-        peer: SocketAddr,
-        data: &[u8],
-        now: Now,
-        out: &mut Outbox,
-    ) {
-        self.peer_to_client(relayed, peer, data, now, out);
     }
 
     /// Expires what is due at `now`.

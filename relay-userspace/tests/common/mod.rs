@@ -119,6 +119,17 @@ impl Netns {
         assert!(status.success(), "{script} in {}", self.name);
     }
 
+    /// Turns transmit checksum offload off on `dev`: its senders fill in
+    /// full checksums, as packets arrive from a NIC.
+    pub fn tx_checksum_off(&self, dev: &str) {
+        let output = self
+            .command("ethtool")
+            .args(["-K", dev, "tx", "off"])
+            .output()
+            .expect("running ethtool");
+        assert!(output.status.success(), "ethtool -K {dev} tx off failed");
+    }
+
     /// `ip -n <ns> args...`
     pub fn ip(&self, args: &[&str]) {
         let mut full = vec!["-n", self.name.as_str()];
@@ -218,12 +229,7 @@ impl Link {
             ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
             ns.ip(&["link", "set", dev, "up"]);
-            let status = ns
-                .command("ethtool")
-                .args(["-K", dev, "tx", "off"])
-                .output()
-                .expect("running ethtool");
-            assert!(status.status.success(), "ethtool -K {dev} tx off failed");
+            ns.tx_checksum_off(dev);
         }
         Link {
             client,
@@ -534,12 +540,7 @@ pub fn engineer_far_ends(topology: &Topology, object: &[u8]) -> [turnx::xdp::Xdp
         (&topology.pod, &topology.pod_if),
     ]
     .map(|(ns, dev)| {
-        let status = ns
-            .command("ethtool")
-            .args(["-K", dev, "tx", "off"])
-            .output()
-            .expect("running ethtool");
-        assert!(status.status.success(), "ethtool -K {dev} tx off");
+        ns.tx_checksum_off(dev);
         // No listen ports and no bindings: it passes every frame.
         let mut pass = XdpRelay::load(object, "info").expect("loading the XDP program");
         ns.run(|| pass.attach(dev, XdpMode::Native))
@@ -591,4 +592,18 @@ pub fn have_all_or_skip(test: &str, programs: &[(&str, &str)]) -> bool {
         }
     }
     true
+}
+
+/// The first number turnxd logged for `field`, as in `to_peer_packets: 1`
+/// of its shutdown counters.
+pub fn logged_number(log: &str, field: &str) -> u64 {
+    let start = log
+        .find(&format!("{field}: "))
+        .unwrap_or_else(|| panic!("no {field} in:\n{log}"));
+    log[start + field.len() + 2..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
