@@ -224,6 +224,23 @@ pub struct BindingCounters {
 pub const CHANNEL_MIN: u16 = 0x4000;
 /// Highest channel number a client may bind (RFC 8656 section 12).
 pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Highest channel number of RFC 5766, which coturn and its clients still
+/// use; accepted with `legacy_channel_numbers`.
+pub const CHANNEL_MAX_LEGACY: u16 = 0x7FFF;
+
+/// The highest channel number accepted, with or without the RFC 5766
+/// range.
+pub const fn channel_max(legacy: bool) -> u16 {
+    if legacy {
+        CHANNEL_MAX_LEGACY
+    } else {
+        CHANNEL_MAX
+    }
+}
+
+/// UDP's IP protocol number, in IP headers and in REQUESTED-TRANSPORT
+/// (RFC 8656 section 18.11).
+pub const IPPROTO_UDP: u8 = 17;
 
 /// The STUN magic cookie (RFC 8489 section 5).
 pub const STUN_MAGIC_COOKIE: u32 = 0x2112_A442;

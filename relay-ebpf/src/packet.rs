@@ -45,7 +45,7 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
-pub const IPPROTO_UDP: u8 = 17;
+pub use relay_common::IPPROTO_UDP;
 pub const IPPROTO_ROUTING: u8 = 43;
 pub const IPPROTO_FRAGMENT: u8 = 44;
 pub const IPPROTO_AH: u8 = 51;

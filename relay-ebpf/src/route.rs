@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use core::mem::{size_of, zeroed};
-use relay_common::MapIp;
+use relay_common::{IPPROTO_UDP, MapIp};
 
 /// Set to 1 by the loader for stack routing.
 #[unsafe(no_mangle)]
@@ -21,7 +21,6 @@ static ROUTE_IN_STACK: Global<u8> = Global::new(0);
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const IPPROTO_UDP: u8 = 17;
 
 /// How a rewritten frame leaves.
 #[derive(Clone, Copy)]

@@ -147,11 +147,7 @@ impl Offload {
             // Popped from the end: slot 0 first.
             free_slots: (0..max_bindings).rev().collect(),
             rules: Eligibility {
-                max_channel: if legacy_channel_numbers {
-                    0x7FFF
-                } else {
-                    relay_common::CHANNEL_MAX
-                },
+                max_channel: relay_common::channel_max(legacy_channel_numbers),
                 own_relay,
             },
             installed: HashMap::new(),

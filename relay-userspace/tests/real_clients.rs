@@ -9,7 +9,8 @@
 //! - headless Chromium: two relay-only RTCPeerConnections through the
 //!   relay, over `turn:` UDP and TCP and `turns:`, so that each relays to
 //!   the other's relayed address on this same relay;
-//! - and unauthenticated floods, which the response budget bounds.
+//! - and unauthenticated floods, which the response budget bounds, and
+//!   peers on the node's own addresses, refused as the addresses appear.
 //!
 //! The relay sits between a client namespace and a pod namespace. The far
 //! ends are engineered so that XDP can deliver (see
@@ -19,14 +20,17 @@
 
 mod common;
 
-use std::{net::UdpSocket, time::Duration};
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
 
 use common::{
     Daemon, PinDir, Process, TempDir, Topology,
     browser::{Browser, PageServer},
     logged_number,
 };
-use turnx::xdp::XdpRelay;
+use turnx::{client::TurnClient, xdp::XdpRelay};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
@@ -443,4 +447,67 @@ fn unauthenticated_flood_from_one_prefix_is_bounded_and_others_are_answered() {
         logged_number(&log, "refused_response_budget") >= 5000 - allowed as u64,
         "{log}"
     );
+}
+
+#[test]
+fn the_nodes_own_addresses_are_refused_as_peers_as_they_come_and_go() {
+    let test = "the_nodes_own_addresses_are_refused_as_peers_as_they_come_and_go";
+    let Some(relay) = Relay::start(test, &[("turnutils_peer", COTURN)]) else {
+        return;
+    };
+    let topology = &relay.topology;
+    let server: SocketAddr = format!("{}:3478", topology.relay_client_side)
+        .parse()
+        .unwrap();
+    let later: SocketAddr = "198.19.0.77:3480".parse().unwrap();
+    let other_allocation: SocketAddr = format!("{}:50000", topology.relay_pod_side)
+        .parse()
+        .unwrap();
+    let listener = server;
+    let relay_other_port: SocketAddr = format!("{}:3478", topology.relay_pod_side).parse().unwrap();
+    let add_or_delete = |verb: &str| {
+        topology.relay.ip(&[
+            "addr",
+            verb,
+            "198.19.0.77/24",
+            "dev",
+            &topology.relay_pod_if,
+        ]);
+    };
+    topology.client.run(|| {
+        let socket = UdpSocket::bind("198.18.0.1:0").unwrap();
+        let client = TurnClient::connect(socket, server, USER, PASSWORD).expect("a 401");
+        client.allocate(false).expect("an allocation");
+        let bind = |channel: u16, peer: SocketAddr| {
+            client
+                .channel_bind(channel, peer)
+                .err()
+                .map(|err| err.code().unwrap_or_else(|| panic!("ChannelBind: {err}")))
+        };
+        assert_eq!(bind(0x4000, later), None, "not the node's address yet");
+        assert_eq!(bind(0x4001, listener), Some(403), "the listen address");
+        assert_eq!(
+            bind(0x4002, relay_other_port),
+            Some(403),
+            "the relay address, another port"
+        );
+        assert_eq!(
+            bind(0x4003, other_allocation),
+            None,
+            "the relay address, a relay port"
+        );
+        // Refreshing the binding checks the peer again: refused once the
+        // address is the node's, allowed again once it is gone.
+        add_or_delete("add");
+        let refused = common::wait_for(Duration::from_secs(3), || {
+            (bind(0x4000, later) == Some(403)).then_some(())
+        });
+        assert!(refused.is_some(), "{later} is the node's now");
+        add_or_delete("del");
+        let allowed = common::wait_for(Duration::from_secs(3), || {
+            bind(0x4000, later).is_none().then_some(())
+        });
+        assert!(allowed.is_some(), "{later} is no longer the node's");
+    });
+    relay.stop();
 }

@@ -26,12 +26,6 @@ use super::{
     server::Server,
 };
 
-/// Highest channel number of RFC 5766, for `legacy_channel_numbers`.
-const LEGACY_CHANNEL_MAX: u16 = 0x7FFF;
-
-/// UDP, the only relayed transport (REQUESTED-TRANSPORT value).
-const PROTOCOL_UDP: u8 = 17;
-
 /// Where an Allocate's relayed address comes from.
 enum Source {
     /// New ports, one per family (IPv4, or IPv6 when `true`), even ones
@@ -358,11 +352,7 @@ impl Server {
         };
         let channel = channel.channel();
         let peer = peer.addr(request.transaction_id());
-        let max = if self.config.legacy_channel_numbers {
-            LEGACY_CHANNEL_MAX
-        } else {
-            relay_common::CHANNEL_MAX
-        };
+        let max = relay_common::channel_max(self.config.legacy_channel_numbers);
         if !(relay_common::CHANNEL_MIN..=max).contains(&channel) {
             tracing::debug!(
                 "ChannelBind from {} with channel {channel:#x} outside {:#x}-{max:#x}",
@@ -398,7 +388,8 @@ fn allocate_source(request: &Message) -> Result<Source, Refusal> {
     let transport = request
         .attribute::<RequestedTransport>()
         .map_err(|_| Refusal::BadRequest)?;
-    if transport.protocol() != PROTOCOL_UDP {
+    // UDP is the only relayed transport.
+    if transport.protocol() != relay_common::IPPROTO_UDP {
         return Err(Refusal::UnsupportedTransportProtocol);
     }
     let even_port = match request.attribute::<EvenPort>() {

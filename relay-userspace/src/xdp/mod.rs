@@ -325,11 +325,7 @@ impl XdpRelay {
     ) -> Result<Self, XdpError> {
         let level = kernel_log_level(log_level);
         let route_in_stack = u8::from(options.route_in_stack);
-        let channel_limit: u16 = if options.legacy_channel_numbers {
-            0x7FFF
-        } else {
-            relay_common::CHANNEL_MAX
-        };
+        let channel_limit = relay_common::channel_max(options.legacy_channel_numbers);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(aya_log::LEVEL, &level, true)
