@@ -437,6 +437,7 @@ fn unauthenticated_flood_from_one_prefix_is_bounded_and_others_are_answered() {
     // 32-byte responses: the default burst of 64 KiB (2048 of them), plus
     // what refilled at 16 KiB/s while the flood lasted.
     let allowed = (65_536.0 + 16_384.0 * elapsed.as_secs_f64()) / 32.0;
+    eprintln!("{answered} of 5000 answered in {elapsed:?}; the budget allows {allowed:.0}");
     assert!(
         answered >= 2000 && answered as f64 <= allowed + 1.0,
         "{answered} of 5000 answered in {elapsed:?}; the budget allows {allowed:.0}"
