@@ -18,10 +18,45 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use relay_common::BindingCounters;
+
 use crate::{
     turn::{Event, FiveTuple, Transport},
-    xdp::{KernelBinding, XdpRelay},
+    xdp::{KernelBinding, XdpError, XdpRelay},
 };
+
+/// The kernel maps the offload writes: the XDP program's, or a stand-in in
+/// tests.
+pub trait BindingMaps: Send {
+    /// Installs a binding in both directions, or nothing.
+    fn install(&mut self, binding: &KernelBinding) -> Result<(), XdpError>;
+    /// Removes a binding from both directions.
+    fn remove(&mut self, binding: &KernelBinding) -> Result<(), XdpError>;
+    /// Zeroes the counters of `slot`, for a new binding.
+    fn reset_counters(&mut self, slot: u32) -> Result<(), XdpError>;
+    /// What the kernel relayed for the binding in `slot`.
+    fn counters(&self, slot: u32) -> Result<BindingCounters, XdpError>;
+}
+
+/// The loaded program's maps, shared with whoever else uses the program
+/// (counters, detaching).
+impl BindingMaps for Arc<Mutex<XdpRelay>> {
+    fn install(&mut self, binding: &KernelBinding) -> Result<(), XdpError> {
+        self.lock().expect("XDP lock").install(binding)
+    }
+
+    fn remove(&mut self, binding: &KernelBinding) -> Result<(), XdpError> {
+        self.lock().expect("XDP lock").remove(binding)
+    }
+
+    fn reset_counters(&mut self, slot: u32) -> Result<(), XdpError> {
+        self.lock().expect("XDP lock").reset_binding_counters(slot)
+    }
+
+    fn counters(&self, slot: u32) -> Result<BindingCounters, XdpError> {
+        self.lock().expect("XDP lock").binding_counters(slot)
+    }
+}
 
 /// Why a binding stayed in userspace, and how many did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,6 +130,15 @@ pub struct Eligibility {
 }
 
 impl Eligibility {
+    /// The rules for a program loaded with or without RFC 5766 channel
+    /// numbers, on a relay with the relay addresses `own_relay`.
+    pub fn new(legacy_channel_numbers: bool, own_relay: Vec<IpAddr>) -> Self {
+        Eligibility {
+            max_channel: relay_common::channel_max(legacy_channel_numbers),
+            own_relay,
+        }
+    }
+
     /// Whether the kernel can take `channel` of `client` to `peer`.
     pub fn check(
         &self,
@@ -123,7 +167,7 @@ impl Eligibility {
 
 /// Follows events into the kernel maps.
 pub struct Offload {
-    relay: Arc<Mutex<XdpRelay>>,
+    maps: Box<dyn BindingMaps>,
     rules: Eligibility,
     /// Counter slots not in use.
     free_slots: Vec<u32>,
@@ -132,24 +176,14 @@ pub struct Offload {
 }
 
 impl Offload {
-    /// An offload manager writing into `relay`'s maps, which hold
-    /// `max_bindings` bindings; with `legacy_channel_numbers` (as loaded
-    /// into the program) RFC 5766 channel numbers are offloaded too.
-    /// `own_relay` are the relay addresses, whose channels stay in userspace.
-    pub fn new(
-        relay: Arc<Mutex<XdpRelay>>,
-        max_bindings: u32,
-        legacy_channel_numbers: bool,
-        own_relay: Vec<IpAddr>,
-    ) -> Self {
+    /// An offload manager writing into `maps`, which hold `max_bindings`
+    /// bindings, of those `rules` allow.
+    pub fn new(maps: Box<dyn BindingMaps>, max_bindings: u32, rules: Eligibility) -> Self {
         Offload {
-            relay,
+            maps,
             // Popped from the end: slot 0 first.
             free_slots: (0..max_bindings).rev().collect(),
-            rules: Eligibility {
-                max_channel: relay_common::channel_max(legacy_channel_numbers),
-                own_relay,
-            },
+            rules,
             installed: HashMap::new(),
             stats: OffloadStats::default(),
         }
@@ -163,9 +197,8 @@ impl Offload {
     /// What the kernel relayed in all, live bindings included.
     pub fn kernel_relayed(&self) -> KernelRelayed {
         let mut total = self.stats.kernel_relayed;
-        let relay = self.relay.lock().expect("XDP lock");
         for binding in self.installed.values() {
-            if let Ok(counters) = relay.binding_counters(binding.slot) {
+            if let Ok(counters) = self.maps.counters(binding.slot) {
                 total.add(&counters);
             }
         }
@@ -175,12 +208,7 @@ impl Offload {
     /// What the kernel relayed for one live binding.
     pub fn binding_relayed(&self, client: FiveTuple, channel: u16) -> Option<KernelRelayed> {
         let binding = self.installed.get(&(client, channel))?;
-        let counters = self
-            .relay
-            .lock()
-            .expect("XDP lock")
-            .binding_counters(binding.slot)
-            .ok()?;
+        let counters = self.maps.counters(binding.slot).ok()?;
         let mut relayed = KernelRelayed::default();
         relayed.add(&counters);
         Some(relayed)
@@ -224,11 +252,8 @@ impl Offload {
                 peer,
                 slot,
             };
-            let mut relay = self.relay.lock().expect("XDP lock");
-            match relay
-                .reset_binding_counters(slot)
-                .and_then(|()| relay.install(&binding))
-            {
+            let installed = self.maps.reset_counters(slot);
+            match installed.and_then(|()| self.maps.install(&binding)) {
                 Ok(()) => {
                     self.installed.insert((client, channel), binding);
                     self.stats.installed += 1;
@@ -258,15 +283,14 @@ impl Offload {
         let Some(binding) = self.installed.remove(&(client, channel)) else {
             return;
         };
-        let mut relay = self.relay.lock().expect("XDP lock");
-        if let Err(err) = relay.remove(&binding) {
+        if let Err(err) = self.maps.remove(&binding) {
             tracing::warn!(
                 "removing channel {channel:#x} of {} from the kernel: {err}",
                 client.client
             );
         }
         // Read after removal: no packet can count after this.
-        match relay.binding_counters(binding.slot) {
+        match self.maps.counters(binding.slot) {
             Ok(counters) => {
                 tracing::debug!(
                     "channel {channel:#x} of {}: the kernel relayed {counters:?}",
@@ -276,7 +300,6 @@ impl Offload {
             }
             Err(err) => tracing::warn!("reading the counters of channel {channel:#x}: {err}"),
         }
-        drop(relay);
         self.free_slots.push(binding.slot);
         self.stats.removed += 1;
     }
@@ -340,5 +363,147 @@ mod tests {
         for (client, channel, peer, why) in cases {
             assert_eq!(rules.check(&client, channel, peer), Err(why), "{peer}");
         }
+    }
+
+    /// Maps in memory: what is installed, counters per slot, and a
+    /// capacity after which inserts fail as a full kernel map does.
+    #[derive(Default)]
+    struct FakeMaps {
+        state: Arc<Mutex<FakeState>>,
+    }
+
+    #[derive(Default)]
+    struct FakeState {
+        installed: Vec<KernelBinding>,
+        counters: HashMap<u32, BindingCounters>,
+        capacity: usize,
+    }
+
+    impl BindingMaps for FakeMaps {
+        fn install(&mut self, binding: &KernelBinding) -> Result<(), XdpError> {
+            let mut state = self.state.lock().unwrap();
+            if state.installed.len() >= state.capacity {
+                return Err(XdpError::Mismatch("the fake map is full".into()));
+            }
+            state.installed.push(*binding);
+            Ok(())
+        }
+
+        fn remove(&mut self, binding: &KernelBinding) -> Result<(), XdpError> {
+            self.state
+                .lock()
+                .unwrap()
+                .installed
+                .retain(|b| b != binding);
+            Ok(())
+        }
+
+        fn reset_counters(&mut self, slot: u32) -> Result<(), XdpError> {
+            self.state.lock().unwrap().counters.remove(&slot);
+            Ok(())
+        }
+
+        fn counters(&self, slot: u32) -> Result<BindingCounters, XdpError> {
+            Ok(self
+                .state
+                .lock()
+                .unwrap()
+                .counters
+                .get(&slot)
+                .copied()
+                .unwrap_or_default())
+        }
+    }
+
+    fn bound(client: FiveTuple, channel: u16) -> Event {
+        Event::ChannelBound {
+            client,
+            relayed: "198.19.0.1:50000".parse().unwrap(),
+            channel,
+            peer: "198.19.0.2:3480".parse().unwrap(),
+        }
+    }
+
+    fn expired(client: FiveTuple, channel: u16) -> Event {
+        Event::ChannelExpired {
+            client,
+            relayed: "198.19.0.1:50000".parse().unwrap(),
+            channel,
+            peer: "198.19.0.2:3480".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn bindings_follow_events_and_their_counters_are_kept_when_they_end() {
+        let maps = FakeMaps::default();
+        let state = Arc::clone(&maps.state);
+        state.lock().unwrap().capacity = 2;
+        let rules = Eligibility::new(false, vec!["198.19.0.1".parse().unwrap()]);
+        let mut offload = Offload::new(Box::new(maps), 2, rules);
+        let (a, b, c) = (
+            udp_client("198.18.0.2:3478"),
+            FiveTuple {
+                client: "198.18.0.1:40001".parse().unwrap(),
+                ..udp_client("198.18.0.2:3478")
+            },
+            FiveTuple {
+                client: "198.18.0.1:40002".parse().unwrap(),
+                ..udp_client("198.18.0.2:3478")
+            },
+        );
+        offload.apply(&bound(a, 0x4000));
+        offload.apply(&bound(b, 0x4000));
+        // Out of slots: the third stays in userspace.
+        offload.apply(&bound(c, 0x4000));
+        assert_eq!(state.lock().unwrap().installed.len(), 2);
+        let slot = state.lock().unwrap().installed[0].slot;
+        state.lock().unwrap().counters.insert(
+            slot,
+            BindingCounters {
+                to_peer_packets: 7,
+                to_peer_bytes: 700,
+                to_client_packets: 5,
+                to_client_bytes: 500,
+            },
+        );
+        assert_eq!(
+            offload.binding_relayed(a, 0x4000).unwrap().to_peer_packets,
+            7
+        );
+        // Refreshes and permission events change nothing; expiry removes.
+        offload.apply(&Event::ChannelRefreshed {
+            client: a,
+            channel: 0x4000,
+        });
+        offload.apply(&expired(a, 0x4000));
+        assert_eq!(state.lock().unwrap().installed.len(), 1);
+        assert!(offload.binding_relayed(a, 0x4000).is_none());
+        // Its slot is free again and its counts are kept.
+        offload.apply(&bound(c, 0x4000));
+        assert_eq!(state.lock().unwrap().installed.len(), 2);
+        let stats = offload.stats();
+        assert_eq!((stats.installed, stats.removed, stats.failed), (3, 1, 1));
+        assert_eq!(stats.kernel_relayed.to_peer_packets, 7);
+        assert_eq!(stats.kernel_relayed.to_client_bytes, 500);
+        offload.remove_all();
+        assert!(state.lock().unwrap().installed.is_empty());
+        assert_eq!(offload.stats().removed, 3);
+    }
+
+    #[test]
+    fn a_failed_insert_frees_its_slot_and_is_counted() {
+        let maps = FakeMaps::default();
+        let state = Arc::clone(&maps.state);
+        let mut offload = Offload::new(Box::new(maps), 4, Eligibility::new(false, Vec::new()));
+        let client = udp_client("198.18.0.2:3478");
+        offload.apply(&bound(client, 0x4000));
+        assert_eq!(offload.stats().failed, 1);
+        state.lock().unwrap().capacity = 1;
+        offload.apply(&bound(client, 0x4001));
+        assert_eq!(state.lock().unwrap().installed[0].slot, 0, "slot 0 reused");
+        // Ineligible bindings never reach the maps.
+        offload.apply(&bound(udp_client("0.0.0.0:3478"), 0x4000));
+        assert_eq!(offload.stats().wildcard_listener, 1);
+        assert_eq!(state.lock().unwrap().installed.len(), 1);
     }
 }

@@ -384,7 +384,7 @@ fn relayed_frames_go_to_the_next_hop_or_stay_for_userspace() {
 fn offload_follows_channel_events_and_keeps_the_rest_in_userspace() {
     use std::sync::{Arc, Mutex};
     use turnx::{
-        offload::Offload,
+        offload::{Eligibility, Offload},
         turn::{Event, FiveTuple, Transport},
     };
     let Some(relay) = relay(
@@ -395,7 +395,8 @@ fn offload_follows_channel_events_and_keeps_the_rest_in_userspace() {
     };
     let Relay { xdp, ns } = relay;
     let xdp = Arc::new(Mutex::new(xdp));
-    let mut offload = Offload::new(Arc::clone(&xdp), 16, false, Vec::new());
+    let rules = Eligibility::new(false, Vec::new());
+    let mut offload = Offload::new(Box::new(Arc::clone(&xdp)), 16, rules);
     let binding = v4_binding();
     let udp_client = FiveTuple {
         transport: Transport::Udp,

@@ -18,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use turnx::{
     config::{Config, DEFAULT_CONFIG_TOML, XdpMode},
     ebpf_object, interfaces,
-    offload::Offload,
+    offload::{Eligibility, Offload},
     shell::{ShellConfig, TurnServer},
     xdp::{LoadOptions, XdpRelay, kernel_log},
 };
@@ -244,25 +244,12 @@ async fn run(args: Args, config: Config) -> Result<()> {
         None
     };
     let (relay_ipv4, relay_ipv6) = config.relay_addresses();
-    let own_relay: Vec<std::net::IpAddr> = [relay_ipv4, relay_ipv6].into_iter().flatten().collect();
     let offload = relay.as_ref().map(|relay| {
-        let legacy = config.server.legacy_channel_numbers;
-        let offload = Offload::new(
-            Arc::clone(relay),
-            config.xdp.max_bindings,
-            legacy,
-            own_relay.clone(),
-        );
-        Arc::new(Mutex::new(offload))
+        let own_relay = [relay_ipv4, relay_ipv6].into_iter().flatten().collect();
+        let rules = Eligibility::new(config.server.legacy_channel_numbers, own_relay);
+        Offload::new(Box::new(Arc::clone(relay)), config.xdp.max_bindings, rules)
     });
-    let follower = offload.clone();
-    let on_event: turnx::shell::EventHandler = Box::new(move |event| {
-        tracing::debug!(?event, "allocation state");
-        if let Some(offload) = &follower {
-            offload.lock().expect("offload lock").apply(event);
-        }
-    });
-    let turn = start_turn(&config, (relay_ipv4, relay_ipv6), on_event).await?;
+    let turn = start_turn(&config, (relay_ipv4, relay_ipv6), offload).await?;
     tracing::info!("turnxd ready; listening on {:?}", config.server.listen);
 
     let interval = Duration::from_secs(config.log.stats_interval_secs);
@@ -290,11 +277,8 @@ async fn run(args: Args, config: Config) -> Result<()> {
         turn.allocations(),
         turn.stats()
     );
-    turn.shutdown();
-    if let Some(offload) = &offload {
-        let mut offload = offload.lock().expect("offload lock");
-        offload.remove_all();
-        tracing::info!("kernel offload: {:?}", offload.stats());
+    if let Some(stats) = turn.shutdown() {
+        tracing::info!("kernel offload: {stats:?}");
     }
     if let Some(relay) = &relay {
         let mut relay = relay.lock().expect("XDP lock");
@@ -353,7 +337,7 @@ fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
 async fn start_turn(
     config: &Config,
     (relay_ipv4, relay_ipv6): (Option<std::net::IpAddr>, Option<std::net::IpAddr>),
-    on_event: turnx::shell::EventHandler,
+    offload: Option<Offload>,
 ) -> Result<TurnServer> {
     let mut server = config.turn();
     server.policy.own.relay = [relay_ipv4, relay_ipv6].into_iter().flatten().collect();
@@ -383,7 +367,7 @@ async fn start_turn(
             relay_ports: first..=last,
             server,
         },
-        on_event,
+        offload,
     )
     .await
     .context("starting the TURN server")

@@ -31,7 +31,10 @@ use self::{
     framing::StreamFramer,
     relay_sockets::{RelaySockets, UdpRelayAllocator},
 };
-use crate::turn::{Destination, Event, FiveTuple, Now, Outbox, Server, ServerConfig, Transport};
+use crate::{
+    offload::{Offload, OffloadStats},
+    turn::{Destination, Event, FiveTuple, Now, Outbox, Server, ServerConfig, Transport},
+};
 
 /// Where the server listens and relays.
 #[derive(Clone, Debug)]
@@ -53,18 +56,16 @@ pub struct ShellConfig {
     pub server: ServerConfig,
 }
 
-/// What the server calls with each lifecycle event, in order, before
-/// anything the same step produced is sent: a client that sees its
-/// Refresh(0) answered can rely on the kernel offload being gone.
-pub type EventHandler = Box<dyn FnMut(&Event) + Send>;
-
 /// The running server's shared state.
 struct Shared {
     core: Mutex<Server>,
     udp_listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
     relays: Arc<RelaySockets>,
     streams: Mutex<HashMap<FiveTuple, mpsc::UnboundedSender<Vec<u8>>>>,
-    on_event: Mutex<EventHandler>,
+    /// The kernel offload, which follows every lifecycle event, in order,
+    /// before anything the same step produced is sent: a client that sees
+    /// its Refresh(0) answered can rely on the kernel binding being gone.
+    offload: Mutex<Option<Offload>>,
 }
 
 /// A handle on the running server.
@@ -97,9 +98,9 @@ fn bind_socket(address: SocketAddr, kind: socket2::Type) -> Result<socket2::Sock
 }
 
 impl TurnServer {
-    /// Binds every listener and starts serving; `on_event` sees every
-    /// lifecycle event.
-    pub async fn start(config: ShellConfig, on_event: EventHandler) -> Result<TurnServer> {
+    /// Binds every listener and starts serving; `offload`, when given,
+    /// mirrors channel bindings into the kernel.
+    pub async fn start(config: ShellConfig, offload: Option<Offload>) -> Result<TurnServer> {
         let relays = Arc::new(RelaySockets::default());
         let allocator = UdpRelayAllocator::new(
             config.relay_ipv4,
@@ -128,7 +129,7 @@ impl TurnServer {
             udp_listeners,
             relays,
             streams: Mutex::new(HashMap::new()),
-            on_event: Mutex::new(on_event),
+            offload: Mutex::new(offload),
         });
         let mut tasks = Vec::new();
         for (address, socket) in &shared.udp_listeners {
@@ -190,27 +191,45 @@ impl TurnServer {
             .allocation_count()
     }
 
-    /// Deletes every allocation and stops serving.
-    pub fn shutdown(self) {
+    /// What the kernel offload did so far, if there is one.
+    pub fn offload_stats(&self) -> Option<OffloadStats> {
+        let offload = self.shared.offload.lock().expect("offload lock");
+        offload.as_ref().map(Offload::stats)
+    }
+
+    /// Deletes every allocation, and with them every kernel binding, and
+    /// stops serving; returns what the offload did.
+    pub fn shutdown(self) -> Option<OffloadStats> {
         for task in &self.tasks {
             task.abort();
         }
         self.shared.run(|core| core.shutdown(now()));
+        let mut offload = self.shared.offload.lock().expect("offload lock");
+        offload.as_mut().map(|offload| {
+            offload.remove_all();
+            offload.stats()
+        })
     }
 }
 
 impl Shared {
     /// Runs `f` on the core (which writes its transmits where `f` says),
-    /// hands the events it caused to the handler, and starts receive loops
+    /// hands the events it caused to the offload, and starts receive loops
     /// for new relayed sockets.
     fn run(self: &Arc<Self>, f: impl FnOnce(&mut Server)) {
         let mut core = self.core.lock().expect("core lock");
         f(&mut core);
         if let Some(event) = core.poll_event() {
-            let mut on_event = self.on_event.lock().expect("event handler lock");
-            on_event(&event);
+            let mut offload = self.offload.lock().expect("offload lock");
+            let mut follow = |event: &Event| {
+                tracing::debug!(?event, "allocation state");
+                if let Some(offload) = offload.as_mut() {
+                    offload.apply(event);
+                }
+            };
+            follow(&event);
             while let Some(event) = core.poll_event() {
-                on_event(&event);
+                follow(&event);
             }
         }
         drop(core);
