@@ -115,6 +115,20 @@ pub const MAP_PEERS: &str = "PEERS";
 /// loader sets another size.
 pub const MAX_BINDINGS: u32 = 16384;
 
+/// Name of the hash map of interfaces the program may send relayed frames
+/// out of, by interface index (`u32`), with [`EGRESS_TX`] and
+/// [`EGRESS_REDIRECT`] bits (`u8`). An interface not in it receives no
+/// relayed frame: the frame goes to the stack untouched. The daemon
+/// rewrites it from what the kernel reports; it is not pinned.
+pub const MAP_EGRESS: &str = "EGRESS";
+/// Entries of [`MAP_EGRESS`]: interfaces of one network namespace.
+pub const MAX_EGRESS_INTERFACES: u32 = 4096;
+/// [`MAP_EGRESS`] bit: XDP_TX out of this interface, back where the frame
+/// came from, delivers.
+pub const EGRESS_TX: u8 = 1;
+/// [`MAP_EGRESS`] bit: frames redirected into this interface are delivered.
+pub const EGRESS_REDIRECT: u8 = 2;
+
 /// Version of the map layouts (keys, values, names). Pinned maps live in a
 /// directory named after it, so a daemon never reopens maps of another
 /// layout. Bump it with any change to the types above.

@@ -42,6 +42,8 @@ trait IpHeader: Copy {
     fn ttl(&self) -> u8;
     /// Whether a map address is of this family.
     fn holds(ip: &MapIp) -> bool;
+    /// The sum of the addresses in the UDP pseudo-header.
+    fn address_sum(&self) -> Sum;
     /// Rewrites the header in place: from `src` to `dst` (both of this
     /// family, see [`IpHeader::holds`]), one hop less, payload length
     /// changed by `delta`.
@@ -81,6 +83,11 @@ impl IpHeader for Ipv4Hdr {
     #[inline(always)]
     fn holds(ip: &MapIp) -> bool {
         ip[..12] == V4_MAPPED_PREFIX
+    }
+
+    #[inline(always)]
+    fn address_sum(&self) -> Sum {
+        Sum::zero().add(&self.src).add(&self.dst)
     }
 
     #[inline(always)]
@@ -128,6 +135,11 @@ impl IpHeader for Ipv6Hdr {
     }
 
     #[inline(always)]
+    fn address_sum(&self) -> Sum {
+        Sum::zero().add(&self.src).add(&self.dst)
+    }
+
+    #[inline(always)]
     fn rewrite(&mut self, src: &MapIp, dst: &MapIp, delta: i16) {
         self.src = *src;
         self.dst = *dst;
@@ -135,6 +147,22 @@ impl IpHeader for Ipv6Hdr {
             (u16::from_be_bytes(self.payload_len).wrapping_add_signed(delta)).to_be_bytes();
         self.hop_limit -= 1;
     }
+}
+
+/// Whether the UDP checksum field holds only the pseudo-header's sum, as a
+/// local sender leaves it for the device to finish (CHECKSUM_PARTIAL, with
+/// transmit checksum offload on, as on a pod's veth). An incremental
+/// update of such a field gives a wrong checksum, so these frames go to the
+/// stack untouched, which completes them. A full checksum has this value
+/// for about one datagram in 65 536; those go to the stack too.
+#[inline(always)]
+fn partial_checksum<H: IpHeader>(ip: &H, udp: &UdpHdr) -> bool {
+    let pseudo = ip
+        .address_sum()
+        .add(&[0, relay_common::IPPROTO_UDP])
+        .add(&udp.len);
+    // The field is the folded sum, not its complement.
+    udp.check == (!u16::from_be_bytes(pseudo.finish())).to_be_bytes()
 }
 
 /// The UDP checksum after a binding's rewrite (RFC 1624): `delta` for the
@@ -225,6 +253,7 @@ fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     if !classify::is_channel(channel)
         || data_len + CHANNEL_HEADER != udp.payload_len
         || ip.ttl() <= 1
+        || partial_checksum(ip, &udp.header)
     {
         return None;
     }
@@ -304,7 +333,10 @@ fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
         return None;
     }
     let ip: &mut H = header_mut(ctx, udp.ip_offset).ok()?;
-    if ip.ttl() <= 1 || udp.payload_len > usize::from(u16::MAX) - 64 {
+    if ip.ttl() <= 1
+        || udp.payload_len > usize::from(u16::MAX) - 64
+        || partial_checksum(ip, &udp.header)
+    {
         return None;
     }
     let key = PeerKey {

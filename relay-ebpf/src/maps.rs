@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use relay_common::{
     BindingCounters, ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue,
-    MAX_BINDINGS, MAX_LISTEN_PORTS, PacketClass, PeerKey, PeerTarget,
+    MAX_BINDINGS, MAX_EGRESS_INTERFACES, MAX_LISTEN_PORTS, PacketClass, PeerKey, PeerTarget,
 };
 
 /// UDP ports the TURN server listens on (`relay_common::MAP_LISTEN_PORTS`).
@@ -26,6 +26,20 @@ static CHANNELS: HashMap<ChannelKey, ChannelTarget> = HashMap::with_max_entries(
 /// Bound channels seen from the peer side (`relay_common::MAP_PEERS`).
 #[map]
 static PEERS: HashMap<PeerKey, PeerTarget> = HashMap::with_max_entries(MAX_BINDINGS, 0);
+
+/// Interfaces relayed frames may leave by (`relay_common::MAP_EGRESS`).
+#[map]
+static EGRESS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_EGRESS_INTERFACES, 0);
+
+/// Whether a relayed frame may leave by `ifindex` as `how` (one of the
+/// `relay_common::EGRESS_*` bits).
+#[inline(always)]
+pub fn egress_allows(ifindex: u32, how: u8) -> bool {
+    // SAFETY: a hash map value stays valid for the rest of this program run.
+    EGRESS
+        .get_ptr(ifindex)
+        .is_some_and(|bits| unsafe { *bits } & how != 0)
+}
 
 /// Per-binding traffic (`relay_common::MAP_BINDING_COUNTERS`).
 #[map]

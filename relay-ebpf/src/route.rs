@@ -1,9 +1,11 @@
 //! Where a relayed frame goes: a FIB lookup in the kernel's routing and
 //! neighbour tables for the rewritten addresses, done before rewriting.
-//! When it succeeds the frame is rewritten and sent with XDP_TX or a
-//! redirect; when it does not (next hop unresolved, no route, forwarding
-//! off) the frame is left untouched for the userspace relay, whose sending
-//! also resolves the neighbour. With stack routing (so that Cilium's
+//! When it succeeds, and the egress interface is one the daemon knows
+//! delivers what XDP sends it (a veth whose peer runs XDP, a driver that
+//! takes redirected frames), the frame is rewritten and sent with XDP_TX or
+//! a redirect; when it does not (next hop unresolved, no route, forwarding
+//! off, an egress that would drop the frame) the frame is left untouched
+//! for the userspace relay, whose sending also resolves the neighbour. With stack routing (so that Cilium's
 //! routing and policy apply) the rewritten frame goes to the stack.
 
 use aya_ebpf::{
@@ -13,7 +15,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use core::mem::{size_of, zeroed};
-use relay_common::{IPPROTO_UDP, MapIp};
+use relay_common::{EGRESS_REDIRECT, EGRESS_TX, IPPROTO_UDP, MapIp};
+
+use crate::maps;
 
 /// Set to 1 by the loader for stack routing.
 #[unsafe(no_mangle)]
@@ -77,7 +81,17 @@ pub fn next_hop(ctx: &XdpContext, flow: &Flow) -> Option<NextHop> {
         src_mac: [0; 6],
         dst_mac: [0; 6],
     };
-    (lookup(ctx, flow, &mut hop) == 0).then_some(hop)
+    if lookup(ctx, flow, &mut hop) != 0 {
+        return None;
+    }
+    // SAFETY: reading a field of the context the kernel passed in.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let how = if hop.ifindex == ingress {
+        EGRESS_TX
+    } else {
+        EGRESS_REDIRECT
+    };
+    maps::egress_allows(hop.ifindex, how).then_some(hop)
 }
 
 /// Fills `hop` and returns 0 on success. Not inlined: its 64-byte

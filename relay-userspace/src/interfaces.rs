@@ -81,6 +81,19 @@ pub fn addresses_of(names: &[String]) -> std::io::Result<Vec<IpAddr>> {
     Ok(found)
 }
 
+/// The name of the interface with index `ifindex`, if there is one.
+pub fn name_of(ifindex: u32) -> Option<String> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into `name`.
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: on success `name` holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Every address configured on every interface of the current network
 /// namespace, with its interface's name (getifaddrs).
 pub fn interface_addresses() -> std::io::Result<Vec<(String, IpAddr)>> {

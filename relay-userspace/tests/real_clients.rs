@@ -12,11 +12,14 @@
 //! - and unauthenticated floods, which the response budget bounds, and
 //!   peers on the node's own addresses, refused as the addresses appear.
 //!
-//! The relay sits between a client namespace and a pod namespace. The far
-//! ends are engineered so that XDP can deliver (see
-//! `common::engineer_far_ends`). Where the traffic is channel traffic over
+//! The relay sits between a client namespace and a pod namespace. Most
+//! cases engineer the far ends so that XDP can deliver (see
+//! `common::engineer_far_ends`): where the traffic is channel traffic over
 //! UDP the kernel carries it, and the tests assert that it did; everything
 //! else must be relayed by userspace, and the kernel counters must not move.
+//! One case leaves the far ends as a node has them (plain veths, default
+//! offloads, no XDP): the kernel must then leave everything to userspace,
+//! lose nothing, and count no XDP error.
 
 mod common;
 
@@ -44,19 +47,33 @@ struct Relay {
     topology: Topology,
     daemon: Daemon,
     _peer: Process,
-    _far_ends: [XdpRelay; 2],
+    _far_ends: Option<[XdpRelay; 2]>,
     _pins: PinDir,
     _tls: TempDir,
 }
 
+/// What the client's and the pod's veths are like.
+#[derive(Clone, Copy, PartialEq)]
+enum FarEnds {
+    /// Engineered for the kernel relay: XDP programs, full checksums.
+    Engineered,
+    /// As on a node: default offloads (partial checksums), no XDP.
+    AsOnANode,
+}
+
 impl Relay {
     fn start(test: &str, tools: &[(&str, &str)]) -> Option<Relay> {
+        Relay::start_with(test, tools, FarEnds::Engineered)
+    }
+
+    fn start_with(test: &str, tools: &[(&str, &str)], far: FarEnds) -> Option<Relay> {
         let object = common::xdp_object_or_skip(test)?;
         if !common::have_all_or_skip(test, tools) {
             return None;
         }
         let topology = Topology::new();
-        let far_ends = common::engineer_far_ends(&topology, object);
+        let far_ends =
+            (far == FarEnds::Engineered).then(|| common::engineer_far_ends(&topology, object));
         topology.relay.enable_forwarding();
         // turnhammer's peer is its own socket in the client namespace, which
         // sends to the relayed addresses.
@@ -131,6 +148,41 @@ impl Relay {
         let counters = &status["turnx"]["counters"];
         let packets = |class: &str| counters[class]["packets"].as_u64().unwrap_or(0);
         (packets("forwarded_to_peer"), packets("forwarded_to_client"))
+    }
+
+    /// The relay's veths' XDP error counters (`ethtool -S`), with their
+    /// names, as `interface: counter`.
+    fn xdp_errors(&self) -> Vec<(String, u64)> {
+        let mut errors = Vec::new();
+        for interface in [&self.topology.relay_client_if, &self.topology.relay_pod_if] {
+            let output = self
+                .topology
+                .relay
+                .command("ethtool")
+                .args(["-S", interface])
+                .output()
+                .expect("running ethtool -S");
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                let Some((name, value)) = line.trim().split_once(':') else {
+                    continue;
+                };
+                if name.contains("xdp") && (name.contains("error") || name.contains("drops")) {
+                    errors.push((
+                        format!("{interface}: {name}"),
+                        value.trim().parse().unwrap(),
+                    ));
+                }
+            }
+        }
+        assert!(!errors.is_empty(), "ethtool -S shows no XDP counters");
+        errors
+    }
+
+    /// Asserts that no XDP error counter of the relay's veths moved.
+    fn assert_no_xdp_errors(&self) {
+        for (counter, value) in self.xdp_errors() {
+            assert_eq!(value, 0, "{counter}");
+        }
     }
 
     /// Stops turnxd and returns its log, which ends with its counters.
@@ -212,6 +264,7 @@ fn uclient_in_its_default_mode_relays_every_message() {
             );
         });
     }
+    relay.assert_no_xdp_errors();
     let log = relay.stop();
     // Each client's RTP Allocate redeemed a reservation made with EVEN-PORT.
     assert!(logged_number(&log, "reservations_redeemed") >= 5, "{log}");
@@ -256,6 +309,7 @@ fn turnhammer_loses_nothing_with_and_without_channels() {
             assert_eq!(report["bad_loss"].as_f64(), Some(0.0), "{case}: {report}");
         });
     }
+    relay.assert_no_xdp_errors();
     relay.stop();
 }
 
@@ -510,5 +564,65 @@ fn the_nodes_own_addresses_are_refused_as_peers_as_they_come_and_go() {
         });
         assert!(allowed.is_some(), "{later} is no longer the node's");
     });
+    relay.stop();
+}
+
+#[test]
+fn on_veths_as_a_node_has_them_nothing_is_lost_and_xdp_counts_no_error() {
+    let test = "on_veths_as_a_node_has_them_nothing_is_lost_and_xdp_counts_no_error";
+    let tools = [
+        ("turnhammer", "cargo install turnhammer"),
+        ("turnutils_uclient", COTURN),
+        ("turnutils_peer", COTURN),
+    ];
+    let Some(relay) = Relay::start_with(test, &tools, FarEnds::AsOnANode) else {
+        return;
+    };
+    // Neither far end can receive what XDP sends (no program on the peer),
+    // and local senders leave partial checksums: userspace relays it all.
+    assert_kernel_share(&relay, "turnhammer on plain veths", None, || {
+        let output = relay
+            .topology
+            .client
+            .command("timeout")
+            .args([
+                "60",
+                "turnhammer",
+                "-J",
+                "-j",
+                "5",
+                "--pps",
+                "50",
+                "-d",
+                "4",
+            ])
+            .args(["-s", "200"])
+            .arg(format!("{}:3478", relay.topology.relay_client_side))
+            .args([USER, PASSWORD])
+            .output()
+            .expect("running turnhammer");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let report: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|err| panic!("no turnhammer report ({err}):\n{stdout}"));
+        assert_eq!(report["status"], "ok", "{report}");
+        assert_eq!(report["loss"].as_f64(), Some(0.0), "{report}");
+    });
+    assert_kernel_share(&relay, "uclient on plain veths", None, || {
+        let output = relay
+            .topology
+            .client
+            .command("timeout")
+            .args(["60", "turnutils_uclient", "-u", USER, "-w", PASSWORD])
+            .args(["-e", &relay.topology.pod_ip, "-r", PEER_PORT, "-n", "50"])
+            .arg(&relay.topology.relay_client_side)
+            .output()
+            .expect("running turnutils_uclient");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.contains("tot_send_msgs=100, tot_recv_msgs=100"),
+            "{text}"
+        );
+    });
+    relay.assert_no_xdp_errors();
     relay.stop();
 }

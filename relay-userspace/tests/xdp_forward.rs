@@ -154,6 +154,44 @@ fn peer_data_is_relayed_to_the_client_as_channel_data() {
     }
 }
 
+/// A local sender with transmit checksum offload on (a pod's veth) leaves
+/// only the pseudo-header's sum in the UDP checksum: updating it would send
+/// a wrong checksum, so such frames go to the stack untouched.
+#[test]
+fn partial_checksums_are_left_to_the_stack() {
+    for binding in [v4_binding(), v6_binding()] {
+        let Some(relay) = relay("partial_checksums_are_left_to_the_stack", &[binding]) else {
+            return;
+        };
+        let to_peer = client_frame(&binding, &channel_data(CHANNEL, b"partial", false)).build();
+        let to_client = peer_frame(&binding, b"partial").build();
+        for (mut input, class) in [
+            (to_peer, PacketClass::ChannelData),
+            (to_client, PacketClass::Unrelated),
+        ] {
+            let udp = &input.bytes[input.udp_offset..];
+            let (src, dst) = match binding.client {
+                SocketAddr::V4(_) => (
+                    &input.bytes[input.ip_offset + 12..input.ip_offset + 16],
+                    &input.bytes[input.ip_offset + 16..input.ip_offset + 20],
+                ),
+                SocketAddr::V6(_) => (
+                    &input.bytes[input.ip_offset + 8..input.ip_offset + 24],
+                    &input.bytes[input.ip_offset + 24..input.ip_offset + 40],
+                ),
+            };
+            // What Linux writes for CHECKSUM_PARTIAL: the folded
+            // pseudo-header sum, not complemented.
+            let partial = !turnx::frame::internet_checksum(&[src, dst, &[0, 17], &udp[4..6]]);
+            let at = input.udp_offset + 6;
+            input.bytes[at..at + 2].copy_from_slice(&partial.to_be_bytes());
+            let (action, output, counted) = run(&relay, &input.bytes);
+            assert_eq!((action, counted), (XDP_PASS, class), "{binding:?}");
+            assert_eq!(output, input.bytes, "untouched");
+        }
+    }
+}
+
 #[test]
 fn ipv4_without_udp_checksum_stays_without() {
     let binding = v4_binding();
@@ -358,6 +396,28 @@ fn relayed_frames_go_to_the_next_hop_or_stay_for_userspace() {
         .map(|byte| u8::from_str_radix(byte, 16).unwrap())
         .collect();
 
+    // A route and a neighbour, but the egress veth's peer runs no XDP: a
+    // redirect would be dropped there, so the frame stays for userspace.
+    let mut relay = relay;
+    let allowed = relay.ns.run(|| relay.xdp.refresh_egress()).unwrap();
+    assert!(allowed.is_empty(), "{allowed:?}");
+    let (action, output, class) = run(&relay, &input.bytes);
+    assert_eq!((action, class), (XDP_PASS, PacketClass::ChannelData));
+    assert_eq!(output, input.bytes);
+
+    // With a program on the peer, the veth delivers what XDP sends it.
+    let object = common::xdp_object_or_skip("the peer's program").unwrap();
+    let mut peer_program = turnx::xdp::XdpRelay::load(object, "info").unwrap();
+    relay
+        .ns
+        .run(|| peer_program.attach(&peer_end, turnx::config::XdpMode::Native))
+        .unwrap();
+    let out_index = relay.ns.run(|| turnx::xdp::if_index(&out)).unwrap();
+    let allowed = relay.ns.run(|| relay.xdp.refresh_egress()).unwrap();
+    assert!(
+        allowed.iter().any(|(ifindex, _)| *ifindex == out_index),
+        "{allowed:?}"
+    );
     let (action, output, class) = run(&relay, &input.bytes);
     assert_eq!(class, PacketClass::ForwardedToPeer);
     assert_eq!(action, XDP_REDIRECT);

@@ -249,6 +249,11 @@ async fn run(args: Args, config: Config) -> Result<()> {
         let rules = Eligibility::new(config.server.legacy_channel_numbers, own_relay);
         Offload::new(Box::new(Arc::clone(relay)), config.xdp.max_bindings, rules)
     });
+    // Before serving, so the kernel relay can take the first bindings.
+    let mut egress = EgressState::default();
+    if let Some(relay) = &relay {
+        refresh_egress(&mut relay.lock().expect("XDP lock"), &mut egress);
+    }
     let turn = start_turn(&config, (relay_ipv4, relay_ipv6), offload).await?;
     tracing::info!("turnxd ready; listening on {:?}", config.server.listen);
 
@@ -259,10 +264,18 @@ async fn run(args: Args, config: Config) -> Result<()> {
         interval
     });
     ticker.tick().await;
+    // Which interfaces deliver XDP frames changes as pods come and go and
+    // programs attach and detach on veth peers: follow it.
+    let mut egress_ticker = tokio::time::interval(EGRESS_REFRESH);
     let signal_name = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
+            _ = egress_ticker.tick(), if relay.is_some() => {
+                if let Some(relay) = &relay {
+                    refresh_egress(&mut relay.lock().expect("XDP lock"), &mut egress);
+                }
+            }
             _ = ticker.tick(), if !interval.is_zero() => {
                 if let Some(relay) = &relay {
                     log_counters(&relay.lock().expect("XDP lock"));
@@ -371,6 +384,70 @@ async fn start_turn(
     )
     .await
     .context("starting the TURN server")
+}
+
+/// How often the interfaces' XDP capabilities are read again.
+const EGRESS_REFRESH: Duration = Duration::from_secs(1);
+
+/// What the last egress refresh found: the interfaces and their bits, or
+/// that it failed.
+#[derive(Default, PartialEq)]
+struct EgressState {
+    allowed: Vec<(u32, u8)>,
+    failing: bool,
+}
+
+/// Reads which interfaces deliver XDP frames into the program's map, and
+/// logs when that changes.
+fn refresh_egress(relay: &mut XdpRelay, last: &mut EgressState) {
+    let now = match relay.refresh_egress() {
+        Ok(allowed) => EgressState {
+            allowed,
+            failing: false,
+        },
+        Err(err) => {
+            if !last.failing {
+                tracing::warn!("{err}");
+            }
+            EgressState {
+                allowed: Vec::new(),
+                failing: true,
+            }
+        }
+    };
+    if now != *last && !now.failing {
+        let names: Vec<String> = now
+            .allowed
+            .iter()
+            .map(|(ifindex, bits)| {
+                let name = interfaces::name_of(*ifindex).unwrap_or_else(|| ifindex.to_string());
+                format!("{name} ({})", egress_ways(*bits))
+            })
+            .collect();
+        tracing::info!(
+            "the kernel relay may send out of: {}; what would leave by other interfaces is \
+             relayed by userspace",
+            if names.is_empty() {
+                "no interface".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    *last = now;
+}
+
+/// How relayed frames may leave an interface, for logs.
+fn egress_ways(bits: u8) -> &'static str {
+    match (
+        bits & relay_common::EGRESS_TX != 0,
+        bits & relay_common::EGRESS_REDIRECT != 0,
+    ) {
+        (true, true) => "XDP_TX and redirects",
+        (true, false) => "XDP_TX",
+        (false, true) => "redirects",
+        (false, false) => "nothing",
+    }
 }
 
 fn log_counters(relay: &XdpRelay) {

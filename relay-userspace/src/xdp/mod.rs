@@ -4,6 +4,7 @@
 mod attach;
 mod bpffs;
 pub mod counters;
+pub mod egress;
 pub mod kernel_log;
 pub mod netlink;
 
@@ -16,8 +17,8 @@ use aya::{
 };
 use relay_common::{
     BindingCounters, ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue,
-    MAP_BINDING_COUNTERS, MAP_CHANNELS, MAP_CLASS_COUNTERS, MAP_LISTEN_PORTS, MAP_PEERS,
-    MAX_LISTEN_PORTS, MapIp, PROGRAM_NAME, PeerKey, PeerTarget,
+    MAP_BINDING_COUNTERS, MAP_CHANNELS, MAP_CLASS_COUNTERS, MAP_EGRESS, MAP_LISTEN_PORTS,
+    MAP_PEERS, MAX_LISTEN_PORTS, MapIp, PROGRAM_NAME, PeerKey, PeerTarget,
 };
 use thiserror::Error;
 
@@ -95,6 +96,12 @@ pub enum XdpError {
         /// Which program, by name, id and mode.
         owner: String,
     },
+    /// The kernel could not tell which interfaces deliver XDP frames.
+    #[error(
+        "cannot read the interfaces' XDP capabilities over netlink: {0}; the kernel relay \
+         stays off until it can (the netdev family needs Linux 6.3 or newer)"
+    )]
+    Netlink(std::io::Error),
     /// The kernel refused to attach for another reason.
     #[error("cannot attach XDP in {mode} mode to {interface}: {reason}")]
     Attach {
@@ -363,6 +370,45 @@ impl XdpRelay {
             }
         }
         Ok(relay)
+    }
+
+    /// Rewrites the `EGRESS` map from what the kernel reports about the
+    /// current namespace's interfaces (see [`egress`]); returns the
+    /// interfaces relayed frames may leave by, with their bits.
+    /// When the kernel cannot be asked, the map is emptied: relayed frames
+    /// then all go to userspace.
+    pub fn refresh_egress(&mut self) -> Result<Vec<(u32, u8)>, XdpError> {
+        let interfaces = match egress::interfaces() {
+            Ok(interfaces) => interfaces,
+            Err(err) => {
+                let mut map = self.hash_map::<u32, u8>(MAP_EGRESS)?;
+                let known: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+                for ifindex in known {
+                    map.remove(&ifindex)?;
+                }
+                return Err(XdpError::Netlink(err));
+            }
+        };
+        let allowed: Vec<(u32, u8)> = interfaces
+            .into_iter()
+            .map(|(ifindex, interface)| (ifindex, interface.egress_bits()))
+            .filter(|(_, bits)| *bits != 0)
+            .collect();
+        let mut map = self.hash_map::<u32, u8>(MAP_EGRESS)?;
+        let stale: Vec<u32> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ifindex| !allowed.iter().any(|(allowed, _)| allowed == ifindex))
+            .collect();
+        // Remove first: a frame must never find an interface that stopped
+        // delivering.
+        for ifindex in stale {
+            map.remove(&ifindex)?;
+        }
+        for (ifindex, bits) in &allowed {
+            map.insert(ifindex, bits, 0)?;
+        }
+        Ok(allowed)
     }
 
     /// Removes every binding from the kernel maps; returns how many there

@@ -135,7 +135,7 @@ fn first_link_message(buffer: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 /// Reads the IFLA_XDP_*_PROG_ID attributes from link attributes.
-fn parse_xdp_attachments(link_attrs: &[u8]) -> Vec<AttachedXdp> {
+pub(crate) fn parse_xdp_attachments(link_attrs: &[u8]) -> Vec<AttachedXdp> {
     let mut found = Vec::new();
     for (kind, value) in attributes(link_attrs) {
         if kind != IFLA_XDP {
@@ -159,9 +159,115 @@ fn parse_xdp_attachments(link_attrs: &[u8]) -> Vec<AttachedXdp> {
     found
 }
 
+/// A netlink message: header, the family's fixed header, attributes.
+pub(crate) fn message(kind: u16, flags: u16, fixed: &[u8], attributes: &[u8]) -> Vec<u8> {
+    let len = size_of::<libc::nlmsghdr>() + fixed.len() + attributes.len();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&(len as u32).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(&(flags | libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    out.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    out.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel
+    out.extend_from_slice(fixed);
+    out.extend_from_slice(attributes);
+    out
+}
+
+/// One netlink attribute, padded.
+pub(crate) fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(align4(4 + value.len()));
+    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(align4(out.len()), 0);
+    out
+}
+
+/// Sends `request` on a new netlink socket of `protocol` and returns the
+/// bodies (after the netlink header) of the replies of type `reply`: all of
+/// them up to NLMSG_DONE for a dump, else the first.
+pub(crate) fn transact(protocol: i32, request: &[u8], reply: u16) -> io::Result<Vec<Vec<u8>>> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own; OwnedFd closes it.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // The kernel answers at once; never wait forever on it.
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a valid fd and a timeval of the right size.
+    unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: sending an initialised buffer of the given length.
+    if unsafe { libc::send(raw, request.as_ptr().cast(), request.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let dump = u16::from_ne_bytes([request[6], request[7]]) & libc::NLM_F_DUMP as u16 != 0;
+    let mut found = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: receiving into a buffer we own, of the given length.
+        let received = unsafe { libc::recv(raw, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        if received < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut rest = &buffer[..received as usize];
+        let hdr_len = size_of::<libc::nlmsghdr>();
+        while rest.len() >= hdr_len {
+            let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
+            if len < hdr_len || len > rest.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a truncated netlink message",
+                ));
+            }
+            let body = &rest[hdr_len..len];
+            match kind {
+                k if k == libc::NLMSG_DONE as u16 => return Ok(found),
+                k if k == libc::NLMSG_ERROR as u16 && body.len() >= 4 => {
+                    let errno = -i32::from_ne_bytes(body[0..4].try_into().unwrap());
+                    if errno != 0 {
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                }
+                k if k == reply => {
+                    found.push(body.to_vec());
+                    if !dump {
+                        return Ok(found);
+                    }
+                }
+                _ => {}
+            }
+            rest = &rest[align4(len).min(rest.len())..];
+        }
+        if !dump && !found.is_empty() {
+            return Ok(found);
+        }
+    }
+}
+
 /// Iterates over netlink attributes (type, value), stopping at the first
 /// malformed one.
-fn attributes(mut buffer: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn attributes(mut buffer: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if buffer.len() < 4 {
             return None;
