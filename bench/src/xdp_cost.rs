@@ -127,6 +127,13 @@ pub fn measure(
         },
     )?;
     relay.set_listen_ports(&[LISTEN_PORT])?;
+    // The sinks on the far ends make the relay's veths deliver XDP frames;
+    // the program checks that before relaying, as it does in production.
+    let egress = namespace.run(None, || relay.refresh_egress())??;
+    ensure!(
+        !egress.is_empty(),
+        "no relay interface delivers XDP frames; the sinks should run on the far ends"
+    );
     let mut costs = Vec::new();
     let time = |relay: &XdpRelay, frame: &[u8], class, runs: u32, repeat: u32| -> Result<Spread> {
         let before = relay.counters()?;
