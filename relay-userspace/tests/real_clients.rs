@@ -185,6 +185,62 @@ impl Relay {
         }
     }
 
+    /// Runs turnutils_uclient from the client namespace against the pod's
+    /// turnutils_peer with `flags`, `messages` per session, and asserts that
+    /// all `total` came back.
+    fn uclient(&self, case: &str, flags: &[&str], messages: u64, total: u64) {
+        let output = self
+            .topology
+            .client
+            .command("timeout")
+            .args(["60", "turnutils_uclient", "-u", USER, "-w", PASSWORD])
+            .args(["-e", &self.topology.pod_ip, "-r", PEER_PORT])
+            .args(["-n", &messages.to_string(), "-l", "200"])
+            .args(flags)
+            .arg(&self.topology.relay_client_side)
+            .output()
+            .expect("running turnutils_uclient");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = text.lines().rev().take(12).collect();
+        assert!(
+            output.status.success()
+                && text.contains(&format!("tot_send_msgs={total}, tot_recv_msgs={total}"))
+                && text.contains("Total lost packets 0 (0.000000%)"),
+            "{case}: not every message came back:\n{}\n--- turnxd:\n{}",
+            tail.join("\n"),
+            self.daemon.log()
+        );
+    }
+
+    /// Runs turnhammer from the client namespace with (clients, packets
+    /// per second, seconds) and `flags`, and asserts it lost nothing.
+    fn turnhammer(&self, case: &str, (clients, pps, seconds): (u64, u64, u64), flags: &[&str]) {
+        let output = self
+            .topology
+            .client
+            .command("timeout")
+            .args(["60", "turnhammer", "-J"])
+            .args(["-j", &clients.to_string(), "--pps", &pps.to_string()])
+            .args(["-d", &seconds.to_string(), "-s", "200"])
+            .args(flags)
+            .arg(format!("{}:3478", self.topology.relay_client_side))
+            .args([USER, PASSWORD])
+            .output()
+            .expect("running turnhammer");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|err| {
+            panic!(
+                "{case}: turnhammer printed no report ({err}):\n{stdout}\n{}\n--- turnxd:\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                self.daemon.log()
+            )
+        });
+        assert_eq!(report["status"], "ok", "{case}: {report}");
+        assert_eq!(report["loss"].as_f64(), Some(0.0), "{case}: {report}");
+        assert_eq!(report["bad_loss"].as_f64(), Some(0.0), "{case}: {report}");
+    }
+
     /// Stops turnxd and returns its log, which ends with its counters.
     fn stop(mut self) -> String {
         let exit = self.daemon.stop(libc::SIGTERM);
@@ -240,28 +296,7 @@ fn uclient_in_its_default_mode_relays_every_message() {
     for (case, flags, sessions, in_kernel) in cases {
         let total = messages * sessions;
         assert_kernel_share(&relay, case, in_kernel.then_some(total), || {
-            let output = relay
-                .topology
-                .client
-                .command("timeout")
-                .args(["60", "turnutils_uclient", "-u", USER, "-w", PASSWORD])
-                .args(["-e", &relay.topology.pod_ip, "-r", PEER_PORT])
-                .args(["-n", &messages.to_string(), "-l", "200"])
-                .args(flags)
-                .arg(&relay.topology.relay_client_side)
-                .output()
-                .expect("running turnutils_uclient");
-            let text = String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr);
-            let tail: Vec<&str> = text.lines().rev().take(12).collect();
-            assert!(
-                output.status.success()
-                    && text.contains(&format!("tot_send_msgs={total}, tot_recv_msgs={total}"))
-                    && text.contains("Total lost packets 0 (0.000000%)"),
-                "{case}: not every message came back:\n{}\n--- turnxd:\n{}",
-                tail.join("\n"),
-                relay.daemon.log()
-            );
+            relay.uclient(case, flags, messages, total);
         });
     }
     relay.assert_no_xdp_errors();
@@ -284,29 +319,7 @@ fn turnhammer_loses_nothing_with_and_without_channels() {
     let total = clients * pps * seconds;
     for (case, flags, in_kernel) in [("channels", &[][..], true), ("-C", &["-C"][..], false)] {
         assert_kernel_share(&relay, case, in_kernel.then_some(total), || {
-            let output = relay
-                .topology
-                .client
-                .command("timeout")
-                .args(["60", "turnhammer", "-J"])
-                .args(["-j", &clients.to_string(), "--pps", &pps.to_string()])
-                .args(["-d", &seconds.to_string(), "-s", "200"])
-                .args(flags)
-                .arg(format!("{}:3478", relay.topology.relay_client_side))
-                .args([USER, PASSWORD])
-                .output()
-                .expect("running turnhammer");
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|err| {
-                panic!(
-                    "{case}: turnhammer printed no report ({err}):\n{stdout}\n{}\n--- turnxd:\n{}",
-                    String::from_utf8_lossy(&output.stderr),
-                    relay.daemon.log()
-                )
-            });
-            assert_eq!(report["status"], "ok", "{case}: {report}");
-            assert_eq!(report["loss"].as_f64(), Some(0.0), "{case}: {report}");
-            assert_eq!(report["bad_loss"].as_f64(), Some(0.0), "{case}: {report}");
+            relay.turnhammer(case, (clients, pps, seconds), flags);
         });
     }
     relay.assert_no_xdp_errors();
@@ -581,47 +594,10 @@ fn on_veths_as_a_node_has_them_nothing_is_lost_and_xdp_counts_no_error() {
     // Neither far end can receive what XDP sends (no program on the peer),
     // and local senders leave partial checksums: userspace relays it all.
     assert_kernel_share(&relay, "turnhammer on plain veths", None, || {
-        let output = relay
-            .topology
-            .client
-            .command("timeout")
-            .args([
-                "60",
-                "turnhammer",
-                "-J",
-                "-j",
-                "5",
-                "--pps",
-                "50",
-                "-d",
-                "4",
-            ])
-            .args(["-s", "200"])
-            .arg(format!("{}:3478", relay.topology.relay_client_side))
-            .args([USER, PASSWORD])
-            .output()
-            .expect("running turnhammer");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let report: serde_json::Value = serde_json::from_str(&stdout)
-            .unwrap_or_else(|err| panic!("no turnhammer report ({err}):\n{stdout}"));
-        assert_eq!(report["status"], "ok", "{report}");
-        assert_eq!(report["loss"].as_f64(), Some(0.0), "{report}");
+        relay.turnhammer("turnhammer on plain veths", (5, 50, 4), &[])
     });
     assert_kernel_share(&relay, "uclient on plain veths", None, || {
-        let output = relay
-            .topology
-            .client
-            .command("timeout")
-            .args(["60", "turnutils_uclient", "-u", USER, "-w", PASSWORD])
-            .args(["-e", &relay.topology.pod_ip, "-r", PEER_PORT, "-n", "50"])
-            .arg(&relay.topology.relay_client_side)
-            .output()
-            .expect("running turnutils_uclient");
-        let text = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            text.contains("tot_send_msgs=100, tot_recv_msgs=100"),
-            "{text}"
-        );
+        relay.uclient("uclient on plain veths", &[], 50, 100)
     });
     relay.assert_no_xdp_errors();
     relay.stop();
