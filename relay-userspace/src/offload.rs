@@ -5,8 +5,8 @@
 //!
 //! A binding the kernel cannot take stays with the userspace relay, which
 //! handles every kind of traffic: bindings of TCP or TLS clients, of
-//! clients on wildcard listen addresses (the kernel needs the exact server
-//! address), across address families, on RFC 5766 channel numbers unless
+//! clients whose server address is unknown (a wildcard listener that could
+//! not tell; the kernel needs the exact address), across address families, on RFC 5766 channel numbers unless
 //! enabled, to another allocation of this relay (the traffic never leaves
 //! the node, so the kernel's forwarding would only hand it back to the
 //! stack), or that do not fit in the maps. Each refusal is counted and
@@ -67,7 +67,7 @@ pub struct OffloadStats {
     pub removed: u64,
     /// Clients over TCP or TLS (the kernel relays UDP).
     pub not_udp: u64,
-    /// Clients on a wildcard listen address.
+    /// Clients whose server address is a wildcard (not learnt).
     pub wildcard_listener: u64,
     /// Client and peer of different address families.
     pub cross_family: u64,

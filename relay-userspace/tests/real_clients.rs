@@ -61,12 +61,26 @@ enum FarEnds {
     AsOnANode,
 }
 
+/// Where turnxd listens.
+#[derive(Clone, Copy, PartialEq)]
+enum Listen {
+    /// On the relay's client-side addresses.
+    Specific,
+    /// On 0.0.0.0 and [::], as the built-in configuration does.
+    Wildcard,
+}
+
 impl Relay {
     fn start(test: &str, tools: &[(&str, &str)]) -> Option<Relay> {
-        Relay::start_with(test, tools, FarEnds::Engineered)
+        Relay::start_with(test, tools, FarEnds::Engineered, Listen::Specific)
     }
 
-    fn start_with(test: &str, tools: &[(&str, &str)], far: FarEnds) -> Option<Relay> {
+    fn start_with(
+        test: &str,
+        tools: &[(&str, &str)],
+        far: FarEnds,
+        listen: Listen,
+    ) -> Option<Relay> {
         let object = common::xdp_object_or_skip(test)?;
         if !common::have_all_or_skip(test, tools) {
             return None;
@@ -87,8 +101,13 @@ impl Relay {
         let tls = TempDir::new("turnxtls");
         common::write_certificate(&tls.0, "turnx-test", &topology.relay_client_side);
         let pins = PinDir::new();
-        let listen = format!("{}:3478", topology.relay_client_side);
-        let listen_v6 = format!("[{}]:3478", topology.relay_client_side_v6);
+        let (listen, listen_v6) = match listen {
+            Listen::Specific => (
+                format!("{}:3478", topology.relay_client_side),
+                format!("[{}]:3478", topology.relay_client_side_v6),
+            ),
+            Listen::Wildcard => ("0.0.0.0:3478".to_owned(), "[::]:3478".to_owned()),
+        };
         let tls_listen = format!("{}:5349", topology.relay_client_side);
         let (cert, key) = (tls.0.join("tls.crt"), tls.0.join("tls.key"));
         let user = format!("{USER}:{PASSWORD}");
@@ -588,7 +607,7 @@ fn on_veths_as_a_node_has_them_nothing_is_lost_and_xdp_counts_no_error() {
         ("turnutils_uclient", COTURN),
         ("turnutils_peer", COTURN),
     ];
-    let Some(relay) = Relay::start_with(test, &tools, FarEnds::AsOnANode) else {
+    let Some(relay) = Relay::start_with(test, &tools, FarEnds::AsOnANode, Listen::Specific) else {
         return;
     };
     // Neither far end can receive what XDP sends (no program on the peer),
@@ -601,4 +620,52 @@ fn on_veths_as_a_node_has_them_nothing_is_lost_and_xdp_counts_no_error() {
     });
     relay.assert_no_xdp_errors();
     relay.stop();
+}
+
+#[test]
+fn wildcard_listeners_answer_from_the_address_used_and_offload() {
+    let test = "wildcard_listeners_answer_from_the_address_used_and_offload";
+    let tools = [("turnutils_uclient", COTURN), ("turnutils_peer", COTURN)];
+    let Some(relay) = Relay::start_with(test, &tools, FarEnds::Engineered, Listen::Wildcard) else {
+        return;
+    };
+    // A second address on the client side, which the kernel would not pick
+    // as the source of an answer: answering from it takes IP_PKTINFO.
+    let secondary = "198.18.0.3";
+    relay.topology.relay.ip(&[
+        "addr",
+        "add",
+        &format!("{secondary}/24"),
+        "dev",
+        &relay.topology.relay_client_if,
+    ]);
+    let on_secondary = |case: &str, flags: &[&str]| {
+        let output = relay
+            .topology
+            .client
+            .command("timeout")
+            .args(["60", "turnutils_uclient", "-u", USER, "-w", PASSWORD])
+            .args(["-e", &relay.topology.pod_ip, "-r", PEER_PORT, "-n", "50"])
+            .args(flags)
+            .arg(secondary)
+            .output()
+            .expect("running turnutils_uclient");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && text.contains("tot_send_msgs=100, tot_recv_msgs=100"),
+            "{case}:\n{text}\n--- turnxd:\n{}",
+            relay.daemon.log()
+        );
+    };
+    // Channel traffic of a client on a wildcard listener is the kernel's.
+    assert_kernel_share(&relay, "UDP to the secondary address", Some(100), || {
+        on_secondary("UDP to the secondary address", &[])
+    });
+    assert_kernel_share(&relay, "TCP to the secondary address", None, || {
+        on_secondary("TCP to the secondary address", &["-t"])
+    });
+    relay.assert_no_xdp_errors();
+    let log = relay.stop();
+    assert_eq!(logged_number(&log, "wildcard_listener"), 0, "{log}");
 }

@@ -6,14 +6,24 @@
 use std::{
     io,
     mem::{size_of, zeroed},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
 };
+
+/// Room for one IP_PKTINFO or IPV6_PKTINFO control message, 8-aligned as
+/// cmsg headers want.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Control([u8; 64]);
 
 /// Reusable buffers for up to `slots` datagrams of up to `slot_size` bytes.
 pub struct RecvBatch {
     slot_size: usize,
     buffers: Vec<u8>,
     addresses: Vec<libc::sockaddr_storage>,
+    /// Each datagram's control messages: the address it was sent to, on
+    /// sockets with IP_PKTINFO or IPV6_RECVPKTINFO.
+    controls: Vec<Control>,
+    destinations: Vec<Option<IpAddr>>,
     lengths: Vec<usize>,
     /// Whether each datagram was cut short (longer than a slot).
     truncated: Vec<bool>,
@@ -32,6 +42,8 @@ impl RecvBatch {
             buffers: vec![0; slots * slot_size],
             // SAFETY: all-zero sockaddr_storage is valid.
             addresses: vec![unsafe { zeroed() }; slots],
+            controls: vec![Control([0; 64]); slots],
+            destinations: vec![None; slots],
             lengths: vec![0; slots],
             truncated: vec![false; slots],
             received: 0,
@@ -60,6 +72,8 @@ impl RecvBatch {
                 header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 header.msg_hdr.msg_iov = &mut iovecs[i];
                 header.msg_hdr.msg_iovlen = 1;
+                header.msg_hdr.msg_control = self.controls[i].0.as_mut_ptr().cast();
+                header.msg_hdr.msg_controllen = self.controls[i].0.len();
                 header
             })
             .collect();
@@ -80,22 +94,166 @@ impl RecvBatch {
         for (i, header) in headers.iter().take(count).enumerate() {
             self.lengths[i] = header.msg_len as usize;
             self.truncated[i] = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.destinations[i] = packet_destination(&header.msg_hdr);
         }
         self.received = count;
         Ok(count)
     }
 
     /// The datagrams of the last receive that fit their slot, with their
-    /// senders; truncated ones are skipped (no TURN datagram is that long).
-    pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+    /// senders and, where the socket reports it, the address they were
+    /// sent to; truncated ones are skipped (no TURN datagram is that long).
+    pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr, Option<IpAddr>)> {
         (0..self.received).filter_map(move |i| {
             if self.truncated[i] {
                 return None;
             }
             let start = i * self.slot_size;
             let data = &self.buffers[start..start + self.lengths[i]];
-            Some((data, socket_address(&self.addresses[i])?))
+            Some((
+                data,
+                socket_address(&self.addresses[i])?,
+                self.destinations[i],
+            ))
         })
+    }
+}
+
+/// The destination address in a received message's IP_PKTINFO or
+/// IPV6_PKTINFO control message.
+fn packet_destination(header: &libc::msghdr) -> Option<IpAddr> {
+    // SAFETY: the kernel filled msg_control and msg_controllen; the CMSG
+    // macros walk only within them.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data as *const libc::in_pktinfo);
+                    let ip = std::net::Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                    return Some(IpAddr::V4(ip));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data as *const libc::in6_pktinfo);
+                    return Some(IpAddr::V6(info.ipi6_addr.s6_addr.into()));
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
+}
+
+/// Asks a UDP socket to report each datagram's destination address
+/// (IP_PKTINFO, IPV6_RECVPKTINFO): a wildcard listener learns which of the
+/// node's addresses a client used, and answers from it.
+pub fn report_destinations(fd: i32, ipv6: bool) -> io::Result<()> {
+    let (level, name) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid fd and a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sends `data` to `to` from the local address `from`, on a socket bound
+/// to a wildcard address, without blocking.
+pub fn send_from(fd: i32, data: &[u8], to: SocketAddr, from: IpAddr) -> io::Result<()> {
+    let (mut name, name_len) = sockaddr(to);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let mut control = Control([0; 64]);
+    // SAFETY: all-zero msghdr is valid; every pointer set below points to a
+    // local that outlives the call, and the CMSG macros stay within
+    // `control`, which is large enough for one pktinfo message.
+    unsafe {
+        let mut header: libc::msghdr = zeroed();
+        header.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        header.msg_namelen = name_len;
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = control.0.as_mut_ptr().cast();
+        let cmsg_len = match from {
+            IpAddr::V4(_) => size_of::<libc::in_pktinfo>(),
+            IpAddr::V6(_) => size_of::<libc::in6_pktinfo>(),
+        };
+        header.msg_controllen = libc::CMSG_SPACE(cmsg_len as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&header);
+        (*cmsg).cmsg_len = libc::CMSG_LEN(cmsg_len as u32) as usize;
+        match from {
+            IpAddr::V4(v4) => {
+                (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(v4).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::in_pktinfo, info);
+            }
+            IpAddr::V6(v6) => {
+                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: v6.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::in6_pktinfo, info);
+            }
+        }
+        if libc::sendmsg(fd, &header, libc::MSG_DONTWAIT) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A socket address as the C API takes it.
+fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero sockaddr_storage is valid; the writes below fill
+    // a sockaddr_in or sockaddr_in6 inside it, which it is large enough for.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = zeroed();
+        match address {
+            SocketAddr::V4(v4) => {
+                let sin = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in);
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = v4.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                (storage, size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6);
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = v6.port().to_be();
+                sin6.sin6_addr.s6_addr = v6.ip().octets();
+                sin6.sin6_scope_id = v6.scope_id();
+                (storage, size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+            }
+        }
     }
 }
 
@@ -137,7 +295,7 @@ mod tests {
         assert_eq!(batch.recv_now(receiver.as_raw_fd()).unwrap(), 6);
         let seen: Vec<(Vec<u8>, SocketAddr)> = batch
             .datagrams()
-            .map(|(data, from)| (data.to_vec(), from))
+            .map(|(data, from, _)| (data.to_vec(), from))
             .collect();
         let expected: Vec<(Vec<u8>, SocketAddr)> = (0..5u8)
             .map(|i| (vec![i; 10], sender.local_addr().unwrap()))
@@ -146,5 +304,42 @@ mod tests {
         receiver.set_nonblocking(true).unwrap();
         let err = batch.recv_now(receiver.as_raw_fd()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_wildcard_socket_learns_each_destination_and_answers_from_it() {
+        let receiver = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        report_destinations(receiver.as_raw_fd(), false).unwrap();
+        let port = receiver.local_addr().unwrap().port();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        for last in [2u8, 3] {
+            sender
+                .send_to(b"hi", ("127.0.0.".to_owned() + &last.to_string(), port))
+                .unwrap();
+        }
+        let mut batch = RecvBatch::new(8, 64);
+        assert_eq!(batch.recv_now(receiver.as_raw_fd()).unwrap(), 2);
+        let destinations: Vec<Option<IpAddr>> = batch.datagrams().map(|(_, _, to)| to).collect();
+        let expected = [[127, 0, 0, 2], [127, 0, 0, 3]].map(|ip| Some(IpAddr::from(ip)));
+        assert_eq!(destinations, expected);
+        // The answer leaves from the address the client used.
+        let to = sender.local_addr().unwrap();
+        send_from(
+            receiver.as_raw_fd(),
+            b"back",
+            to,
+            IpAddr::from([127, 0, 0, 3]),
+        )
+        .unwrap();
+        let mut buffer = [0u8; 16];
+        let (len, from) = sender.recv_from(&mut buffer).unwrap();
+        assert_eq!(
+            (&buffer[..len], from.ip()),
+            (&b"back"[..], IpAddr::from([127, 0, 0, 3]))
+        );
+        assert_eq!(from.port(), port);
     }
 }

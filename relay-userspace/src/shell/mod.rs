@@ -117,6 +117,12 @@ impl TurnServer {
         for address in &config.listen {
             let udp = bind_socket(*address, socket2::Type::DGRAM)
                 .with_context(|| format!("binding UDP listener {address}"))?;
+            if address.ip().is_unspecified() {
+                use std::os::fd::AsRawFd;
+                batch::report_destinations(udp.as_raw_fd(), address.is_ipv6()).with_context(
+                    || format!("asking the wildcard listener {address} for destinations"),
+                )?;
+            }
             let udp = UdpSocket::from_std(udp.into())?;
             udp_listeners.insert(*address, Arc::new(udp));
             let tcp = bind_socket(*address, socket2::Type::STREAM)
@@ -239,6 +245,23 @@ impl Shared {
         }
     }
 
+    /// Sends to a UDP client from the address it talks to: on its
+    /// listener, or on the wildcard listener of its port, from that
+    /// address.
+    fn send_to_udp_client(&self, to: FiveTuple, data: &[u8]) -> std::io::Result<()> {
+        if let Some(socket) = self.udp_listeners.get(&to.server) {
+            return socket.try_send_to(data, to.client).map(drop);
+        }
+        let wildcard = SocketAddr::new(unspecified_like(to.server.ip()), to.server.port());
+        match self.udp_listeners.get(&wildcard) {
+            Some(socket) => {
+                use std::os::fd::AsRawFd;
+                batch::send_from(socket.as_raw_fd(), data, to.client, to.server.ip())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Sends what the core produced, without waiting, and empties the
     /// outbox. A UDP datagram that finds its socket buffer full is dropped,
     /// as the network would drop it.
@@ -246,10 +269,7 @@ impl Shared {
         for (destination, data) in out.iter() {
             let result = match destination {
                 Destination::Client(to) => match to.transport {
-                    Transport::Udp => match self.udp_listeners.get(&to.server) {
-                        Some(socket) => socket.try_send_to(data, to.client).map(drop),
-                        None => Ok(()),
-                    },
+                    Transport::Udp => self.send_to_udp_client(to, data),
                     // Stream writes go through the connection's writer task;
                     // this copy is the price of not blocking on a slow client.
                     Transport::Tcp | Transport::Tls => {
@@ -269,6 +289,23 @@ impl Shared {
             }
         }
         out.clear();
+    }
+}
+
+/// The unspecified address of `ip`'s family.
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// The server side of a client's 5-tuple: the listener's address, or for a
+/// wildcard listener the address the datagram was sent to.
+fn server_address(listener: SocketAddr, destination: Option<IpAddr>) -> SocketAddr {
+    match destination {
+        Some(ip) if listener.ip().is_unspecified() => SocketAddr::new(ip, listener.port()),
+        _ => listener,
     }
 }
 
@@ -311,13 +348,13 @@ async fn udp_loop(shared: Arc<Shared>, role: UdpRole, socket: Arc<UdpSocket>) {
                 batch.recv_now(fd)?;
                 shared.run(|core| {
                     let now = now();
-                    for (data, source) in batch.datagrams() {
+                    for (data, source, destination) in batch.datagrams() {
                         match role {
-                            UdpRole::Listener(server) => {
+                            UdpRole::Listener(listener) => {
                                 let from = FiveTuple {
                                     transport: Transport::Udp,
                                     client: source,
-                                    server,
+                                    server: server_address(listener, destination),
                                 };
                                 core.handle_client(from, data, now, out);
                             }
@@ -352,10 +389,12 @@ async fn tcp_listener(shared: Arc<Shared>, address: SocketAddr, listener: TcpLis
     loop {
         match listener.accept().await {
             Ok((stream, client)) => {
+                // On a wildcard listener, the address the client connected to.
+                let server = stream.local_addr().unwrap_or(address);
                 let from = FiveTuple {
                     transport: Transport::Tcp,
                     client,
-                    server: address,
+                    server,
                 };
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(stream_connection(Arc::clone(&shared), from, stream));
@@ -384,6 +423,7 @@ async fn tls_listener(
             }
         };
         let _ = stream.set_nodelay(true);
+        let server = stream.local_addr().unwrap_or(address);
         let acceptor = tls.acceptor();
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -395,7 +435,7 @@ async fn tls_listener(
                     let from = FiveTuple {
                         transport: Transport::Tls,
                         client,
-                        server: address,
+                        server,
                     };
                     stream_connection(shared, from, stream).await;
                 }
