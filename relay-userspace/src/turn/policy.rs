@@ -1,10 +1,11 @@
 //! Which peers clients may reach through the relay.
 //!
 //! A relay inside a cluster is a door into it: by default it refuses
-//! loopback, unspecified, link-local, multicast and broadcast addresses,
-//! cloud metadata endpoints and its own addresses, and when an allow-list is
-//! configured (the pod network, named endpoints) nothing outside it. The
-//! deny-list wins over the allow-list.
+//! loopback, unspecified, link-local, multicast and broadcast addresses and
+//! cloud metadata endpoints; it always refuses the node's own addresses,
+//! except its relayed transport addresses (other clients of this relay);
+//! and when an allow-list is configured (the pod network, named endpoints)
+//! nothing outside it. The deny-list wins over the allow-list.
 
 use std::{
     collections::HashSet,
