@@ -269,3 +269,37 @@ fn daemon_without_xdp_object_or_interface_fails_clearly() {
         daemon.log()
     );
 }
+
+/// turnxctl reads the driver's XDP error counters as `ethtool -S` shows
+/// them, through the SIOCETHTOOL ioctl.
+#[test]
+fn driver_xdp_error_counters_are_those_ethtool_shows() {
+    if !common::is_root() {
+        eprintln!("skipping driver_xdp_error_counters_are_those_ethtool_shows: it needs root");
+        return;
+    }
+    let link = Link::new();
+    let status = common::turnxctl_status(&link.relay, &link.relay_if);
+    let shown = status["driver_xdp_errors"].as_object().unwrap().clone();
+    let output = link
+        .relay
+        .command("ethtool")
+        .args(["-S", &link.relay_if])
+        .output()
+        .expect("running ethtool -S");
+    let expected: serde_json::Map<String, serde_json::Value> =
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.trim().split_once(':'))
+            .filter(|(name, _)| turnx::xdp::driver_stats::is_xdp_error(name))
+            .map(|(name, value)| {
+                let value: u64 = value.trim().parse().unwrap();
+                (name.to_owned(), value.into())
+            })
+            .collect();
+    assert!(
+        expected.contains_key("rx_queue_0_xdp_tx_errors"),
+        "{expected:?}"
+    );
+    assert_eq!(shown, expected);
+}

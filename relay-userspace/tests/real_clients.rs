@@ -169,31 +169,19 @@ impl Relay {
         (packets("forwarded_to_peer"), packets("forwarded_to_client"))
     }
 
-    /// The relay's veths' XDP error counters (`ethtool -S`), with their
-    /// names, as `interface: counter`.
+    /// The relay's veths' XDP error counters, as the driver reports them
+    /// (`turnxctl status`, which reads what `ethtool -S` shows), named
+    /// `interface: counter`.
     fn xdp_errors(&self) -> Vec<(String, u64)> {
         let mut errors = Vec::new();
         for interface in [&self.topology.relay_client_if, &self.topology.relay_pod_if] {
-            let output = self
-                .topology
-                .relay
-                .command("ethtool")
-                .args(["-S", interface])
-                .output()
-                .expect("running ethtool -S");
-            for line in String::from_utf8_lossy(&output.stdout).lines() {
-                let Some((name, value)) = line.trim().split_once(':') else {
-                    continue;
-                };
-                if name.contains("xdp") && (name.contains("error") || name.contains("drops")) {
-                    errors.push((
-                        format!("{interface}: {name}"),
-                        value.trim().parse().unwrap(),
-                    ));
-                }
+            let status = common::turnxctl_status(&self.topology.relay, interface);
+            let counters = status["driver_xdp_errors"].as_object().cloned();
+            for (name, value) in counters.unwrap_or_default() {
+                errors.push((format!("{interface}: {name}"), value.as_u64().unwrap()));
             }
         }
-        assert!(!errors.is_empty(), "ethtool -S shows no XDP counters");
+        assert!(!errors.is_empty(), "turnxctl shows no driver XDP counters");
         errors
     }
 

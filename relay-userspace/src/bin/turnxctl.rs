@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use turnx::xdp::{self, netlink};
+use turnx::xdp::{self, driver_stats, netlink};
 
 /// Operator CLI for the turnx TURN relay.
 #[derive(Debug, Parser)]
@@ -16,7 +16,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show the XDP programs on each interface and turnx's packet counters.
+    /// Show the XDP programs on each interface, turnx's packet counters and
+    /// the driver's XDP error counters.
     Status {
         /// Interfaces to show; default: every interface in this namespace.
         #[arg(long = "interface", short)]
@@ -57,6 +58,8 @@ fn status(mut interfaces: Vec<String>, json: bool) -> Result<()> {
         let attached = netlink::attached_programs(ifindex)
             .with_context(|| format!("querying XDP programs on {name}"))?;
         let counters = xdp::attached_counters(&attached)?;
+        let errors = driver_stats::xdp_errors(name)
+            .with_context(|| format!("reading the driver statistics of {name}"))?;
         report.push(serde_json::json!({
             "interface": name,
             "xdp": attached.iter().map(|program| serde_json::json!({
@@ -67,9 +70,21 @@ fn status(mut interfaces: Vec<String>, json: bool) -> Result<()> {
                 "program_id": id,
                 "counters": counters.to_json(),
             })),
+            "driver_xdp_errors": errors
+                .iter()
+                .map(|(counter, value)| (counter.clone(), serde_json::json!(value)))
+                .collect::<serde_json::Map<_, _>>(),
         }));
         if !json {
             print_text(name, &attached, counters);
+            let lost: Vec<String> = errors
+                .iter()
+                .filter(|(_, value)| *value != 0)
+                .map(|(counter, value)| format!("{counter}={value}"))
+                .collect();
+            if !lost.is_empty() {
+                println!("{name}: the driver lost XDP frames: {}", lost.join(" "));
+            }
         }
     }
     if json {

@@ -267,13 +267,16 @@ async fn run(args: Args, config: Config) -> Result<()> {
     // Which interfaces deliver XDP frames changes as pods come and go and
     // programs attach and detach on veth peers: follow it.
     let mut egress_ticker = tokio::time::interval(EGRESS_REFRESH);
+    let mut driver_errors = std::collections::HashMap::new();
     let signal_name = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = egress_ticker.tick(), if relay.is_some() => {
                 if let Some(relay) = &relay {
-                    refresh_egress(&mut relay.lock().expect("XDP lock"), &mut egress);
+                    let mut relay = relay.lock().expect("XDP lock");
+                    refresh_egress(&mut relay, &mut egress);
+                    watch_driver_errors(&relay, &mut driver_errors);
                 }
             }
             _ = ticker.tick(), if !interval.is_zero() => {
@@ -435,6 +438,35 @@ fn refresh_egress(relay: &mut XdpRelay, last: &mut EgressState) {
         );
     }
     *last = now;
+}
+
+/// Says when a driver's XDP error counters move on an interface turnxd is
+/// attached to: frames the kernel relay sent were lost there, which the
+/// egress rules exist to prevent. `last` holds each interface's total.
+fn watch_driver_errors(relay: &XdpRelay, last: &mut std::collections::HashMap<String, u64>) {
+    for attachment in relay.attachments() {
+        let interface = &attachment.interface;
+        let Ok(errors) = turnx::xdp::driver_stats::xdp_errors(interface) else {
+            continue;
+        };
+        let total: u64 = errors.iter().map(|(_, value)| value).sum();
+        let before = last.insert(interface.clone(), total);
+        if let Some(before) = before
+            && total > before
+        {
+            let moved: Vec<String> = errors
+                .iter()
+                .filter(|(_, value)| *value != 0)
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            tracing::warn!(
+                "the driver of {interface} lost {} XDP frames in the last second ({}); \
+                 please report this with `turnxctl status` and the interface's kind",
+                total - before,
+                moved.join(" ")
+            );
+        }
+    }
 }
 
 /// How relayed frames may leave an interface, for logs.

@@ -4,6 +4,7 @@
 mod attach;
 mod bpffs;
 pub mod counters;
+pub mod driver_stats;
 pub mod egress;
 pub mod kernel_log;
 pub mod netlink;
