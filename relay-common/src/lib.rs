@@ -23,6 +23,9 @@ pub const MAP_CLASS_COUNTERS: &str = "CLASS_COUNTERS";
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "turnx_xdp";
+/// Name of the tc (sched_cls) program in the object file: the engine for
+/// what XDP cannot deliver.
+pub const TC_PROGRAM_NAME: &str = "turnx_tc";
 
 /// A UDP destination port in network byte order, as it appears in the header.
 pub type ListenPortKey = [u8; 2];

@@ -1,10 +1,13 @@
 //! Tells STUN from ChannelData in a UDP payload (RFC 8656 section 12.4 and
 //! RFC 8489 section 5).
 
-use aya_ebpf::{Global, programs::XdpContext};
+use aya_ebpf::Global;
 use relay_common::{CHANNEL_MAX, CHANNEL_MIN, PacketClass, STUN_MAGIC_COOKIE};
 
-use crate::{packet::read, parse::Udp};
+use crate::{
+    packet::{Packet, read},
+    parse::Udp,
+};
 
 /// The highest channel number accepted: RFC 8656's 0x4FFF, or 0x7FFF when
 /// the loader enables RFC 5766 channel numbers for older clients.
@@ -30,7 +33,7 @@ const CHANNEL_DATA_HEADER_LEN: usize = 4;
 /// the datagram, followed by at most the padding to a multiple of 4 (which
 /// is optional over UDP, RFC 8656 section 12.5).
 #[inline(always)]
-pub fn payload(ctx: &XdpContext, udp: &Udp) -> PacketClass {
+pub fn payload(ctx: &impl Packet, udp: &Udp) -> PacketClass {
     let len = udp.payload_len;
     if len < CHANNEL_DATA_HEADER_LEN {
         return PacketClass::Other;

@@ -1,11 +1,16 @@
-//! The relay's XDP program.
+//! The relay's kernel programs.
 //!
-//! For now it finds UDP datagrams addressed to the TURN listen ports,
-//! classifies their payload (STUN, ChannelData, other) and counts every frame
-//! per class and CPU. Every frame goes on to the stack unchanged.
+//! The XDP program (`turnx_xdp`, here) parses every frame, classifies UDP to
+//! the TURN listen ports (STUN, ChannelData, other), counts per class and
+//! CPU, and relays bound channels where the egress delivers what XDP sends
+//! (`forward`). Everything else goes on to the stack unchanged, where the tc
+//! program (`turnx_tc`, in `tc`) relays what XDP could not, and the
+//! userspace server the rest. Both use `binding` for the lookups, header
+//! rewrites and checksums.
 #![no_std]
 #![no_main]
 
+mod binding;
 mod classify;
 mod csum;
 mod forward;
@@ -13,6 +18,7 @@ mod maps;
 mod packet;
 mod parse;
 mod route;
+mod tc;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;

@@ -31,6 +31,20 @@ static PEERS: HashMap<PeerKey, PeerTarget> = HashMap::with_max_entries(MAX_BINDI
 #[map]
 static EGRESS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_EGRESS_INTERFACES, 0);
 
+/// Size of the tc engine's scratch buffer, a power of two above any
+/// datagram it relays.
+pub const SCRATCH_LEN: usize = 2048;
+
+/// One buffer per CPU, for the tc engine to move a payload through.
+#[map]
+static SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch buffer.
+#[inline(always)]
+pub fn scratch() -> Option<*mut [u8; SCRATCH_LEN]> {
+    SCRATCH.get_ptr_mut(0)
+}
+
 /// Whether a relayed frame may leave by `ifindex` as `how` (one of the
 /// `relay_common::EGRESS_*` bits).
 #[inline(always)]
@@ -67,16 +81,17 @@ pub fn count_binding(slot: u32, to_peer: bool, bytes: usize) {
 
 /// Where a client's ChannelData goes, if its channel is bound.
 #[inline(always)]
-pub fn channel_target(key: &ChannelKey) -> Option<&ChannelTarget> {
+pub fn channel_target(key: &ChannelKey) -> Option<&'static ChannelTarget> {
     // SAFETY: a hash map value stays valid for the rest of this program run
-    // (the kernel frees deleted elements after an RCU grace period); read
-    // in place to keep it off the 512-byte stack.
+    // (the kernel frees deleted elements after an RCU grace period), which
+    // is as long as any reference lives; read in place to keep it off the
+    // 512-byte stack.
     CHANNELS.get_ptr(key).map(|target| unsafe { &*target })
 }
 
 /// Where a peer's datagram goes, if it has a bound channel.
 #[inline(always)]
-pub fn peer_target(key: &PeerKey) -> Option<&PeerTarget> {
+pub fn peer_target(key: &PeerKey) -> Option<&'static PeerTarget> {
     // SAFETY: as above.
     PEERS.get_ptr(key).map(|target| unsafe { &*target })
 }

@@ -3,10 +3,44 @@
 //! Header fields are byte arrays in network order, so every struct has
 //! alignment 1 and can be read at any offset.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use core::mem::size_of;
 
 use crate::Error;
+
+/// What the accessors need of a program's context: where the packet bytes
+/// it may read and write directly start and end. XDP frames are linear;
+/// the tc engine makes its packets linear before parsing.
+pub trait Packet {
+    /// Address of the first byte (the Ethernet header).
+    fn start(&self) -> usize;
+    /// Address one past the last byte.
+    fn end(&self) -> usize;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
 
 /// Returns a pointer to a `T` at `offset` bytes into the frame, or
 /// [`Error::Truncated`] when the frame ends before the `T` does.
@@ -15,9 +49,9 @@ use crate::Error;
 /// header access goes through it, so the verifier sees one bounds check per
 /// read.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Error> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Result<*const T, Error> {
+    let start = ctx.start();
+    let end = ctx.end();
     if start + offset + size_of::<T>() > end {
         return Err(Error::Truncated);
     }
@@ -26,7 +60,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Error> {
 
 /// Reads a copy of the `T` at `offset`.
 #[inline(always)]
-pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, Error> {
+pub fn read<T: Copy>(ctx: &impl Packet, offset: usize) -> Result<T, Error> {
     let ptr = ptr_at::<T>(ctx, offset)?;
     // SAFETY: `ptr_at` checked that `size_of::<T>()` bytes from `ptr` lie
     // inside the frame; `T` is one of the alignment-1 header structs below.
@@ -35,8 +69,8 @@ pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, Error> {
 
 /// Length of the frame in bytes, from the Ethernet header on.
 #[inline(always)]
-pub fn frame_len(ctx: &XdpContext) -> usize {
-    ctx.data_end() - ctx.data()
+pub fn frame_len(ctx: &impl Packet) -> usize {
+    ctx.end() - ctx.start()
 }
 
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -118,7 +152,7 @@ pub struct UdpHdr {
 
 /// Writes `value` at `offset`, or fails with [`Error::Truncated`].
 #[inline(always)]
-pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), Error> {
+pub fn write<T>(ctx: &impl Packet, offset: usize, value: T) -> Result<(), Error> {
     let ptr = ptr_at::<T>(ctx, offset)? as *mut T;
     // SAFETY: `ptr_at` checked that the bytes lie inside the frame, which
     // the program may modify; alignment 1 (header structs, byte arrays).
@@ -129,10 +163,11 @@ pub fn write<T>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), Error> 
 /// A mutable reference to the `T` at `offset`, valid until the frame's head
 /// or tail is adjusted.
 // The frame's bytes are not part of the context struct the reference is
-// derived from, so handing out `&mut` from `&XdpContext` aliases nothing.
+// derived from, so handing out `&mut` from `&` of the context aliases
+// nothing.
 #[allow(clippy::mut_from_ref)]
 #[inline(always)]
-pub fn header_mut<T>(ctx: &XdpContext, offset: usize) -> Result<&mut T, Error> {
+pub fn header_mut<T>(ctx: &impl Packet, offset: usize) -> Result<&mut T, Error> {
     let ptr = ptr_at::<T>(ctx, offset)? as *mut T;
     // SAFETY: `ptr_at` checked the bounds; `T` has alignment 1; the frame is
     // the program's to modify, and no other reference to it is alive.
@@ -142,7 +177,7 @@ pub fn header_mut<T>(ctx: &XdpContext, offset: usize) -> Result<&mut T, Error> {
 /// Copies the `T` at `from` to `to` within the frame (the ranges may
 /// overlap: the whole `T` is read before it is written).
 #[inline(always)]
-pub fn copy_within<T: Copy>(ctx: &XdpContext, from: usize, to: usize) -> Result<(), Error> {
+pub fn copy_within<T: Copy>(ctx: &impl Packet, from: usize, to: usize) -> Result<(), Error> {
     let value: T = read(ctx, from)?;
     write(ctx, to, value)
 }

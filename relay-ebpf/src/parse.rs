@@ -1,6 +1,5 @@
 //! Walks Ethernet, VLAN tags, IPv4 or IPv6 and UDP to the UDP header.
 
-use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 
 use crate::{
@@ -8,7 +7,7 @@ use crate::{
     packet::{
         ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPPROTO_AH, IPPROTO_DSTOPTS,
         IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_UDP, Ipv4Hdr, Ipv6ExtHdr,
-        Ipv6Hdr, UdpHdr, VlanHdr, frame_len, read,
+        Ipv6Hdr, Packet, UdpHdr, VlanHdr, frame_len, read,
     },
 };
 
@@ -37,7 +36,7 @@ pub struct Udp {
 
 /// Finds the UDP datagram in the frame, or says why there is none.
 #[inline(always)]
-pub fn udp(ctx: &XdpContext) -> Result<Udp, Error> {
+pub fn udp(ctx: &impl Packet) -> Result<Udp, Error> {
     let eth: EthHdr = read(ctx, 0)?;
     let mut offset = size_of::<EthHdr>();
     let mut ether_type = u16::from_be_bytes(eth.ether_type);
@@ -81,7 +80,7 @@ struct L3 {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, offset: usize) -> Result<L3, Error> {
+fn ipv4(ctx: &impl Packet, offset: usize) -> Result<L3, Error> {
     let ip: Ipv4Hdr = read(ctx, offset)?;
     if ip.version_ihl >> 4 != 4 {
         return Err(Error::BadVersion);
@@ -107,7 +106,7 @@ fn ipv4(ctx: &XdpContext, offset: usize) -> Result<L3, Error> {
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, offset: usize) -> Result<L3, Error> {
+fn ipv6(ctx: &impl Packet, offset: usize) -> Result<L3, Error> {
     let ip: Ipv6Hdr = read(ctx, offset)?;
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(Error::BadVersion);

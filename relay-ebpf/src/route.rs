@@ -12,7 +12,7 @@ use aya_ebpf::{
     Global,
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use core::mem::{size_of, zeroed};
 use relay_common::{EGRESS_REDIRECT, EGRESS_TX, IPPROTO_UDP, MapIp};
@@ -81,11 +81,11 @@ pub fn next_hop(ctx: &XdpContext, flow: &Flow) -> Option<NextHop> {
         src_mac: [0; 6],
         dst_mac: [0; 6],
     };
-    if lookup(ctx, flow, &mut hop) != 0 {
-        return None;
-    }
     // SAFETY: reading a field of the context the kernel passed in.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    if lookup(ctx.ctx.cast(), ingress, flow, &mut hop) != 0 {
+        return None;
+    }
     let how = if hop.ifindex == ingress {
         EGRESS_TX
     } else {
@@ -94,10 +94,27 @@ pub fn next_hop(ctx: &XdpContext, flow: &Flow) -> Option<NextHop> {
     maps::egress_allows(hop.ifindex, how).then_some(hop)
 }
 
-/// Fills `hop` and returns 0 on success. Not inlined: its 64-byte
-/// parameter block gets a stack frame of its own.
+/// The next hop of `flow` for the tc engine, or `None` when the frame
+/// should be left to userspace. Any interface takes what tc redirects to
+/// it (the skb goes through the device's transmit path), so no egress rule
+/// applies.
+#[inline(always)]
+pub fn tc_next_hop(ctx: &TcContext, flow: &Flow) -> Option<NextHop> {
+    let mut hop = NextHop {
+        ifindex: 0,
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+    };
+    // SAFETY: reading a field of the context the kernel passed in.
+    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    (lookup(ctx.skb.skb.cast(), ingress, flow, &mut hop) == 0).then_some(hop)
+}
+
+/// Fills `hop` and returns 0 on success. `ctx` is the program's context
+/// (XDP or skb), `ingress` the interface the packet arrived on. Not
+/// inlined: its 64-byte parameter block gets a stack frame of its own.
 #[inline(never)]
-fn lookup(ctx: &XdpContext, flow: &Flow, hop: &mut NextHop) -> u32 {
+fn lookup(ctx: *mut aya_ebpf::cty::c_void, ingress: u32, flow: &Flow, hop: &mut NextHop) -> u32 {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input before the fields
     // below are set.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
@@ -105,8 +122,7 @@ fn lookup(ctx: &XdpContext, flow: &Flow, hop: &mut NextHop) -> u32 {
     params.sport = u16::from_ne_bytes(flow.src_port);
     params.dport = u16::from_ne_bytes(flow.dst_port);
     params.__bindgen_anon_1.tot_len = flow.ip_len;
-    // SAFETY: reading a field of the context the kernel passed in.
-    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    params.ifindex = ingress;
     if flow.ipv4 {
         params.family = AF_INET;
         let (s, d) = (flow.src, flow.dst);
@@ -125,14 +141,7 @@ fn lookup(ctx: &XdpContext, flow: &Flow, hop: &mut NextHop) -> u32 {
     // lookup would take the ingress index as the required output
     // interface.)
     // SAFETY: the helper reads and writes `params`, whose size we pass.
-    let result = unsafe {
-        fib_lookup(
-            ctx.ctx.cast(),
-            &mut params,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let result = unsafe { fib_lookup(ctx, &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
     if result != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return 1;
     }

@@ -18,8 +18,9 @@
 //! UDP the kernel carries it, and the tests assert that it did; everything
 //! else must be relayed by userspace, and the kernel counters must not move.
 //! One case leaves the far ends as a node has them (plain veths, default
-//! offloads, no XDP): the kernel must then leave everything to userspace,
-//! lose nothing, and count no XDP error.
+//! offloads, so partial checksums, and no XDP): XDP cannot deliver there,
+//! so the tc engine must carry the channel traffic, losing nothing, with
+//! no XDP error counted.
 
 mod common;
 
@@ -588,8 +589,8 @@ fn the_nodes_own_addresses_are_refused_as_peers_as_they_come_and_go() {
 }
 
 #[test]
-fn on_veths_as_a_node_has_them_nothing_is_lost_and_xdp_counts_no_error() {
-    let test = "on_veths_as_a_node_has_them_nothing_is_lost_and_xdp_counts_no_error";
+fn on_veths_as_a_node_has_them_the_tc_engine_relays_and_nothing_is_lost() {
+    let test = "on_veths_as_a_node_has_them_the_tc_engine_relays_and_nothing_is_lost";
     let tools = [
         ("turnhammer", "cargo install turnhammer"),
         ("turnutils_uclient", COTURN),
@@ -599,13 +600,36 @@ fn on_veths_as_a_node_has_them_nothing_is_lost_and_xdp_counts_no_error() {
         return;
     };
     // Neither far end can receive what XDP sends (no program on the peer),
-    // and local senders leave partial checksums: userspace relays it all.
-    assert_kernel_share(&relay, "turnhammer on plain veths", None, || {
+    // and local senders leave partial checksums: the tc engine relays it,
+    // IPv4 and IPv6.
+    assert_kernel_share(&relay, "turnhammer on plain veths", Some(1000), || {
         relay.turnhammer("turnhammer on plain veths", (5, 50, 4), &[])
     });
-    assert_kernel_share(&relay, "uclient on plain veths", None, || {
+    assert_kernel_share(&relay, "uclient on plain veths", Some(100), || {
         relay.uclient("uclient on plain veths", &[], 50, 100)
     });
+    assert_kernel_share(
+        &relay,
+        "uclient over IPv6 on plain veths",
+        Some(100),
+        || {
+            let output = relay
+                .topology
+                .client
+                .command("timeout")
+                .args(["60", "turnutils_uclient", "-u", USER, "-w", PASSWORD, "-x"])
+                .args(["-e", &relay.topology.pod_ip_v6, "-r", PEER_PORT, "-n", "50"])
+                .arg(&relay.topology.relay_client_side_v6)
+                .output()
+                .expect("running turnutils_uclient");
+            let text = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                text.contains("tot_send_msgs=100, tot_recv_msgs=100"),
+                "{text}\n--- turnxd:\n{}",
+                relay.daemon.log()
+            );
+        },
+    );
     relay.assert_no_xdp_errors();
     relay.stop();
 }

@@ -344,7 +344,8 @@ fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
     };
     for name in &names {
         let mode = relay.attach(name, config.xdp.mode)?;
-        tracing::info!("XDP attached to {name} in {mode} mode");
+        relay.attach_tc(name)?;
+        tracing::info!("XDP attached to {name} in {mode} mode, the tc engine at its ingress");
     }
     Ok(relay)
 }

@@ -14,12 +14,16 @@ use std::time::Duration;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, MapInfo, PerCpuArray},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, xdp::XdpLinkId},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
+        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        xdp::XdpLinkId,
+    },
 };
 use relay_common::{
     BindingCounters, ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue,
     MAP_BINDING_COUNTERS, MAP_CHANNELS, MAP_CLASS_COUNTERS, MAP_EGRESS, MAP_LISTEN_PORTS,
-    MAP_PEERS, MAX_LISTEN_PORTS, MapIp, PROGRAM_NAME, PeerKey, PeerTarget,
+    MAP_PEERS, MAX_LISTEN_PORTS, MapIp, PROGRAM_NAME, PeerKey, PeerTarget, TC_PROGRAM_NAME,
 };
 use thiserror::Error;
 
@@ -103,6 +107,14 @@ pub enum XdpError {
          stays off until it can (the netdev family needs Linux 6.3 or newer)"
     )]
     Netlink(std::io::Error),
+    /// The kernel refused the tc program.
+    #[error("cannot attach the tc engine to {interface}'s ingress: {reason}")]
+    AttachTc {
+        /// The interface.
+        interface: String,
+        /// What the kernel said.
+        reason: String,
+    },
     /// The kernel refused to attach for another reason.
     #[error("cannot attach XDP in {mode} mode to {interface}: {reason}")]
     Attach {
@@ -279,10 +291,12 @@ const PINNED_MAPS: [&str; 4] = [
     MAP_BINDING_COUNTERS,
 ];
 
-/// The loaded XDP program and its maps.
+/// The loaded XDP program, the tc program beside it, and their maps.
 pub struct XdpRelay {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
+    /// Interfaces whose tc ingress runs the tc program, with its links.
+    tc_attachments: Vec<(String, SchedClassifierLinkId)>,
     /// The locked pin directory, if the maps are pinned: one instance per
     /// directory (released when dropped).
     _pin_lock: Option<std::fs::File>,
@@ -359,9 +373,11 @@ impl XdpRelay {
         }
         let mut ebpf = loader.load(object)?;
         program_mut(&mut ebpf)?.load()?;
+        tc_program_mut(&mut ebpf)?.load()?;
         let mut relay = XdpRelay {
             ebpf,
             attachments: Vec::new(),
+            tc_attachments: Vec::new(),
             _pin_lock: pin_lock,
         };
         if options.pin_dir.is_some() {
@@ -497,6 +513,30 @@ impl XdpRelay {
         Ok(HashMap::try_from(map)?)
     }
 
+    /// Attaches the tc program to `interface`'s ingress, before any other
+    /// tc program there (tcx, Linux 6.6+; clsact before), so that it takes
+    /// the packets of its bindings that XDP left and hands every other one
+    /// on to the programs after it (Cilium's) unchanged.
+    pub fn attach_tc(&mut self, interface: &str) -> Result<(), XdpError> {
+        let tcx = aya::util::KernelVersion::current()
+            .is_ok_and(|version| version >= aya::util::KernelVersion::new(6, 6, 0));
+        let options = if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::first())
+        } else {
+            // The clsact qdisc may be there already (Cilium's): fine.
+            let _ = aya::programs::tc::qdisc_add_clsact(interface);
+            TcAttachOptions::Netlink(NlOptions::default())
+        };
+        let link = tc_program_mut(&mut self.ebpf)?
+            .attach_with_options(interface, TcAttachType::Ingress, options)
+            .map_err(|err| XdpError::AttachTc {
+                interface: interface.to_owned(),
+                reason: err.to_string(),
+            })?;
+        self.tc_attachments.push((interface.to_owned(), link));
+        Ok(())
+    }
+
     /// Attaches to `interface`; see [`XdpMode`] for the fallback rules.
     /// Refuses with [`XdpError::Occupied`] when another program is there.
     ///
@@ -529,6 +569,17 @@ impl XdpRelay {
     /// reported an error (the link is closed when `self` drops either way).
     pub fn detach_all(&mut self) -> Vec<(String, XdpError)> {
         let mut failures = Vec::new();
+        let tc_attachments = std::mem::take(&mut self.tc_attachments);
+        match tc_program_mut(&mut self.ebpf) {
+            Ok(program) => {
+                for (interface, link) in tc_attachments {
+                    if let Err(err) = program.detach(link) {
+                        failures.push((interface, err.into()));
+                    }
+                }
+            }
+            Err(err) => failures.push((String::new(), err)),
+        }
         let attachments = std::mem::take(&mut self.attachments);
         match program_mut(&mut self.ebpf) {
             Ok(program) => {
@@ -616,6 +667,13 @@ impl Drop for XdpRelay {
             tracing::warn!("detaching XDP from {interface} failed: {err}");
         }
     }
+}
+
+fn tc_program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, XdpError> {
+    Ok(ebpf
+        .program_mut(TC_PROGRAM_NAME)
+        .ok_or_else(|| XdpError::Mismatch(format!("program {TC_PROGRAM_NAME}")))?
+        .try_into()?)
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
