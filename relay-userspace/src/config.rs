@@ -31,6 +31,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Which peers are reachable.
     pub peers: PeersConfig,
+    /// Which kernel engines relay bound channels.
+    pub offload: OffloadConfig,
     /// The XDP program.
     pub xdp: XdpConfig,
     /// Logging and counters.
@@ -105,6 +107,30 @@ pub struct PeersConfig {
     pub deny_defaults: bool,
     /// Whether clients may reach other allocations of this relay.
     pub relay_to_relay: bool,
+}
+
+/// `[offload]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OffloadConfig {
+    /// The kernel engines used.
+    pub engine: Engine,
+}
+
+/// Which kernel programs relay bound channels.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// XDP where the egress delivers what XDP sends, the tc engine for the
+    /// rest; the tc engine alone on interfaces another XDP program holds.
+    #[default]
+    Auto,
+    /// The XDP engine only.
+    Xdp,
+    /// The tc engine only.
+    Tc,
+    /// No kernel engine: userspace relays everything.
+    Off,
 }
 
 /// `[xdp]`

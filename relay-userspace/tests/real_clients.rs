@@ -73,14 +73,16 @@ enum Listen {
 
 impl Relay {
     fn start(test: &str, tools: &[(&str, &str)]) -> Option<Relay> {
-        Relay::start_with(test, tools, FarEnds::Engineered, Listen::Specific)
+        Relay::start_with(test, tools, FarEnds::Engineered, Listen::Specific, &[])
     }
 
+    /// `extra` flags go to turnxd after the others.
     fn start_with(
         test: &str,
         tools: &[(&str, &str)],
         far: FarEnds,
         listen: Listen,
+        extra: &[&str],
     ) -> Option<Relay> {
         let object = common::xdp_object_or_skip(test)?;
         if !common::have_all_or_skip(test, tools) {
@@ -143,6 +145,7 @@ impl Relay {
             "--log-level",
             "debug",
         ];
+        let args: Vec<&str> = args.iter().copied().chain(extra.iter().copied()).collect();
         let daemon = Daemon::start_ready(&topology.relay, &args);
         let peer = common::start_turnutils_peer(
             &topology.pod,
@@ -596,7 +599,8 @@ fn on_veths_as_a_node_has_them_the_tc_engine_relays_and_nothing_is_lost() {
         ("turnutils_uclient", COTURN),
         ("turnutils_peer", COTURN),
     ];
-    let Some(relay) = Relay::start_with(test, &tools, FarEnds::AsOnANode, Listen::Specific) else {
+    let Some(relay) = Relay::start_with(test, &tools, FarEnds::AsOnANode, Listen::Specific, &[])
+    else {
         return;
     };
     // Neither far end can receive what XDP sends (no program on the peer),
@@ -638,7 +642,8 @@ fn on_veths_as_a_node_has_them_the_tc_engine_relays_and_nothing_is_lost() {
 fn wildcard_listeners_answer_from_the_address_used_and_offload() {
     let test = "wildcard_listeners_answer_from_the_address_used_and_offload";
     let tools = [("turnutils_uclient", COTURN), ("turnutils_peer", COTURN)];
-    let Some(relay) = Relay::start_with(test, &tools, FarEnds::Engineered, Listen::Wildcard) else {
+    let Some(relay) = Relay::start_with(test, &tools, FarEnds::Engineered, Listen::Wildcard, &[])
+    else {
         return;
     };
     // A second address on the client side, which the kernel would not pick
@@ -680,4 +685,34 @@ fn wildcard_listeners_answer_from_the_address_used_and_offload() {
     relay.assert_no_xdp_errors();
     let log = relay.stop();
     assert_eq!(logged_number(&log, "wildcard_listener"), 0, "{log}");
+}
+
+#[test]
+fn each_engine_alone_carries_what_it_can_and_userspace_the_rest() {
+    let test = "each_engine_alone_carries_what_it_can_and_userspace_the_rest";
+    let tools = [("turnutils_uclient", COTURN), ("turnutils_peer", COTURN)];
+    // (far ends, engine, what the kernel carries of uclient's 100 each way)
+    let cases = [
+        (FarEnds::Engineered, "tc", Some(100)),
+        (FarEnds::AsOnANode, "xdp", None),
+        (FarEnds::AsOnANode, "off", None),
+    ];
+    for (far, engine, in_kernel) in cases {
+        let Some(relay) =
+            Relay::start_with(test, &tools, far, Listen::Specific, &["--engine", engine])
+        else {
+            return;
+        };
+        let case = format!("--engine {engine}");
+        if engine == "off" {
+            // No program at all: nothing to count in the kernel.
+            relay.uclient(&case, &[], 50, 100);
+        } else {
+            assert_kernel_share(&relay, &case, in_kernel, || {
+                relay.uclient(&case, &[], 50, 100)
+            });
+            relay.assert_no_xdp_errors();
+        }
+        relay.stop();
+    }
 }

@@ -57,7 +57,11 @@ fn status(mut interfaces: Vec<String>, json: bool) -> Result<()> {
         let ifindex = xdp::if_index(name)?;
         let attached = netlink::attached_programs(ifindex)
             .with_context(|| format!("querying XDP programs on {name}"))?;
-        let counters = xdp::attached_counters(&attached)?;
+        // The XDP program's counters, or where the tc engine runs alone, its.
+        let counters = match xdp::attached_counters(&attached)? {
+            Some(counters) => Some(counters),
+            None => xdp::tc_counters(name)?,
+        };
         let errors = driver_stats::xdp_errors(name)
             .with_context(|| format!("reading the driver statistics of {name}"))?;
         report.push(serde_json::json!({
@@ -98,16 +102,19 @@ fn print_text(
     attached: &[netlink::AttachedXdp],
     counters: Option<(u32, xdp::ClassCounters)>,
 ) {
-    match (attached, counters) {
-        ([], _) => println!("{name}: no XDP program"),
-        (_, Some((id, counters))) => println!("{name}: turnx (program {id}): {counters}"),
-        (programs, None) => {
-            for program in programs {
-                println!(
-                    "{name}: other XDP program {} ({} mode)",
-                    program.program_id, program.mode
-                );
-            }
+    let ours = counters.as_ref().map(|(id, _)| *id);
+    if let Some((id, counters)) = &counters {
+        println!("{name}: turnx (program {id}): {counters}");
+    }
+    for program in attached {
+        if Some(program.program_id) != ours {
+            println!(
+                "{name}: other XDP program {} ({} mode)",
+                program.program_id, program.mode
+            );
         }
+    }
+    if attached.is_empty() && counters.is_none() {
+        println!("{name}: no XDP program");
     }
 }

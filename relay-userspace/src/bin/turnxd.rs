@@ -16,11 +16,11 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use turnx::{
-    config::{Config, DEFAULT_CONFIG_TOML, XdpMode},
+    config::{Config, DEFAULT_CONFIG_TOML, Engine, XdpMode},
     ebpf_object, interfaces,
     offload::{Eligibility, Offload},
     shell::{ShellConfig, TurnServer},
-    xdp::{LoadOptions, XdpRelay, kernel_log},
+    xdp::{LoadOptions, XdpError, XdpRelay, kernel_log},
 };
 
 /// TURN relay daemon with an XDP media plane.
@@ -53,6 +53,9 @@ struct Args {
     /// Do not load XDP at all; everything stays in userspace.
     #[arg(long, env = "TURNXD_NO_XDP")]
     no_xdp: bool,
+    /// Kernel engines: auto, xdp, tc or off. Replaces [offload] engine.
+    #[arg(long, env = "TURNXD_ENGINE")]
+    engine: Option<Engine>,
     /// error, warn, info, debug or trace. Replaces [log] level.
     #[arg(long, env = "TURNXD_LOG_LEVEL")]
     log_level: Option<String>,
@@ -123,6 +126,9 @@ impl Args {
         }
         if self.no_xdp {
             config.xdp.enabled = false;
+        }
+        if let Some(engine) = self.engine {
+            config.offload.engine = engine;
         }
         if let Some(level) = &self.log_level {
             config.log.level = level.clone();
@@ -237,7 +243,7 @@ async fn run(args: Args, config: Config) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
     raise_open_file_limit();
-    let relay = if config.xdp.enabled {
+    let relay = if config.xdp.enabled && config.offload.engine != Engine::Off {
         Some(Arc::new(Mutex::new(start_xdp(&args, &config)?)))
     } else {
         tracing::info!("XDP disabled by configuration");
@@ -342,10 +348,39 @@ fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
     } else {
         config.xdp.interfaces.clone()
     };
+    let engine = config.offload.engine;
     for name in &names {
-        let mode = relay.attach(name, config.xdp.mode)?;
-        relay.attach_tc(name)?;
-        tracing::info!("XDP attached to {name} in {mode} mode, the tc engine at its ingress");
+        let xdp = if engine == Engine::Tc {
+            None
+        } else {
+            match relay.attach(name, config.xdp.mode) {
+                Ok(mode) => Some(mode),
+                // Another program holds XDP here (Cilium's, say): leave it
+                // alone and take the interface at tc. Another turnxd is a
+                // misconfiguration, refused.
+                Err(XdpError::Occupied { interface, owner })
+                    if engine == Engine::Auto && !owner.contains(relay_common::PROGRAM_NAME) =>
+                {
+                    tracing::warn!(
+                        "{interface} already runs XDP {owner}; turnx leaves it and relays \
+                         there with its tc engine only"
+                    );
+                    None
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
+        let tc = engine != Engine::Xdp;
+        if tc {
+            relay.attach_tc(name)?;
+        }
+        match (xdp, tc) {
+            (Some(mode), true) => tracing::info!(
+                "XDP attached to {name} in {mode} mode, the tc engine at its ingress"
+            ),
+            (Some(mode), false) => tracing::info!("XDP attached to {name} in {mode} mode"),
+            (None, _) => tracing::info!("the tc engine attached to {name}'s ingress"),
+        }
     }
     Ok(relay)
 }

@@ -697,18 +697,44 @@ pub fn attached_counters(
         if !kernel_name_is(info.name_as_str(), PROGRAM_NAME) {
             continue;
         }
-        let Some(map_ids) = info.map_ids()? else {
-            continue;
-        };
-        for id in map_ids {
-            let info = MapInfo::from_id(id)?;
-            if !kernel_name_is(info.name_as_str(), MAP_CLASS_COUNTERS) {
-                continue;
-            }
-            let map = aya::maps::Map::PerCpuArray(MapData::from_id(id)?);
-            let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
-            return Ok(Some((program.program_id, ClassCounters::read(&map)?)));
+        if let Some(counters) = program_counters(&info)? {
+            return Ok(Some((program.program_id, counters)));
         }
+    }
+    Ok(None)
+}
+
+/// As [`attached_counters`], for our tc program at `interface`'s tcx
+/// ingress, where the tc engine runs alone (no XDP program of ours there).
+pub fn tc_counters(interface: &str) -> Result<Option<(u32, ClassCounters)>, XdpError> {
+    // Kernels without tcx (or an interface without it) have nothing to say.
+    let Ok((_, programs)) = SchedClassifier::query_tcx(interface, TcAttachType::Ingress) else {
+        return Ok(None);
+    };
+    for info in programs {
+        if !kernel_name_is(info.name_as_str(), TC_PROGRAM_NAME) {
+            continue;
+        }
+        if let Some(counters) = program_counters(&info)? {
+            return Ok(Some((info.id(), counters)));
+        }
+    }
+    Ok(None)
+}
+
+/// The class counters in a program's maps, summed over CPUs.
+fn program_counters(info: &aya::programs::ProgramInfo) -> Result<Option<ClassCounters>, XdpError> {
+    let Some(map_ids) = info.map_ids()? else {
+        return Ok(None);
+    };
+    for id in map_ids {
+        let info = MapInfo::from_id(id)?;
+        if !kernel_name_is(info.name_as_str(), MAP_CLASS_COUNTERS) {
+            continue;
+        }
+        let map = aya::maps::Map::PerCpuArray(MapData::from_id(id)?);
+        let map: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
+        return Ok(Some(ClassCounters::read(&map)?));
     }
     Ok(None)
 }
