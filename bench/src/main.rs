@@ -215,9 +215,11 @@ fn measure_relay(
         } else {
             (relays::plain_bindings(count), Vec::new())
         };
+        // Without turnx's XDP program on the relay's veths, they need one
+        // to receive what the generator sends with XDP.
         if matches!(
             relay,
-            Relay::Userspace | Relay::Coturn | Relay::KernelForwarding
+            Relay::TcOffload | Relay::Userspace | Relay::Coturn | Relay::KernelForwarding
         ) {
             programs.attach_pass(topology)?;
         }

@@ -16,6 +16,7 @@ const SIZE: (u32, u32) = (900, 480);
 fn colour(relay: Relay) -> RGBColor {
     match relay {
         Relay::XdpOffload => RGBColor(0x1f, 0x77, 0xb4),
+        Relay::TcOffload => RGBColor(0x94, 0x67, 0xbd),
         Relay::Userspace => RGBColor(0xff, 0x7f, 0x0e),
         Relay::Coturn => RGBColor(0xd6, 0x27, 0x28),
         Relay::KernelForwarding => RGBColor(0x2c, 0xa0, 0x2c),

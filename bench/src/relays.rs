@@ -39,8 +39,10 @@ pub const FIRST_CLIENT_PORT: u16 = 20_000;
 /// One configuration in the comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Relay {
-    /// turnxd with the XDP media plane.
+    /// turnxd with the XDP media plane (and the tc engine beside it).
     XdpOffload,
+    /// turnxd with its tc engine alone (`--engine tc`).
+    TcOffload,
     /// turnxd with XDP off: every packet through userspace.
     Userspace,
     /// coturn from the Debian package.
@@ -54,8 +56,9 @@ pub enum Relay {
 
 impl Relay {
     /// Every configuration, in table order.
-    pub const ALL: [Relay; 5] = [
+    pub const ALL: [Relay; 6] = [
         Relay::XdpOffload,
+        Relay::TcOffload,
         Relay::Userspace,
         Relay::Coturn,
         Relay::KernelForwarding,
@@ -66,6 +69,7 @@ impl Relay {
     pub fn label(self) -> &'static str {
         match self {
             Relay::XdpOffload => "turnx XDP",
+            Relay::TcOffload => "turnx tc",
             Relay::Userspace => "turnx userspace",
             Relay::Coturn => "coturn",
             Relay::KernelForwarding => "kernel forwarding",
@@ -75,7 +79,10 @@ impl Relay {
 
     /// Whether it is a TURN server (else no bindings are set up).
     pub fn is_turn(self) -> bool {
-        matches!(self, Relay::XdpOffload | Relay::Userspace | Relay::Coturn)
+        matches!(
+            self,
+            Relay::XdpOffload | Relay::TcOffload | Relay::Userspace | Relay::Coturn
+        )
     }
 }
 
@@ -96,14 +103,16 @@ impl Server {
         max_bindings: usize,
     ) -> Result<Option<Server>> {
         let mut command = match relay {
-            Relay::XdpOffload | Relay::Userspace => {
+            Relay::XdpOffload | Relay::TcOffload | Relay::Userspace => {
                 let config = workdir.join("turnxd.toml");
                 std::fs::write(&config, turnxd_config(topology, max_bindings))?;
                 let mut command = topology.relay.command(turnxd_path()?);
                 command.arg("--config").arg(&config);
-                if relay == Relay::Userspace {
-                    command.arg("--no-xdp");
-                }
+                match relay {
+                    Relay::Userspace => command.arg("--no-xdp"),
+                    Relay::TcOffload => command.args(["--engine", "tc"]),
+                    _ => &mut command,
+                };
                 command
             }
             Relay::Coturn => {
