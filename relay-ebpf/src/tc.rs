@@ -11,7 +11,7 @@
 //! one (only pseudo-header changes then count).
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
     helpers::{
         bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
         bpf_skb_store_bytes,
@@ -99,55 +99,46 @@ fn to_peer_via<H: IpHeader>(ctx: &TcContext, udp: &Udp) -> Option<i32> {
     let target = found.target;
     let hop = route::tc_next_hop(ctx, &found.flow::<H>())?;
     let skb = ctx.skb.skb;
-    // Nothing has changed so far; from here on every step must succeed.
-    // The data moves 4 bytes forward over the ChannelData header.
+    // Nothing has changed so far. Once something has, a failure (the
+    // helpers fail only without memory) drops the half-rewritten packet
+    // rather than hand it to userspace.
+    // The data moves 4 bytes forward over the ChannelData header (a failed
+    // move changes nothing).
     move_bytes(
         skb,
         udp.payload_offset + CHANNEL_HEADER,
         udp.payload_offset,
         found.data_len,
     )?;
-    // SAFETY: a helper call on our skb; shrinking by 4 bytes.
-    if unsafe { bpf_skb_change_tail(skb, frame_len(ctx) as u32 - CHANNEL_HEADER as u32, 0) } != 0 {
-        return None;
-    }
-    let new_udp = UdpHdr {
-        src_port: target.relayed_port,
-        dst_port: target.peer_port,
-        len: found.new_len,
-        check: udp.header.check,
+    let rewritten = || -> Option<i32> {
+        // SAFETY: a helper call on our skb; shrinking by 4 bytes.
+        if unsafe { bpf_skb_change_tail(skb, frame_len(ctx) as u32 - CHANNEL_HEADER as u32, 0) }
+            != 0
+        {
+            return None;
+        }
+        let new_udp = UdpHdr {
+            src_port: target.relayed_port,
+            dst_port: target.peer_port,
+            len: found.new_len,
+            check: udp.header.check,
+        };
+        // The ChannelData header's words leave the datagram.
+        let header = found.channel_header;
+        rewrite(
+            skb,
+            udp,
+            &old,
+            (&target.relayed_ip, &target.peer_ip),
+            &new_udp,
+            [
+                ([header[0], header[1]], [0, 0]),
+                ([header[2], header[3]], [0, 0]),
+            ],
+        )?;
+        send(ctx, &hop, target.slot, true, found.data_len)
     };
-    store(skb, udp.udp_offset, &new_udp)?;
-    let mut ip = old;
-    ip.rewrite(
-        &target.relayed_ip,
-        &target.peer_ip,
-        -(CHANNEL_HEADER as i16),
-    );
-    store(skb, udp.ip_offset, &ip)?;
-    let checksum = Checksum {
-        skb,
-        offset: udp.udp_offset + 6,
-        flags: if H::ZERO_CHECKSUM_ALLOWED {
-            u64::from(BPF_F_MARK_MANGLED_0)
-        } else {
-            0
-        },
-    };
-    checksum.addresses(&old, &target.relayed_ip, &target.peer_ip)?;
-    checksum.udp_header(&udp.header, &new_udp)?;
-    // The ChannelData header's words leave the datagram.
-    checksum.word(
-        [found.channel_header[0], found.channel_header[1]],
-        [0, 0],
-        false,
-    )?;
-    checksum.word(
-        [found.channel_header[2], found.channel_header[3]],
-        [0, 0],
-        false,
-    )?;
-    send(ctx, &hop, target.slot, true, found.data_len)
+    Some(rewritten().unwrap_or(TC_ACT_SHOT))
 }
 
 #[inline(always)]
@@ -160,27 +151,62 @@ fn to_client_via<H: IpHeader>(ctx: &TcContext, udp: &Udp) -> Option<i32> {
     let target = found.target;
     let hop = route::tc_next_hop(ctx, &found.flow::<H>(udp.payload_len))?;
     let skb = ctx.skb.skb;
-    // SAFETY: a helper call on our skb; growing by 4 bytes.
+    // SAFETY: a helper call on our skb; growing by 4 bytes (a failure
+    // changes nothing).
     if unsafe { bpf_skb_change_tail(skb, frame_len(ctx) as u32 + CHANNEL_HEADER as u32, 0) } != 0 {
         return None;
     }
-    // The data moves 4 bytes back, making room for the ChannelData header.
-    move_bytes(
-        skb,
-        udp.payload_offset,
-        udp.payload_offset + CHANNEL_HEADER,
-        udp.payload_len,
-    )?;
-    store(skb, udp.payload_offset, &found.channel_header)?;
-    let new_udp = UdpHdr {
-        src_port: target.server_port,
-        dst_port: target.client_port,
-        len: found.new_len,
-        check: udp.header.check,
+    // As in `to_peer_via`: now that something has changed, a failure drops.
+    let rewritten = || -> Option<i32> {
+        // The data moves 4 bytes back, making room for the ChannelData header.
+        move_bytes(
+            skb,
+            udp.payload_offset,
+            udp.payload_offset + CHANNEL_HEADER,
+            udp.payload_len,
+        )?;
+        store(skb, udp.payload_offset, &found.channel_header)?;
+        let new_udp = UdpHdr {
+            src_port: target.server_port,
+            dst_port: target.client_port,
+            len: found.new_len,
+            check: udp.header.check,
+        };
+        // The ChannelData header's words join the datagram.
+        let header = found.channel_header;
+        rewrite(
+            skb,
+            udp,
+            &old,
+            (&target.server_ip, &target.client_ip),
+            &new_udp,
+            [
+                ([0, 0], [header[0], header[1]]),
+                ([0, 0], [header[2], header[3]]),
+            ],
+        )?;
+        send(ctx, &hop, target.slot, false, udp.payload_len)
     };
-    store(skb, udp.udp_offset, &new_udp)?;
-    let mut ip = old;
-    ip.rewrite(&target.server_ip, &target.client_ip, CHANNEL_HEADER as i16);
+    Some(rewritten().unwrap_or(TC_ACT_SHOT))
+}
+
+/// Writes the new UDP header (with the old checksum) and the IP header
+/// from `old` to the addresses `to`, then updates the checksum for every
+/// change: addresses, ports, length, and the ChannelData header `words`
+/// (from, to) that leave or join the datagram.
+#[inline(always)]
+fn rewrite<H: IpHeader>(
+    skb: *mut __sk_buff,
+    udp: &Udp,
+    old: &H,
+    to: (&MapIp, &MapIp),
+    new_udp: &UdpHdr,
+    words: [([u8; 2], [u8; 2]); 2],
+) -> Option<()> {
+    store(skb, udp.udp_offset, new_udp)?;
+    let mut ip = *old;
+    let delta = i16::from_be_bytes(new_udp.len).wrapping_sub(i16::from_be_bytes(udp.header.len));
+    ip.rewrite(to.0, to.1, delta);
     store(skb, udp.ip_offset, &ip)?;
     let checksum = Checksum {
         skb,
@@ -191,19 +217,12 @@ fn to_client_via<H: IpHeader>(ctx: &TcContext, udp: &Udp) -> Option<i32> {
             0
         },
     };
-    checksum.addresses(&old, &target.server_ip, &target.client_ip)?;
-    checksum.udp_header(&udp.header, &new_udp)?;
-    checksum.word(
-        [0, 0],
-        [found.channel_header[0], found.channel_header[1]],
-        false,
-    )?;
-    checksum.word(
-        [0, 0],
-        [found.channel_header[2], found.channel_header[3]],
-        false,
-    )?;
-    send(ctx, &hop, target.slot, false, udp.payload_len)
+    checksum.addresses(old, to.0, to.1)?;
+    checksum.udp_header(&udp.header, new_udp)?;
+    for (from, to) in words {
+        checksum.word(from, to, false)?;
+    }
+    Some(())
 }
 
 /// Writes the next hop's MAC addresses, counts, and redirects.

@@ -83,6 +83,26 @@ fn now() -> Now {
     }
 }
 
+/// Sets an integer socket option.
+fn set_int_option(fd: i32, level: i32, name: i32, value: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: setsockopt with a valid fd and a c_int option value of its
+    // size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Binds a socket2 socket: IPv6 sockets are IPv6-only so that `[::]:p`
 /// and `0.0.0.0:p` can both be bound.
 fn bind_socket(address: SocketAddr, kind: socket2::Type) -> Result<socket2::Socket> {

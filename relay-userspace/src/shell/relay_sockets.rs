@@ -163,21 +163,7 @@ fn set_dont_fragment(fd: RawFd, ipv6: bool) -> std::io::Result<()> {
             libc::IP_PMTUDISC_DO,
         )
     };
-    // SAFETY: setsockopt with a valid fd and a c_int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    super::set_int_option(fd, level, name, value)
 }
 
 impl RelayAllocator for UdpRelayAllocator {
