@@ -18,7 +18,10 @@ use std::{collections::BTreeMap, io};
 
 use relay_common::{EGRESS_REDIRECT, EGRESS_TX};
 
-use super::netlink::{AttachMode, attribute, attributes, message, parse_xdp_attachments, transact};
+use super::netlink::{
+    AttachMode, IFINFOMSG_LEN, attribute, attributes, get_link, ifinfomsg, message,
+    parse_xdp_attachments, transact,
+};
 
 /// `NETDEV_XDP_ACT_*` bits of the netdev family's xdp-features.
 const XDP_ACT_BASIC: u64 = 1;
@@ -39,7 +42,6 @@ const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_LINK_NETNSID: u16 = 37;
-const IFLA_TARGET_NETNSID: u16 = 46;
 
 /// What the kernel says about one interface.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -155,13 +157,6 @@ struct Link {
     peer_netnsid: Option<i32>,
 }
 
-/// `ifinfomsg`: family, pad, type, index, flags, change.
-fn ifinfomsg(ifindex: u32) -> [u8; 16] {
-    let mut header = [0u8; 16];
-    header[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    header
-}
-
 fn links() -> io::Result<Vec<Link>> {
     let request = message(
         libc::RTM_GETLINK,
@@ -184,7 +179,7 @@ fn parse_link(reply: &[u8]) -> Option<Link> {
         peer: None,
         peer_netnsid: None,
     };
-    for (kind, value) in attributes(reply.get(16..)?) {
+    for (kind, value) in attributes(reply.get(IFINFOMSG_LEN..)?) {
         match kind {
             IFLA_LINK => link.peer = value.try_into().ok().map(u32::from_ne_bytes),
             IFLA_LINK_NETNSID => link.peer_netnsid = value.try_into().ok().map(i32::from_ne_bytes),
@@ -206,15 +201,7 @@ fn parse_link(reply: &[u8]) -> Option<Link> {
 /// Whether the interface `ifindex` of the namespace `netnsid` (ours when
 /// `None`) runs an XDP program in native mode.
 fn peer_runs_native_xdp(ifindex: u32, netnsid: Option<i32>) -> io::Result<bool> {
-    let attrs = netnsid
-        .map(|id| attribute(IFLA_TARGET_NETNSID, &id.to_ne_bytes()))
-        .unwrap_or_default();
-    let request = message(libc::RTM_GETLINK, 0, &ifinfomsg(ifindex), &attrs);
-    let replies = transact(libc::NETLINK_ROUTE, &request, libc::RTM_NEWLINK)?;
-    let reply = replies
-        .first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no reply for the veth's peer"))?;
-    Ok(parse_xdp_attachments(reply.get(16..).unwrap_or_default())
+    Ok(parse_xdp_attachments(&get_link(ifindex, netnsid)?)
         .iter()
         .any(|attached| attached.mode == AttachMode::Native))
 }

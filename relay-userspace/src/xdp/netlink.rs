@@ -43,95 +43,45 @@ const IFLA_XDP_SKB_PROG_ID: u16 = 6;
 const IFLA_XDP_HW_PROG_ID: u16 = 7;
 /// Attribute type bits that are flags (NLA_F_NESTED, NLA_F_NET_BYTEORDER).
 const NLA_TYPE_MASK: u16 = 0x3FFF;
+/// IFLA_TARGET_NETNSID: ask about a link in another network namespace.
+const IFLA_TARGET_NETNSID: u16 = 46;
 
 /// Returns every XDP program attached to the interface with index `ifindex`
 /// in the caller's network namespace (at most one per mode).
 pub fn attached_programs(ifindex: u32) -> io::Result<Vec<AttachedXdp>> {
-    let reply = get_link(ifindex)?;
+    let reply = get_link(ifindex, None)?;
     Ok(parse_xdp_attachments(&reply))
 }
 
-/// Sends RTM_GETLINK for one interface and returns the RTM_NEWLINK payload
-/// (after the ifinfomsg header).
-fn get_link(ifindex: u32) -> io::Result<Vec<u8>> {
-    // SAFETY: plain socket(2) call; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor we own; OwnedFd closes it.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-
-    let header_len = size_of::<libc::nlmsghdr>() + size_of::<libc::ifinfomsg>();
-    let mut request = vec![0u8; header_len];
-    let header = libc::nlmsghdr {
-        nlmsg_len: header_len as u32,
-        nlmsg_type: libc::RTM_GETLINK,
-        nlmsg_flags: libc::NLM_F_REQUEST as u16,
-        nlmsg_seq: 1,
-        nlmsg_pid: 0,
-    };
-    // SAFETY: ifinfomsg is plain C data for which all zeroes is valid.
-    let mut info: libc::ifinfomsg = unsafe { std::mem::zeroed() };
-    info.ifi_family = libc::AF_UNSPEC as u8;
-    info.ifi_index = ifindex as i32;
-    // SAFETY: both structs are plain C data and the buffer is large enough.
-    unsafe {
-        std::ptr::write_unaligned(request.as_mut_ptr().cast(), header);
-        std::ptr::write_unaligned(
-            request.as_mut_ptr().add(size_of::<libc::nlmsghdr>()).cast(),
-            info,
-        );
-    }
-    // SAFETY: sending an initialised buffer of the given length.
-    let sent = unsafe { libc::send(raw, request.as_ptr().cast(), request.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-
-    let mut buffer = vec![0u8; 64 * 1024];
-    // SAFETY: receiving into a buffer we own, of the given length.
-    let received = unsafe { libc::recv(raw, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
-    if received < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buffer.truncate(received as usize);
-    first_link_message(&buffer)
+/// Sends RTM_GETLINK for one interface and returns the attributes of the
+/// RTM_NEWLINK answer (after the ifinfomsg header). `netnsid` names another
+/// network namespace, by the id ours has for it (a veth peer's
+/// IFLA_LINK_NETNSID); `None` is ours.
+pub(crate) fn get_link(ifindex: u32, netnsid: Option<i32>) -> io::Result<Vec<u8>> {
+    let attrs = netnsid
+        .map(|id| attribute(IFLA_TARGET_NETNSID, &id.to_ne_bytes()))
+        .unwrap_or_default();
+    let request = message(libc::RTM_GETLINK, 0, &ifinfomsg(ifindex), &attrs);
+    let reply = transact(libc::NETLINK_ROUTE, &request, libc::RTM_NEWLINK)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no RTM_NEWLINK in the kernel's reply to RTM_GETLINK",
+            )
+        })?;
+    Ok(reply.get(IFINFOMSG_LEN..).unwrap_or_default().to_vec())
 }
 
-/// Picks the RTM_NEWLINK answer (or the error) out of a netlink reply.
-fn first_link_message(buffer: &[u8]) -> io::Result<Vec<u8>> {
-    let hdr_len = size_of::<libc::nlmsghdr>();
-    let mut rest = buffer;
-    while rest.len() >= hdr_len {
-        let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
-        let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
-        if len < hdr_len || len > rest.len() {
-            break;
-        }
-        let body = &rest[hdr_len..len];
-        if kind == libc::NLMSG_ERROR as u16 && body.len() >= 4 {
-            let errno = -i32::from_ne_bytes(body[0..4].try_into().unwrap());
-            if errno != 0 {
-                return Err(io::Error::from_raw_os_error(errno));
-            }
-        }
-        if kind == libc::RTM_NEWLINK && body.len() >= size_of::<libc::ifinfomsg>() {
-            return Ok(body[size_of::<libc::ifinfomsg>()..].to_vec());
-        }
-        rest = &rest[align4(len).min(rest.len())..];
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "no RTM_NEWLINK in the kernel's reply to RTM_GETLINK",
-    ))
+/// Length of `ifinfomsg`: family, pad, type, index, flags, change.
+pub(crate) const IFINFOMSG_LEN: usize = 16;
+
+/// An `ifinfomsg` for the interface `ifindex` (0: every interface).
+pub(crate) fn ifinfomsg(ifindex: u32) -> [u8; IFINFOMSG_LEN] {
+    let mut header = [0u8; IFINFOMSG_LEN];
+    header[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    header
 }
 
 /// Reads the IFLA_XDP_*_PROG_ID attributes from link attributes.
@@ -229,40 +179,56 @@ pub(crate) fn transact(protocol: i32, request: &[u8], reply: u16) -> io::Result<
         if received < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut rest = &buffer[..received as usize];
-        let hdr_len = size_of::<libc::nlmsghdr>();
-        while rest.len() >= hdr_len {
-            let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
-            if len < hdr_len || len > rest.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "a truncated netlink message",
-                ));
-            }
-            let body = &rest[hdr_len..len];
-            match kind {
-                k if k == libc::NLMSG_DONE as u16 => return Ok(found),
-                k if k == libc::NLMSG_ERROR as u16 && body.len() >= 4 => {
-                    let errno = -i32::from_ne_bytes(body[0..4].try_into().unwrap());
-                    if errno != 0 {
-                        return Err(io::Error::from_raw_os_error(errno));
-                    }
-                }
-                k if k == reply => {
-                    found.push(body.to_vec());
-                    if !dump {
-                        return Ok(found);
-                    }
-                }
-                _ => {}
-            }
-            rest = &rest[align4(len).min(rest.len())..];
+        if parse_replies(&buffer[..received as usize], reply, dump, &mut found)? {
+            return Ok(found);
         }
         if !dump && !found.is_empty() {
             return Ok(found);
         }
     }
+}
+
+/// Collects the bodies of the messages of type `reply` in one received
+/// buffer into `found`; true when the transaction is over (NLMSG_DONE, or
+/// the answer to a request that is not a dump). An error message with an
+/// errno becomes that error.
+fn parse_replies(
+    buffer: &[u8],
+    reply: u16,
+    dump: bool,
+    found: &mut Vec<Vec<u8>>,
+) -> io::Result<bool> {
+    let hdr_len = size_of::<libc::nlmsghdr>();
+    let mut rest = buffer;
+    while rest.len() >= hdr_len {
+        let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
+        if len < hdr_len || len > rest.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a truncated netlink message",
+            ));
+        }
+        let body = &rest[hdr_len..len];
+        match kind {
+            k if k == libc::NLMSG_DONE as u16 => return Ok(true),
+            k if k == libc::NLMSG_ERROR as u16 && body.len() >= 4 => {
+                let errno = -i32::from_ne_bytes(body[0..4].try_into().unwrap());
+                if errno != 0 {
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+            }
+            k if k == reply => {
+                found.push(body.to_vec());
+                if !dump {
+                    return Ok(true);
+                }
+            }
+            _ => {}
+        }
+        rest = &rest[align4(len).min(rest.len())..];
+    }
+    Ok(false)
 }
 
 /// Iterates over netlink attributes (type, value), stopping at the first
@@ -339,7 +305,7 @@ mod tests {
         reply.extend_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
         reply.extend_from_slice(&[0; 10]);
         reply.extend_from_slice(&(-libc::ENODEV).to_ne_bytes());
-        let err = first_link_message(&reply).unwrap_err();
+        let err = parse_replies(&reply, libc::RTM_NEWLINK, false, &mut Vec::new()).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENODEV));
     }
 }
