@@ -157,11 +157,6 @@ impl Server {
         self.allocations.len()
     }
 
-    /// The peer policy in force.
-    pub fn policy(&self) -> &PeerPolicy {
-        &self.config.policy
-    }
-
     /// Replaces the node's local addresses, which are never peers (except
     /// relayed transport addresses); the shell reads them from the kernel
     /// and calls this whenever they change.
