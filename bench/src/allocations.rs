@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use turnx::client::TurnClient;
+use testkit::client::TurnClient;
 
 use crate::{
     cpu,
@@ -64,7 +64,7 @@ pub fn grow(
         std::thread::scope(|scope| {
             for _ in 0..CONCURRENCY {
                 scope.spawn(|| {
-                    topology.client.run(Some(topology.load_core), || {
+                    topology.client.run_on(Some(topology.load_core), || {
                         loop {
                             let index = next.fetch_add(1, Ordering::Relaxed);
                             if index >= target || Instant::now() > deadline {

@@ -18,24 +18,10 @@ pub fn online_cores() -> Result<Vec<usize>> {
         .collect())
 }
 
-/// Pins the calling thread to `core`.
-pub fn pin_current_thread(core: usize) -> Result<()> {
-    pin_task(0, core)
-}
-
-/// Pins the task (thread or kernel thread) `pid` to `core`.
+/// Pins the task (thread or kernel thread) `pid` to `core`; 0 is the
+/// calling thread.
 pub fn pin_task(pid: i32, core: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes one bit of it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(core, &mut set) };
-    // SAFETY: pointer and size of a local set.
-    if unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        bail!(
-            "pinning task {pid} to core {core}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    testkit::pin_task(pid, core).with_context(|| format!("pinning task {pid} to core {core}"))
 }
 
 /// Pins every thread of process `pid` to `core`.

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use relay_common::bench::{GEN_HEAD_LEN, GenFlow, PAYLOAD_MAGIC, SinkConfig};
-use turnx::frame::{UdpFrame, channel_data};
+use testkit::frame::{UdpFrame, channel_data};
 
 use crate::topology::{RELAY_CLIENT_SIDE_V4, Topology};
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use turnx::client::TurnClient;
+use testkit::client::TurnClient;
 
 use crate::{
     flows::{Direction, Traffic, payload},
@@ -76,12 +76,12 @@ pub fn measure(
         let port = CLIENT_PORTS[usize::from(load.is_some())];
         let path = topology
             .client
-            .run(None, || connect(turn, port))?
+            .run(|| connect(turn, port))
             .context("setting up the latency client")?;
         let rtts = match load {
             None => topology
                 .client
-                .run(Some(topology.load_core), || ping(&path, pings))??,
+                .run_on(Some(topology.load_core), || ping(&path, pings))?,
             Some((traffic, rate)) => {
                 // The load runs a little longer than the pings need.
                 let duration = Duration::from_secs_f64((pings as f64 * 200e-6).max(1.0));
@@ -90,7 +90,7 @@ pub fn measure(
                         std::thread::sleep(Duration::from_millis(100));
                         topology
                             .client
-                            .run(Some(topology.load_core), || ping(&path, pings))
+                            .run_on(Some(topology.load_core), || ping(&path, pings))
                     });
                     let sample = throughput::run(
                         programs,
@@ -102,7 +102,7 @@ pub fn measure(
                     )?;
                     let rtts = pinger
                         .join()
-                        .map_err(|_| anyhow::anyhow!("the pinger panicked"))???;
+                        .map_err(|_| anyhow::anyhow!("the pinger panicked"))??;
                     anyhow::Ok((rtts, sample))
                 })?;
                 Rtts {
@@ -136,7 +136,7 @@ fn connect(turn: bool, port: u16) -> Result<Path> {
         Path {
             socket: client.socket.try_clone()?,
             to: server,
-            message: turnx::frame::channel_data(0x4000, &data, false),
+            message: testkit::frame::channel_data(0x4000, &data, false),
             client: Some(client),
         }
     } else {
@@ -181,12 +181,12 @@ fn start_echo(
 ) -> Result<std::thread::JoinHandle<Result<()>>> {
     let socket = topology
         .pod
-        .run(None, || UdpSocket::bind((POD_V4, ECHO_PORT)))?
+        .run(|| UdpSocket::bind((POD_V4, ECHO_PORT)))
         .context("binding the echo")?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
     let core = topology.load_core;
     Ok(std::thread::spawn(move || {
-        crate::cpu::pin_current_thread(core)?;
+        crate::cpu::pin_task(0, core)?;
         let mut buffer = [0u8; 2048];
         while !stop.load(Ordering::Relaxed) {
             if let Ok((len, from)) = socket.recv_from(&mut buffer) {

@@ -10,7 +10,6 @@
 //! and memory, and the XDP program's own cost per frame. See bench/README.md.
 
 mod allocations;
-mod cleanup;
 mod cpu;
 mod flows;
 mod latency;
@@ -110,12 +109,12 @@ fn main() -> Result<()> {
     if args.smoke {
         args = args.smoke();
     }
-    cleanup::install()?;
+    testkit::cleanup::install()?;
     let relay_object = turnx::ebpf_object::embedded()
         .context("relay-bench was built without the XDP object; run it with `cargo xtask bench`")?;
     let workdir = std::env::temp_dir().join(format!("turnx-bench-{}", std::process::id()));
     std::fs::create_dir_all(&workdir)?;
-    cleanup::scratch_directory(workdir.clone());
+    testkit::cleanup::scratch_directory(workdir.clone());
     let result = (|| {
         let topology = Topology::new().context("building the benchmark network")?;
         let mut programs = BenchPrograms::load(&args.bench_object, &topology)?;

@@ -16,7 +16,9 @@ use relay_common::bench::{
     SINK_PROGRAM, SinkConfig, SinkCounters,
 };
 
-use crate::topology::{Netns, Topology, Veth};
+use testkit::{Netns, Veth};
+
+use crate::topology::Topology;
 
 /// Frames per batch the kernel builds in live-frames mode.
 const LIVE_BATCH: u32 = 64;
@@ -81,20 +83,18 @@ impl BenchPrograms {
     }
 
     fn attach(&mut self, name: &'static str, ns: &Netns, dev: &Veth) -> Result<XdpLinkId> {
-        let ifindex = Topology::ifindex(ns, dev)?;
+        let ifindex = ns.ifindex(&dev.name);
         let program = self.program(name)?;
         // The ifindex is resolved in the caller's namespace, hence the thread.
-        ns.run(None, || {
-            program.attach_to_if_index(ifindex, XdpMode::Driver)
-        })?
-        .with_context(|| format!("attaching {name} to {} (native)", dev.name))
+        ns.run(|| program.attach_to_if_index(ifindex, XdpMode::Driver))
+            .with_context(|| format!("attaching {name} to {} (native)", dev.name))
     }
 
     /// Attaches the do-nothing redirect to `from`, sending every frame out
     /// of `to` unchanged (both in the relay namespace).
     pub fn attach_redirect(&mut self, relay: &Netns, from: &Veth, to: &Veth) -> Result<()> {
         self.detach_relay_side()?;
-        let target = Topology::ifindex(relay, to)?;
+        let target = relay.ifindex(&to.name);
         let mut map: Array<_, u32> = Array::try_from(
             self.ebpf
                 .map_mut(MAP_REDIRECT_TO)

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use turnx::client::TurnClient;
+use testkit::client::TurnClient;
 
 use crate::{
     cpu,
@@ -148,7 +148,7 @@ impl Server {
             .stderr(output)
             .spawn()
             .with_context(|| format!("starting {}", relay.label()))?;
-        crate::cleanup::process_started(child.id());
+        testkit::cleanup::process_started(child.id());
         let server = Server { child, log, relay };
         server.wait_ready(topology)?;
         Ok(Some(server))
@@ -168,11 +168,11 @@ impl Server {
         let server = SocketAddr::new(RELAY_CLIENT_SIDE_V4.into(), TURN_PORT);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let answered = topology.client.run(None, || {
+            let answered = topology.client.run(|| {
                 let socket = UdpSocket::bind((CLIENT_V4, 0))?;
                 socket.set_read_timeout(Some(Duration::from_millis(200)))?;
                 anyhow::Ok(TurnClient::connect(socket, server, USERNAME, PASSWORD).is_ok())
-            })??;
+            })?;
             if answered {
                 // Threads started after exec inherit the pinning; these
                 // were all started before the first answer.
@@ -198,14 +198,14 @@ impl Drop for Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                crate::cleanup::process_stopped(self.child.id());
+                testkit::cleanup::process_stopped(self.child.id());
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        crate::cleanup::process_stopped(self.child.id());
+        testkit::cleanup::process_stopped(self.child.id());
     }
 }
 
@@ -298,7 +298,7 @@ pub fn bind_channels(
 ) -> Result<(Vec<Binding>, Vec<TurnClient>)> {
     let server = SocketAddr::new(RELAY_CLIENT_SIDE_V4.into(), TURN_PORT);
     let deadline = Instant::now() + time_limit;
-    topology.client.run(Some(topology.load_core), || {
+    topology.client.run_on(Some(topology.load_core), || {
         let mut bindings = Vec::with_capacity(count);
         let mut clients = Vec::new();
         for (allocation, first) in (0..count).step_by(CHANNELS_PER_ALLOCATION).enumerate() {
@@ -329,7 +329,7 @@ pub fn bind_channels(
             clients.push(client);
         }
         anyhow::Ok((bindings, clients))
-    })?
+    })
 }
 
 /// The same addresses as [`bind_channels`] without a TURN server, for the

@@ -78,12 +78,12 @@ pub fn run(
         Direction::ToPod => (&topology.client, &topology.client_if),
         Direction::ToClient => (&topology.pod, &topology.pod_if),
     };
-    let ifindex = Topology::ifindex(ns, dev)?;
+    let ifindex = ns.ifindex(&dev.name);
     let before = CoreTimes::read(topology.relay_core)?;
     let generator = programs.generator()?;
-    let (sent, elapsed) = ns.run(Some(topology.load_core), || {
+    let (sent, elapsed) = ns.run_on(Some(topology.load_core), || {
         send_for(&generator, &traffic.template, ifindex, duration, rate)
-    })??;
+    })?;
     std::thread::sleep(DRAIN);
     let after = CoreTimes::read(topology.relay_core)?;
     let count = programs.sink_count()?;

@@ -3,15 +3,17 @@
 //! fd00::/8, with threaded NAPI on every veth so that each interface's
 //! receive work runs in a kernel thread that can be pinned: the relay
 //! side's to the relay core, the client and pod sides' to the load core.
-//! Everything is removed on drop.
+//! Everything is removed on drop. The namespaces and veths are the
+//! testkit's; what is here is the tuning for measurements.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
-    process::Command,
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{Result, ensure};
+use testkit::{
+    Netns, Veth,
+    netns::{format_mac, veth_pair},
+    unique_name,
 };
-
-use anyhow::{Context, Result, bail, ensure};
 
 use crate::cpu;
 
@@ -33,100 +35,6 @@ pub const RELAY_POD_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 
 pub const POD_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 /// The pod's IPv6 address.
 pub const POD_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 1);
-
-/// One network namespace made by the benchmark.
-pub struct Netns {
-    /// The namespace's name under /var/run/netns.
-    pub name: String,
-}
-
-impl Netns {
-    fn new(name: String) -> Result<Self> {
-        ip(&["netns", "add", &name])?;
-        crate::cleanup::namespace_created(&name);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        ns.sysctl("net/ipv6/conf/all/accept_dad", "0")?;
-        ns.sysctl("net/ipv6/conf/default/accept_dad", "0")?;
-        Ok(ns)
-    }
-
-    /// `ip -n <ns> args...`
-    pub fn ip(&self, args: &[&str]) -> Result<()> {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        ip(&full)
-    }
-
-    /// A command that runs inside this namespace.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
-        command
-    }
-
-    /// Runs a shell snippet inside this namespace (with this namespace's
-    /// /sys mounted, which `ip netns exec` does).
-    pub fn sh(&self, script: &str) -> Result<()> {
-        let output = self.command("sh").args(["-c", script]).output()?;
-        ensure!(
-            output.status.success(),
-            "`{script}` in {} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        Ok(())
-    }
-
-    /// Writes a sysctl (path below /proc/sys).
-    pub fn sysctl(&self, path: &str, value: &str) -> Result<()> {
-        self.sh(&format!("echo {value} > /proc/sys/{path}"))
-    }
-
-    /// Runs `f` on a thread that has entered this namespace (sockets,
-    /// interface names and BPF_PROG_RUN's ifindex are this namespace's),
-    /// pinned to `core` if given.
-    pub fn run<T: Send>(&self, core: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> Result<T> {
-                    self::enter(&path)?;
-                    if let Some(core) = core {
-                        cpu::pin_current_thread(core)?;
-                    }
-                    Ok(f())
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("a thread in namespace {} panicked", self.name))?
-        })
-    }
-}
-
-/// Moves the calling thread into the namespace at `path`.
-fn enter(path: &str) -> Result<()> {
-    let ns = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: setns on a namespace fd we hold open; only this thread moves.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {path}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "delete", &self.name]);
-        crate::cleanup::namespace_deleted(&self.name);
-    }
-}
-
-/// One end of a veth pair.
-pub struct Veth {
-    /// Interface name, unique per benchmark run.
-    pub name: String,
-    /// Its MAC address.
-    pub mac: [u8; 6],
-}
 
 /// The three namespaces and the veths between them.
 pub struct Topology {
@@ -159,25 +67,17 @@ impl Topology {
     /// Builds the network. Names carry the process id, so concurrent runs
     /// do not collide.
     pub fn new() -> Result<Self> {
-        let id = std::process::id() % 100_000;
-        let client = Netns::new(format!("txbench{id}c"))?;
-        let relay = Netns::new(format!("txbench{id}r"))?;
-        let pod = Netns::new(format!("txbench{id}p"))?;
+        let client = Netns::new("txbc");
+        let relay = Netns::new("txbr");
+        let pod = Netns::new("txbp");
         let names = [
-            format!("bc{id}"),
-            format!("brc{id}"),
-            format!("brp{id}"),
-            format!("bp{id}"),
+            unique_name("bc"),
+            unique_name("brc"),
+            unique_name("brp"),
+            unique_name("bp"),
         ];
-        for (a, a_ns, b, b_ns) in [
-            (&names[0], &client, &names[1], &relay),
-            (&names[2], &relay, &names[3], &pod),
-        ] {
-            ip(&[
-                "link", "add", a, "netns", &a_ns.name, "type", "veth", "peer", "name", b, "netns",
-                &b_ns.name,
-            ])?;
-        }
+        let (client_if, relay_client_if) = veth_pair(&client, &names[0], &relay, &names[1]);
+        let (relay_pod_if, pod_if) = veth_pair(&relay, &names[2], &pod, &names[3]);
         let ends = [
             (&client, &names[0], "198.18.0.1/24", "fd00:18::1/64"),
             (&relay, &names[1], "198.18.0.254/24", "fd00:18::254/64"),
@@ -185,61 +85,45 @@ impl Topology {
             (&pod, &names[3], "198.19.0.1/24", "fd00:19::1/64"),
         ];
         for (ns, dev, v4, v6) in ends {
-            ns.ip(&["addr", "add", v4, "dev", dev])?;
-            ns.ip(&["addr", "add", v6, "dev", dev, "nodad"])?;
+            ns.ip(&["addr", "add", v4, "dev", dev]);
+            ns.ip(&["addr", "add", v6, "dev", dev, "nodad"]);
             // Full UDP checksums from local sockets, as a NIC would deliver
             // them (the XDP relay updates checksums incrementally); GRO on
             // and threaded NAPI, so receive work runs in a pinnable thread.
             ns.sh(&format!(
                 "ethtool -K {dev} tx off gro on >/dev/null && ip link set {dev} up && \
                  echo 1 > /sys/class/net/{dev}/threaded"
-            ))?;
+            ));
         }
-        let parking = format!("bg{id}");
-        client.ip(&[
-            "link",
-            "add",
-            &parking,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("bg{id}p"),
-        ])?;
-        client.ip(&["link", "set", &parking, "up"])?;
+        let parking = unique_name("bg");
+        let (parking_if, _) = veth_pair(&client, &parking, &client, &unique_name("bgp"));
+        client.ip(&["link", "set", &parking, "up"]);
         for extra in EXTRA_CLIENTS_V4 {
-            client.ip(&["addr", "add", &format!("{extra}/24"), "dev", &names[0]])?;
+            client.ip(&["addr", "add", &format!("{extra}/24"), "dev", &names[0]]);
         }
-        client.ip(&["route", "add", "default", "via", "198.18.0.254"])?;
-        client.ip(&["-6", "route", "add", "default", "via", "fd00:18::254"])?;
-        pod.ip(&["route", "add", "default", "via", "198.19.0.254"])?;
-        pod.ip(&["-6", "route", "add", "default", "via", "fd00:19::254"])?;
-        relay.sysctl("net/ipv4/conf/all/forwarding", "1")?;
-        relay.sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        client.ip(&["route", "add", "default", "via", "198.18.0.254"]);
+        client.ip(&["-6", "route", "add", "default", "via", "fd00:18::254"]);
+        pod.ip(&["route", "add", "default", "via", "198.19.0.254"]);
+        pod.ip(&["-6", "route", "add", "default", "via", "fd00:19::254"]);
+        relay.enable_forwarding();
         let cores = cpu::online_cores()?;
         ensure!(
             cores.len() >= 2,
             "the benchmark needs two cores (one for the relay, one for the load)"
         );
-        let mac = |ns: &Netns, dev: &str| -> Result<Veth> {
-            Ok(Veth {
-                name: dev.to_owned(),
-                mac: read_mac(ns, dev)?,
-            })
-        };
         let topology = Topology {
-            client_if: mac(&client, &names[0])?,
-            relay_client_if: mac(&relay, &names[1])?,
-            relay_pod_if: mac(&relay, &names[2])?,
-            pod_if: mac(&pod, &names[3])?,
-            parking_if: mac(&client, &parking)?,
+            client_if,
+            relay_client_if,
+            relay_pod_if,
+            pod_if,
+            parking_if,
             client,
             relay,
             pod,
             relay_core: cores[cores.len() - 1],
             load_core: cores[0],
         };
-        topology.add_neighbours()?;
+        topology.add_neighbours();
         topology.pin_napi_threads()?;
         Ok(topology)
     }
@@ -247,7 +131,7 @@ impl Topology {
     /// Permanent neighbour entries everywhere: the relay's FIB lookups
     /// succeed from the first frame and no ARP or ND runs during a
     /// measurement.
-    fn add_neighbours(&self) -> Result<()> {
+    fn add_neighbours(&self) {
         let mut entries: Vec<(&Netns, IpAddr, &Veth, &Veth)> = vec![
             (&self.relay, POD_V4.into(), &self.pod_if, &self.relay_pod_if),
             (&self.relay, POD_V6.into(), &self.pod_if, &self.relay_pod_if),
@@ -289,9 +173,8 @@ impl Topology {
                 &dev.name,
                 "nud",
                 "permanent",
-            ])?;
+            ]);
         }
-        Ok(())
     }
 
     /// Pins each veth's NAPI thread: the relay namespace's to the relay
@@ -316,54 +199,4 @@ impl Topology {
         }
         Ok(())
     }
-
-    /// The interface index of `dev` in `ns`.
-    pub fn ifindex(ns: &Netns, dev: &Veth) -> Result<u32> {
-        let text = read_in(ns, &format!("/sys/class/net/{}/ifindex", dev.name))?;
-        text.trim()
-            .parse()
-            .with_context(|| format!("ifindex of {}: {text:?}", dev.name))
-    }
-}
-
-fn read_mac(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
-    let text = read_in(ns, &format!("/sys/class/net/{dev}/address"))?;
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|part| u8::from_str_radix(part, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("MAC of {dev}: {text:?}"))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("MAC of {dev} is not 6 bytes: {text:?}"))
-}
-
-/// Reads a file as seen from inside `ns` (for its /sys).
-fn read_in(ns: &Netns, path: &str) -> Result<String> {
-    let output = ns.command("cat").arg(path).output()?;
-    ensure!(output.status.success(), "reading {path} in {}", ns.name);
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Runs `ip` with `args`.
-pub fn ip(args: &[&str]) -> Result<()> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
-    ensure!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(())
 }

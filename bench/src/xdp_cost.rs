@@ -11,14 +11,15 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Result, ensure};
 use relay_common::PacketClass;
-use turnx::{
+use testkit::{
+    Netns,
     frame::{UdpFrame, channel_data, stun_binding_request},
-    xdp::{KernelBinding, LoadOptions, XdpRelay},
 };
+use turnx::xdp::{KernelBinding, LoadOptions, XdpRelay};
 
 use crate::{
     stats::Spread,
-    topology::{CLIENT_V4, Netns, POD_V4, RELAY_CLIENT_SIDE_V4, RELAY_POD_SIDE_V4},
+    topology::{CLIENT_V4, POD_V4, RELAY_CLIENT_SIDE_V4, RELAY_POD_SIDE_V4},
 };
 
 const LISTEN_PORT: u16 = 3478;
@@ -129,7 +130,7 @@ pub fn measure(
     relay.set_listen_ports(&[LISTEN_PORT])?;
     // The sinks on the far ends make the relay's veths deliver XDP frames;
     // the program checks that before relaying, as it does in production.
-    let egress = namespace.run(None, || relay.refresh_egress())??;
+    let egress = namespace.run(|| relay.refresh_egress())?;
     ensure!(
         !egress.is_empty(),
         "no relay interface delivers XDP frames; the sinks should run on the far ends"
@@ -137,11 +138,11 @@ pub fn measure(
     let mut costs = Vec::new();
     let time = |relay: &XdpRelay, frame: &[u8], class, runs: u32, repeat: u32| -> Result<Spread> {
         let before = relay.counters()?;
-        let times: Vec<Duration> = namespace.run(None, || {
+        let times: Vec<Duration> = namespace.run(|| {
             (0..runs)
                 .map(|_| relay.run_on_frame(frame, repeat).map(|run| run.duration))
                 .collect::<Result<_, _>>()
-        })??;
+        })?;
         let counted = relay.counters()?.since(&before).get(class).packets;
         ensure!(
             counted == u64::from(runs) * u64::from(repeat),

@@ -5,8 +5,9 @@
 //! takes redirected frames), the frame is rewritten and sent with XDP_TX or
 //! a redirect; when it does not (next hop unresolved, no route, forwarding
 //! off, an egress that would drop the frame) the frame is left untouched
-//! for the userspace relay, whose sending also resolves the neighbour. With stack routing (so that Cilium's
-//! routing and policy apply) the rewritten frame goes to the stack.
+//! for the userspace relay, whose sending also resolves the neighbour.
+//! With stack routing (so that Cilium's policy, netfilter and the kernel's
+//! routing apply) the rewritten frame goes on to the stack instead.
 
 use aya_ebpf::{
     Global,
@@ -38,6 +39,14 @@ pub struct NextHop {
 }
 
 impl NextHop {
+    /// The stack routes the rewritten frame (stack routing), or nothing
+    /// has been looked up yet.
+    const STACK: NextHop = NextHop {
+        ifindex: 0,
+        src_mac: [0; 6],
+        dst_mac: [0; 6],
+    };
+
     /// The XDP action that sends the (rewritten) frame to this next hop.
     #[inline(always)]
     pub fn action(&self, ctx: &XdpContext) -> u32 {
@@ -69,18 +78,10 @@ pub struct Flow<'a> {
 /// userspace.
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, flow: &Flow) -> Option<NextHop> {
+    let mut hop = NextHop::STACK;
     if ROUTE_IN_STACK.load() != 0 {
-        return Some(NextHop {
-            ifindex: 0,
-            src_mac: [0; 6],
-            dst_mac: [0; 6],
-        });
+        return Some(hop);
     }
-    let mut hop = NextHop {
-        ifindex: 0,
-        src_mac: [0; 6],
-        dst_mac: [0; 6],
-    };
     // SAFETY: reading a field of the context the kernel passed in.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     if lookup(ctx.ctx.cast(), ingress, flow, &mut hop) != 0 {
@@ -97,14 +98,13 @@ pub fn next_hop(ctx: &XdpContext, flow: &Flow) -> Option<NextHop> {
 /// The next hop of `flow` for the tc engine, or `None` when the frame
 /// should be left to userspace. Any interface takes what tc redirects to
 /// it (the skb goes through the device's transmit path), so no egress rule
-/// applies.
+/// applies. With stack routing it is the stack.
 #[inline(always)]
 pub fn tc_next_hop(ctx: &TcContext, flow: &Flow) -> Option<NextHop> {
-    let mut hop = NextHop {
-        ifindex: 0,
-        src_mac: [0; 6],
-        dst_mac: [0; 6],
-    };
+    let mut hop = NextHop::STACK;
+    if ROUTE_IN_STACK.load() != 0 {
+        return Some(hop);
+    }
     // SAFETY: reading a field of the context the kernel passed in.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
     (lookup(ctx.skb.skb.cast(), ingress, flow, &mut hop) == 0).then_some(hop)

@@ -225,7 +225,10 @@ fn rewrite<H: IpHeader>(
     Some(())
 }
 
-/// Writes the next hop's MAC addresses, counts, and redirects.
+/// Writes the next hop's MAC addresses, counts, and redirects; with stack
+/// routing (no next hop) it hands the rewritten packet on instead, to the
+/// tc programs after this one (Cilium's) and then the stack, which route
+/// it and apply their policy.
 #[inline(always)]
 fn send(
     ctx: &TcContext,
@@ -235,8 +238,10 @@ fn send(
     data_len: usize,
 ) -> Option<i32> {
     let skb = ctx.skb.skb;
-    store(skb, 0, &hop.dst_mac)?;
-    store(skb, 6, &hop.src_mac)?;
+    if hop.ifindex != 0 {
+        store(skb, 0, &hop.dst_mac)?;
+        store(skb, 6, &hop.src_mac)?;
+    }
     maps::count_binding(slot, to_peer, data_len);
     let class = if to_peer {
         PacketClass::ForwardedToPeer
@@ -244,6 +249,9 @@ fn send(
         PacketClass::ForwardedToClient
     };
     maps::count(class, ctx.len() as usize);
+    if hop.ifindex == 0 {
+        return Some(NEXT);
+    }
     // SAFETY: a helper call with an interface index from the FIB.
     Some(unsafe { bpf_redirect(hop.ifindex, 0) } as i32)
 }

@@ -110,11 +110,23 @@ pub struct PeersConfig {
 }
 
 /// `[offload]`
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OffloadConfig {
     /// The kernel engines used.
     pub engine: Engine,
+    /// Name patterns of pods' host-side veths, which the tc engine follows
+    /// (see [`crate::pod_interfaces`]).
+    pub pod_interfaces: Vec<String>,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        OffloadConfig {
+            engine: Engine::Auto,
+            pod_interfaces: vec!["lxc*".into(), "cali*".into()],
+        }
+    }
 }
 
 /// Which kernel programs relay bound channels.

@@ -5,16 +5,18 @@
 //! - [`xdp`]: loading, attaching and reading the XDP program;
 //! - [`offload`]: mirroring channel bindings into the XDP maps;
 //! - [`interfaces`]: which interfaces to attach to by default;
+//! - [`pod_interfaces`]: following pods' veths as they come and go;
 //! - [`turn`]: the TURN protocol core, without I/O;
-//! - [`shell`]: the TURN server's sockets and timers on tokio;
-//! - [`frame`]: Ethernet frame builders for tests and benchmarks.
+//! - [`shell`]: the TURN server's sockets and timers on tokio.
+//!
+//! What tests and benchmarks share (frame builders, a TURN client,
+//! namespaces) is the `turnx-testkit` crate, not part of this library.
 
-pub mod client;
 pub mod config;
 pub mod ebpf_object;
-pub mod frame;
 pub mod interfaces;
 pub mod offload;
+pub mod pod_interfaces;
 pub mod shell;
 pub mod turn;
 pub mod xdp;

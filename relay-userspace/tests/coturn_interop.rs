@@ -17,7 +17,7 @@ use std::{
 };
 
 use common::{Daemon, Process, TempDir, Topology};
-use turnx::client::TurnClient;
+use testkit::client::TurnClient;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
@@ -77,7 +77,7 @@ stats_interval_secs = 0
     );
     let path = dir.0.join("turnxd.toml");
     std::fs::write(&path, config).unwrap();
-    let daemon = Daemon::start_ready(
+    let daemon = common::turnxd_ready(
         &topology.relay,
         &["--no-xdp", "--config", path.to_str().unwrap()],
     );

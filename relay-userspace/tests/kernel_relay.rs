@@ -12,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Process, TempDir, Topology, logged_number};
-use turnx::client::TurnClient;
+use common::{Daemon, Process, TempDir, Topology, logged_number, logged_number_after};
+use testkit::client::TurnClient;
 use turnx::xdp::XdpRelay;
 
 const CHANNEL: u16 = 0x4000;
@@ -26,15 +26,6 @@ fn counters(ns: &common::Netns, interface: &str) -> serde_json::Value {
 
 fn packets(counters: &serde_json::Value, class: &str) -> u64 {
     counters[class]["packets"].as_u64().unwrap_or(0)
-}
-
-/// A number from turnxd's shutdown log, such as `to_peer_packets: 1`,
-/// the first after `after`.
-fn logged_number_after(log: &str, after: &str, field: &str) -> u64 {
-    let from = log
-        .find(after)
-        .unwrap_or_else(|| panic!("no {after} in:\n{log}"));
-    logged_number(&log[from..], field)
 }
 
 #[test]
@@ -125,7 +116,7 @@ impl KernelSetup {
             ),
         )
         .unwrap();
-        let daemon = Daemon::start_ready(&topology.relay, &["--config", config.to_str().unwrap()]);
+        let daemon = common::turnxd_ready(&topology.relay, &["--config", config.to_str().unwrap()]);
         let _peer_process = common::start_turnutils_peer(&topology.pod, &[&pod_ip], "3480");
         let server: SocketAddr = format!("{}:3478", bracketed(&server_ip)).parse().unwrap();
         let peer: SocketAddr = format!("{}:3480", bracketed(&pod_ip)).parse().unwrap();
@@ -176,7 +167,7 @@ fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
                 .unwrap_or_else(|| panic!("no echo for packet {i}"));
             assert_eq!(
                 echo,
-                turnx::frame::channel_data(CHANNEL, data.as_bytes(), false)
+                testkit::frame::channel_data(CHANNEL, data.as_bytes(), false)
             );
         }
         let after = relay_counters(topology);

@@ -10,11 +10,11 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Link, Netns, wait_for};
+use common::{Link, Netns, wait_for};
 use relay_common::PacketClass;
+use testkit::frame::{channel_data, stun_binding_request};
 use turnx::{
     config::XdpMode,
-    frame::{channel_data, stun_binding_request},
     xdp::{AttachMode, ClassCounters, XdpError, XdpRelay},
 };
 
@@ -175,7 +175,7 @@ fn daemon_attaches_counts_logs_and_detaches_on_sigterm() {
         "--stats-interval",
         "1",
     ];
-    let mut daemon = Daemon::start_ready(&link.relay, &args);
+    let mut daemon = common::turnxd_ready(&link.relay, &args);
     assert!(
         daemon
             .log()
@@ -208,7 +208,7 @@ fn daemon_attaches_counts_logs_and_detaches_on_sigterm() {
     // A second daemon on the same interface fails and names the owner.
     let mut second_args = args;
     second_args[1] = second_pins.path();
-    let mut second = Daemon::start(&link.relay, &second_args);
+    let mut second = common::turnxd(&link.relay, &second_args);
     let status_second = wait_for(Duration::from_secs(20), || second.child.try_wait().unwrap())
         .expect("the second turnxd should exit on its own");
     assert!(!status_second.success());
@@ -254,7 +254,7 @@ fn daemon_without_xdp_object_or_interface_fails_clearly() {
         return;
     }
     let ns = Netns::new("txe");
-    let mut daemon = Daemon::start(&ns, &["--interface", "nonexistent0"]);
+    let mut daemon = common::turnxd(&ns, &["--interface", "nonexistent0"]);
     let exit = wait_for(Duration::from_secs(20), || daemon.child.try_wait().unwrap())
         .expect("turnxd should exit on its own");
     assert!(!exit.success());

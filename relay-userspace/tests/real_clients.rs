@@ -34,7 +34,8 @@ use common::{
     browser::{Browser, PageServer},
     logged_number,
 };
-use turnx::{client::TurnClient, xdp::XdpRelay};
+use testkit::client::TurnClient;
+use turnx::xdp::XdpRelay;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
@@ -146,7 +147,7 @@ impl Relay {
             "debug",
         ];
         let args: Vec<&str> = args.iter().copied().chain(extra.iter().copied()).collect();
-        let daemon = Daemon::start_ready(&topology.relay, &args);
+        let daemon = common::turnxd_ready(&topology.relay, &args);
         let peer = common::start_turnutils_peer(
             &topology.pod,
             &[&topology.pod_ip, &topology.pod_ip_v6],
@@ -440,7 +441,7 @@ fn built_in_configuration_serves_a_local_browser() {
     machine.ip(&["route", "add", "default", "via", &link.client_v4]);
     let pins = PinDir::new();
     let user = format!("{USER}:{PASSWORD}");
-    let mut daemon = Daemon::start_ready(
+    let mut daemon = common::turnxd_ready(
         machine,
         &[
             "--user",

@@ -7,10 +7,8 @@ mod common;
 use std::net::SocketAddr;
 
 use relay_common::PacketClass;
-use turnx::{
-    frame::{UdpFrame, channel_data, ethernet_frame, stun_binding_request},
-    xdp::XdpRelay,
-};
+use testkit::frame::{UdpFrame, channel_data, ethernet_frame, stun_binding_request};
+use turnx::xdp::XdpRelay;
 
 const XDP_PASS: u32 = 2;
 const LISTEN_PORT: u16 = 3478;

@@ -9,10 +9,8 @@ mod common;
 use std::net::SocketAddr;
 
 use relay_common::PacketClass;
-use turnx::{
-    frame::{UdpFrame, channel_data},
-    xdp::{KernelBinding, XdpRelay},
-};
+use testkit::frame::{UdpFrame, channel_data};
+use turnx::xdp::{KernelBinding, XdpRelay};
 
 const XDP_PASS: u32 = 2;
 const CHANNEL: u16 = 0x4000;
@@ -182,7 +180,7 @@ fn partial_checksums_are_left_to_the_stack() {
             };
             // What Linux writes for CHECKSUM_PARTIAL: the folded
             // pseudo-header sum, not complemented.
-            let partial = !turnx::frame::internet_checksum(&[src, dst, &[0, 17], &udp[4..6]]);
+            let partial = !testkit::frame::internet_checksum(&[src, dst, &[0, 17], &udp[4..6]]);
             let at = input.udp_offset + 6;
             input.bytes[at..at + 2].copy_from_slice(&partial.to_be_bytes());
             let (action, output, counted) = run(&relay, &input.bytes);

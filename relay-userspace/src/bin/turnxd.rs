@@ -19,6 +19,7 @@ use turnx::{
     config::{Config, DEFAULT_CONFIG_TOML, Engine, XdpMode},
     ebpf_object, interfaces,
     offload::{Eligibility, Offload},
+    pod_interfaces::PodInterfaces,
     shell::{ShellConfig, TurnServer},
     xdp::{LoadOptions, XdpError, XdpRelay, kernel_log},
 };
@@ -56,6 +57,19 @@ struct Args {
     /// Kernel engines: auto, xdp, tc or off. Replaces [offload] engine.
     #[arg(long, env = "TURNXD_ENGINE")]
     engine: Option<Engine>,
+    /// Name pattern of pods' veths for the tc engine to follow, such as
+    /// "lxc*"; repeat for several. Replaces [offload] pod_interfaces.
+    #[arg(
+        long = "pod-interface",
+        env = "TURNXD_POD_INTERFACES",
+        value_delimiter = ','
+    )]
+    pod_interfaces: Vec<String>,
+    /// Hand frames the kernel relays to the network stack, for its routing
+    /// and policy, instead of sending them to the next hop. Sets [xdp]
+    /// route_in_stack.
+    #[arg(long, env = "TURNXD_ROUTE_IN_STACK")]
+    route_in_stack: bool,
     /// error, warn, info, debug or trace. Replaces [log] level.
     #[arg(long, env = "TURNXD_LOG_LEVEL")]
     log_level: Option<String>,
@@ -129,6 +143,12 @@ impl Args {
         }
         if let Some(engine) = self.engine {
             config.offload.engine = engine;
+        }
+        if !self.pod_interfaces.is_empty() {
+            config.offload.pod_interfaces = self.pod_interfaces.clone();
+        }
+        if self.route_in_stack {
+            config.xdp.route_in_stack = true;
         }
         if let Some(level) = &self.log_level {
             config.log.level = level.clone();
@@ -243,11 +263,12 @@ async fn run(args: Args, config: Config) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
     raise_open_file_limit();
-    let relay = if config.xdp.enabled && config.offload.engine != Engine::Off {
-        Some(Arc::new(Mutex::new(start_xdp(&args, &config)?)))
+    let (relay, mut pods) = if config.xdp.enabled && config.offload.engine != Engine::Off {
+        let (relay, pods) = start_xdp(&args, &config)?;
+        (Some(Arc::new(Mutex::new(relay))), pods)
     } else {
         tracing::info!("XDP disabled by configuration");
-        None
+        (None, PodInterfaces::default())
     };
     let (relay_ipv4, relay_ipv6) = config.relay_addresses();
     let offload = relay.as_ref().map(|relay| {
@@ -258,7 +279,9 @@ async fn run(args: Args, config: Config) -> Result<()> {
     // Before serving, so the kernel relay can take the first bindings.
     let mut egress = EgressState::default();
     if let Some(relay) = &relay {
-        refresh_egress(&mut relay.lock().expect("XDP lock"), &mut egress);
+        let mut relay = relay.lock().expect("XDP lock");
+        follow_pods(&mut relay, &mut pods);
+        refresh_egress(&mut relay, &mut egress);
     }
     let turn = start_turn(&config, (relay_ipv4, relay_ipv6), offload).await?;
     tracing::info!("turnxd ready; listening on {:?}", config.server.listen);
@@ -270,8 +293,9 @@ async fn run(args: Args, config: Config) -> Result<()> {
         interval
     });
     ticker.tick().await;
-    // Which interfaces deliver XDP frames changes as pods come and go and
-    // programs attach and detach on veth peers: follow it.
+    // Pods' veths come and go, and which interfaces deliver XDP frames
+    // changes with them and as programs attach and detach on veth peers:
+    // follow both.
     let mut egress_ticker = tokio::time::interval(EGRESS_REFRESH);
     let mut driver_errors = std::collections::HashMap::new();
     let signal_name = loop {
@@ -281,6 +305,7 @@ async fn run(args: Args, config: Config) -> Result<()> {
             _ = egress_ticker.tick(), if relay.is_some() => {
                 if let Some(relay) = &relay {
                     let mut relay = relay.lock().expect("XDP lock");
+                    follow_pods(&mut relay, &mut pods);
                     refresh_egress(&mut relay, &mut egress);
                     watch_driver_errors(&relay, &mut driver_errors);
                 }
@@ -319,7 +344,8 @@ async fn run(args: Args, config: Config) -> Result<()> {
 
 /// Loads the program, sets the listen ports and attaches to every interface,
 /// or fails with everything attached so far detached again (on drop).
-fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
+/// Returns it with the pod interfaces to follow.
+fn start_xdp(args: &Args, config: &Config) -> Result<(XdpRelay, PodInterfaces)> {
     let object = ebpf_object::load(args.ebpf_object.as_deref())?;
     let pin_dir = (!config.xdp.pin_dir.is_empty()).then(|| PathBuf::from(&config.xdp.pin_dir));
     if pin_dir.is_some() {
@@ -349,12 +375,26 @@ fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
         config.xdp.interfaces.clone()
     };
     let engine = config.offload.engine;
+    // With both engines, an interface without native XDP is the tc
+    // engine's alone: generic XDP would only add its cost.
+    let mode = match (engine, config.xdp.mode) {
+        (Engine::Auto, XdpMode::Auto) => XdpMode::Native,
+        (_, mode) => mode,
+    };
     for name in &names {
         let xdp = if engine == Engine::Tc {
             None
         } else {
-            match relay.attach(name, config.xdp.mode) {
+            match relay.attach(name, mode) {
                 Ok(mode) => Some(mode),
+                Err(XdpError::Attach { reason, .. })
+                    if engine == Engine::Auto && config.xdp.mode == XdpMode::Auto =>
+                {
+                    tracing::info!(
+                        "no native XDP on {name} ({reason}); the tc engine relays there alone"
+                    );
+                    None
+                }
                 // Another program holds XDP here (Cilium's, say): leave it
                 // alone and take the interface at tc. Another turnxd is a
                 // misconfiguration, refused.
@@ -382,7 +422,44 @@ fn start_xdp(args: &Args, config: &Config) -> Result<XdpRelay> {
             (None, _) => tracing::info!("the tc engine attached to {name}'s ingress"),
         }
     }
-    Ok(relay)
+    let pods = if engine == Engine::Xdp {
+        PodInterfaces::default()
+    } else {
+        PodInterfaces::new(config.offload.pod_interfaces.clone(), names)
+    };
+    Ok((relay, pods))
+}
+
+/// Attaches the tc engine to pods' veths that appeared since the last look
+/// and forgets those that are gone. A failure is logged and tried again at
+/// the next look; the pod's traffic is relayed by userspace meanwhile.
+fn follow_pods(relay: &mut XdpRelay, pods: &mut PodInterfaces) {
+    if !pods.is_enabled() {
+        return;
+    }
+    let present = match turnx::pod_interfaces::present() {
+        Ok(present) => present,
+        Err(err) => {
+            tracing::warn!("cannot list the interfaces to follow pods' veths: {err}");
+            return;
+        }
+    };
+    let changes = pods.changes(&present);
+    for name in changes.gone {
+        relay.forget_tc(&name);
+        pods.forgotten(&name);
+        tracing::info!("pod interface {name} is gone");
+    }
+    for name in changes.attach {
+        match relay.attach_tc(&name) {
+            Ok(()) => {
+                pods.attached(&name);
+                tracing::info!("the tc engine attached to pod interface {name}");
+            }
+            // It may have gone again already; the next look tells.
+            Err(err) => tracing::warn!("{err}"),
+        }
+    }
 }
 
 /// Binds the TURN listeners and starts serving.

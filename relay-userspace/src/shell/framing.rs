@@ -50,7 +50,7 @@ impl StreamFramer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{channel_data, stun_binding_request};
+    use testkit::frame::{channel_data, stun_binding_request};
 
     #[test]
     fn splits_messages_across_arbitrary_reads() {

@@ -1031,8 +1031,8 @@ fn channel_bind_and_channel_data_both_ways() {
     );
     // Client to peer, with and without padding on UDP.
     for message in [
-        crate::frame::channel_data(0x4000, b"media", false),
-        crate::frame::channel_data(0x4000, b"media", true),
+        testkit::frame::channel_data(0x4000, b"media", false),
+        testkit::frame::channel_data(0x4000, b"media", true),
     ] {
         assert_eq!(
             harness.send(from, &message),
@@ -1051,7 +1051,7 @@ fn channel_bind_and_channel_data_both_ways() {
     );
     assert!(
         harness
-            .send(from, &crate::frame::channel_data(0x4001, b"x", false))
+            .send(from, &testkit::frame::channel_data(0x4001, b"x", false))
             .is_empty()
     );
     // Peer to client.
@@ -1059,7 +1059,7 @@ fn channel_bind_and_channel_data_both_ways() {
         harness.peer_sends(relayed, to, b"back"),
         [Transmit::ToClient {
             to: from,
-            data: crate::frame::channel_data(0x4000, b"back", false)
+            data: testkit::frame::channel_data(0x4000, b"back", false)
         }]
     );
     // Conflicts: the channel to another peer, the peer to another channel.
@@ -1097,7 +1097,7 @@ fn channel_data_is_padded_on_streams() {
         harness.peer_sends(relayed, to, b"12345"),
         [Transmit::ToClient {
             to: from,
-            data: crate::frame::channel_data(0x4001, b"12345", true)
+            data: testkit::frame::channel_data(0x4001, b"12345", true)
         }]
     );
 }
@@ -1116,7 +1116,7 @@ fn permission_channel_and_allocation_expiry_in_order() {
     assert!(harness.events().is_empty());
     assert_eq!(
         harness
-            .send(from, &crate::frame::channel_data(0x4002, b"x", false))
+            .send(from, &testkit::frame::channel_data(0x4002, b"x", false))
             .len(),
         1
     );
@@ -1139,7 +1139,7 @@ fn permission_channel_and_allocation_expiry_in_order() {
     );
     assert!(
         harness
-            .send(from, &crate::frame::channel_data(0x4002, b"x", false))
+            .send(from, &testkit::frame::channel_data(0x4002, b"x", false))
             .is_empty()
     );
     assert!(harness.peer_sends(relayed, to, b"x").is_empty());
@@ -1388,7 +1388,7 @@ fn malformed_input_never_panics_or_amplifies() {
             b.add_attribute(&Lifetime::new(600)).unwrap()
         }),
         permission(&signing, peer(1, 1)),
-        crate::frame::channel_data(0x4000, b"abcdefgh", true),
+        testkit::frame::channel_data(0x4000, b"abcdefgh", true),
         hex(RFC5769_REQUEST),
     ];
     // xorshift: deterministic, so a failure reproduces.
@@ -1595,7 +1595,7 @@ fn allocations_of_this_relay_are_peers_of_each_other() {
     );
 
     // Alice's ChannelData leaves her relayed address for Bob's...
-    let data = crate::frame::channel_data(0x4000, b"hello bob", false);
+    let data = testkit::frame::channel_data(0x4000, b"hello bob", false);
     let out = harness.send(alice, &data);
     assert_eq!(
         out,

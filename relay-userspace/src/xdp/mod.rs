@@ -8,6 +8,7 @@ pub mod driver_stats;
 pub mod egress;
 pub mod kernel_log;
 pub mod netlink;
+pub mod stack_routing;
 
 use std::time::Duration;
 
@@ -107,6 +108,17 @@ pub enum XdpError {
          stays off until it can (the netdev family needs Linux 6.3 or newer)"
     )]
     Netlink(std::io::Error),
+    /// A sysctl that stack routing needs could not be read or written.
+    #[error(
+        "cannot set {path} for stack routing: {source}; run turnxd with CAP_NET_ADMIN and \
+         /proc/sys writable, or turn [xdp] route_in_stack off"
+    )]
+    Sysctl {
+        /// The sysctl's file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// The kernel refused the tc program.
     #[error("cannot attach the tc engine to {interface}'s ingress: {reason}")]
     AttachTc {
@@ -300,6 +312,8 @@ pub struct XdpRelay {
     /// The locked pin directory, if the maps are pinned: one instance per
     /// directory (released when dropped).
     _pin_lock: Option<std::fs::File>,
+    /// With stack routing: the interfaces set to accept local sources.
+    accept_local: Option<stack_routing::AcceptLocal>,
 }
 
 /// Locks `dir` for this process, or fails if another holds it.
@@ -379,6 +393,9 @@ impl XdpRelay {
             attachments: Vec::new(),
             tc_attachments: Vec::new(),
             _pin_lock: pin_lock,
+            accept_local: options
+                .route_in_stack
+                .then(stack_routing::AcceptLocal::default),
         };
         if options.pin_dir.is_some() {
             let stale = relay.clear_bindings()?;
@@ -518,6 +535,9 @@ impl XdpRelay {
     /// the packets of its bindings that XDP left and hands every other one
     /// on to the programs after it (Cilium's) unchanged.
     pub fn attach_tc(&mut self, interface: &str) -> Result<(), XdpError> {
+        if let Some(accept_local) = &mut self.accept_local {
+            accept_local.enable(interface)?;
+        }
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|version| version >= aya::util::KernelVersion::new(6, 6, 0));
         let options = if tcx {
@@ -537,6 +557,26 @@ impl XdpRelay {
         Ok(())
     }
 
+    /// Forgets the tc engine's link on `interface`, which is gone (or is
+    /// to be left): the link is detached if the kernel still has it.
+    pub fn forget_tc(&mut self, interface: &str) {
+        let Some(index) = self
+            .tc_attachments
+            .iter()
+            .position(|(name, _)| name == interface)
+        else {
+            return;
+        };
+        let (_, link) = self.tc_attachments.swap_remove(index);
+        if let Some(accept_local) = &mut self.accept_local {
+            accept_local.forget(interface);
+        }
+        if let Ok(program) = tc_program_mut(&mut self.ebpf) {
+            // A vanished interface took its attachment with it.
+            let _ = program.detach(link);
+        }
+    }
+
     /// Attaches to `interface`; see [`XdpMode`] for the fallback rules.
     /// Refuses with [`XdpError::Occupied`] when another program is there.
     ///
@@ -545,6 +585,9 @@ impl XdpRelay {
     /// kernels without XDP links; that would outlive a crash, so it is
     /// undone and refused.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<AttachMode, XdpError> {
+        if let Some(accept_local) = &mut self.accept_local {
+            accept_local.enable(interface)?;
+        }
         let program = program_mut(&mut self.ebpf)?;
         let (link, mode) = attach::attach(program, interface, mode)?;
         let program_id = program.info()?.id();
@@ -565,10 +608,14 @@ impl XdpRelay {
         &self.attachments
     }
 
-    /// Detaches from every interface, returning those where the kernel
-    /// reported an error (the link is closed when `self` drops either way).
+    /// Detaches from every interface and puts back the sysctls stack
+    /// routing changed, returning those where the kernel reported an error
+    /// (the link is closed when `self` drops either way).
     pub fn detach_all(&mut self) -> Vec<(String, XdpError)> {
         let mut failures = Vec::new();
+        if let Some(accept_local) = &mut self.accept_local {
+            failures.extend(accept_local.restore());
+        }
         let tc_attachments = std::mem::take(&mut self.tc_attachments);
         match tc_program_mut(&mut self.ebpf) {
             Ok(program) => {

@@ -1,6 +1,7 @@
-//! Cleanup when the benchmark is interrupted: Ctrl-C or SIGTERM stop the
-//! servers it started (by PID) and delete its namespaces and its scratch
-//! directory before it exits, as drop does on a normal exit or an error.
+//! Cleanup when a run is interrupted: once [`install`]ed (the benchmark
+//! does), Ctrl-C or SIGTERM stop the servers it started (by PID) and delete
+//! its namespaces and its scratch directory before it exits, as drop does
+//! on a normal exit, an error or a panic. Namespaces register themselves.
 
 use std::{path::PathBuf, sync::Mutex};
 
@@ -14,7 +15,7 @@ pub fn scratch_directory(path: PathBuf) {
     *SCRATCH.lock().expect("cleanup lock") = Some(path);
 }
 
-/// Remembers a namespace until [`forget_namespace`].
+/// Remembers a namespace until [`namespace_deleted`].
 pub fn namespace_created(name: &str) {
     LIVE.lock().expect("cleanup lock").0.push(name.to_owned());
 }
@@ -36,7 +37,7 @@ pub fn process_stopped(pid: u32) {
 
 /// Blocks SIGINT and SIGTERM in every thread and handles them in one
 /// thread of their own. Call before starting any other thread.
-pub fn install() -> anyhow::Result<()> {
+pub fn install() -> std::io::Result<()> {
     // SAFETY: plain signal-mask calls on a local set.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -44,7 +45,7 @@ pub fn install() -> anyhow::Result<()> {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            anyhow::bail!("blocking SIGINT and SIGTERM failed");
+            return Err(std::io::Error::other("blocking SIGINT and SIGTERM failed"));
         }
         set
     };
@@ -52,7 +53,7 @@ pub fn install() -> anyhow::Result<()> {
         let mut signal = 0;
         // SAFETY: waits for one of the blocked signals in `set`.
         unsafe { libc::sigwait(&set, &mut signal) };
-        eprintln!("relay-bench: interrupted; stopping servers and removing namespaces");
+        eprintln!("interrupted; stopping servers and removing namespaces");
         let (namespaces, pids) = std::mem::take(&mut *LIVE.lock().expect("cleanup lock"));
         for pid in pids {
             // SAFETY: signalling a child we started, by its PID.
