@@ -13,6 +13,12 @@
 //! Once with the built-in wildcard listeners and direct sending, once with
 //! specific listeners and stack routing, where the stack routes what the
 //! kernel rewrote (for Cilium's policy and netfilter).
+//!
+//! And beside stand-ins for Cilium's programs (`testkit::foreign`): an XDP
+//! program on the uplink, which turnx must leave alone and relay there at
+//! tc instead, and tc programs on the uplink and the pod's veth, which must
+//! still see every frame that is not turnx's, and keep running after
+//! turnxd stops.
 
 mod common;
 
@@ -23,7 +29,9 @@ use std::{
 
 use common::{PinDir, Process, logged_number_after, start_turnutils_peer};
 use testkit::{
+    Netns,
     client::TurnClient,
+    foreign::Foreign,
     node::{self, NodeTopology, Place},
     process::Daemon,
 };
@@ -37,6 +45,8 @@ const COTURN: &str = "Debian package coturn";
 const UCLIENT_MESSAGES: u64 = 100;
 /// Round trips of the project's client per place and family.
 const ROUND_TRIPS: u64 = 100;
+/// Where traffic that is not turnx's goes, for the stand-ins to count.
+const FOREIGN_PORT: u16 = 7000;
 
 /// How turnxd listens and sends.
 #[derive(Clone, Copy, PartialEq)]
@@ -52,13 +62,20 @@ enum Mode {
 struct Node {
     topology: NodeTopology,
     daemon: Daemon,
+    /// Stand-ins for Cilium's programs: XDP and tc on the uplink, tc on
+    /// the pod's veth, in that order.
+    foreign: Vec<Foreign>,
+    /// Client runs so far, each relaying at least `ROUND_TRIPS` each way.
+    runs: u64,
     _peers: Vec<Process>,
     _uplink_nic: turnx::xdp::XdpRelay,
     _pins: PinDir,
 }
 
 impl Node {
-    fn start(test: &str, mode: Mode) -> Option<Node> {
+    /// `foreign`: the object with the stand-ins for Cilium's programs, to
+    /// attach to each interface before turnxd takes it, as Cilium's are.
+    fn start(test: &str, mode: Mode, foreign: Option<&[u8]>) -> Option<Node> {
         let object = common::xdp_object_or_skip(test)?;
         let tools = [("turnutils_uclient", COTURN), ("turnutils_peer", COTURN)];
         if !common::have_all_or_skip(test, &tools) {
@@ -66,6 +83,12 @@ impl Node {
         }
         let mut topology = NodeTopology::new();
         let uplink_nic = common::pass_program(&topology.fabric, &topology.uplink_far_end, object);
+        let mut stand_ins = Vec::new();
+        if let Some(foreign) = foreign {
+            let (ns, uplink) = (&topology.node, &topology.uplink);
+            stand_ins.push(Foreign::xdp(foreign, ns, uplink, FOREIGN_PORT));
+            stand_ins.push(Foreign::tc(foreign, ns, uplink, FOREIGN_PORT));
+        }
         let pins = PinDir::new();
         let mut args = vec![
             "--relay-address",
@@ -97,6 +120,10 @@ impl Node {
         // The pod starts after the relay, as pods do: turnxd must find its
         // veth by the default pattern (lxc*) and take it.
         topology.add_pod();
+        if let Some(foreign) = foreign {
+            let (ns, pod_if) = (&topology.node, &topology.pod_if);
+            stand_ins.push(Foreign::tc(foreign, ns, pod_if, FOREIGN_PORT));
+        }
         let attached = format!(
             "the tc engine attached to pod interface {}",
             topology.pod_if
@@ -126,6 +153,8 @@ impl Node {
         Some(Node {
             topology,
             daemon,
+            foreign: stand_ins,
+            runs: 0,
             _peers: peers,
             _uplink_nic: uplink_nic,
             _pins: pins,
@@ -244,43 +273,87 @@ impl Node {
     }
 
     /// Runs both clients to every place in both families, then stops
-    /// turnxd and checks, by the per-binding counters it logs, that the
-    /// kernel carried at least 95 % of all channel traffic. Returns the log.
+    /// turnxd; see [`Self::stop`].
     fn relay_everywhere(&mut self) -> String {
-        for place in Place::ALL {
+        self.relay_to(&Place::ALL);
+        self.stop()
+    }
+
+    /// Runs both clients to the peers at `places`, in both families, and
+    /// checks the XDP error counters.
+    fn relay_to(&mut self, places: &[Place]) {
+        for &place in places {
             for ipv6 in [false, true] {
                 let family = if ipv6 { "IPv6" } else { "IPv4" };
                 let case = format!("uclient to {place:?} over {family}");
                 self.assert_kernel_carries(&case, UCLIENT_MESSAGES, || self.uclient(place, ipv6));
                 let case = format!("own client to {place:?} over {family}");
                 self.assert_kernel_carries(&case, ROUND_TRIPS, || self.own_client(place, ipv6));
+                self.runs += 2;
             }
         }
         self.assert_no_xdp_errors();
+    }
+
+    /// Stops turnxd and checks, by the per-binding counters it logs, that
+    /// the kernel carried at least 95 % of all channel traffic. Returns the
+    /// log.
+    fn stop(&mut self) -> String {
         let exit = self.daemon.stop(libc::SIGTERM);
         let log = self.daemon.log();
         assert!(exit.success(), "turnxd exited with {exit}:\n{log}");
-        for (kernel, userspace) in [
-            ("to_peer_packets", "to_peer_packets"),
-            ("to_client_packets", "to_client_packets"),
-        ] {
-            let in_kernel = logged_number_after(&log, "kernel_relayed", kernel);
-            let in_userspace = logged_number_after(&log, "relayed Stats", userspace);
+        for field in ["to_peer_packets", "to_client_packets"] {
+            let in_kernel = logged_number_after(&log, "kernel_relayed", field);
+            let in_userspace = logged_number_after(&log, "relayed Stats", field);
             let total = in_kernel + in_userspace;
-            eprintln!("{kernel}: {in_kernel} in the kernel, {in_userspace} in userspace");
+            eprintln!("{field}: {in_kernel} in the kernel, {in_userspace} in userspace");
             assert!(
-                total >= 6 * (UCLIENT_MESSAGES + ROUND_TRIPS) && in_kernel * 100 >= total * 95,
-                "{kernel}: the kernel carried {in_kernel} of {total}:\n{log}"
+                total >= self.runs * ROUND_TRIPS && in_kernel * 100 >= total * 95,
+                "{field}: the kernel carried {in_kernel} of {total}:\n{log}"
             );
         }
         log
+    }
+
+    /// Sends `count` datagrams that are not turnx's (to FOREIGN_PORT on the
+    /// node) from `from` in `ns` to `to`, and asserts that a socket on the
+    /// node received every one.
+    fn send_foreign(&self, ns: &Netns, from: &str, to: &str, count: u64) {
+        let to = SocketAddr::new(to.parse().unwrap(), FOREIGN_PORT);
+        let receiver = self.topology.node.run(|| {
+            let socket = UdpSocket::bind(SocketAddr::new(to.ip(), FOREIGN_PORT)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            socket
+        });
+        ns.run(|| {
+            let socket = UdpSocket::bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+            for i in 0..count {
+                socket
+                    .send_to(format!("not turnx's {i}").as_bytes(), to)
+                    .unwrap();
+                // Paced, so that no socket buffer on the way overflows.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        let mut buffer = [0u8; 64];
+        for i in 0..count {
+            let received = receiver.recv_from(&mut buffer);
+            assert!(received.is_ok(), "datagram {i} of {count} to {to} was lost");
+        }
+    }
+
+    /// What each stand-in has seen so far.
+    fn foreign_seen(&self) -> Vec<u64> {
+        self.foreign.iter().map(Foreign::seen).collect()
     }
 }
 
 #[test]
 fn on_a_node_wildcard_listeners_relay_to_every_peer_place_in_the_kernel() {
     let test = "on_a_node_wildcard_listeners_relay_to_every_peer_place_in_the_kernel";
-    let Some(mut node) = Node::start(test, Mode::WildcardDirect) else {
+    let Some(mut node) = Node::start(test, Mode::WildcardDirect, None) else {
         return;
     };
     let log = node.relay_everywhere();
@@ -290,7 +363,7 @@ fn on_a_node_wildcard_listeners_relay_to_every_peer_place_in_the_kernel() {
 #[test]
 fn on_a_node_stack_routing_relays_to_every_peer_place_and_restores_sysctls() {
     let test = "on_a_node_stack_routing_relays_to_every_peer_place_and_restores_sysctls";
-    let Some(mut node) = Node::start(test, Mode::SpecificStackRouted) else {
+    let Some(mut node) = Node::start(test, Mode::SpecificStackRouted, None) else {
         return;
     };
     let accept_local = |node: &Node, interface: &str| {
@@ -310,5 +383,76 @@ fn on_a_node_stack_routing_relays_to_every_peer_place_and_restores_sysctls() {
     node.relay_everywhere();
     for interface in &interfaces {
         assert_eq!(accept_local(&node, interface), "0", "{interface}");
+    }
+}
+
+#[test]
+fn beside_cilium_like_programs_turnx_takes_only_its_own_frames_and_leaves_theirs() {
+    let test = "beside_cilium_like_programs_turnx_takes_only_its_own_frames_and_leaves_theirs";
+    let Some(foreign) = foreign_object_or_skip(test) else {
+        return;
+    };
+    let Some(mut node) = Node::start(test, Mode::WildcardDirect, Some(&foreign)) else {
+        return;
+    };
+    // The uplink's XDP hook is taken: turnx leaves it and relays there at
+    // tc, before the stand-in's tc program.
+    let uplink = node.topology.uplink.clone();
+    assert!(
+        node.daemon.wait_for_line(
+            &format!("{uplink} already runs XDP"),
+            Duration::from_secs(1)
+        ),
+        "{}",
+        node.daemon.log()
+    );
+    // Frames that are not turnx's reach every stand-in, and the stack.
+    let count = 100;
+    let before = node.foreign_seen();
+    let client = &node.topology.client;
+    node.send_foreign(client, node::CLIENT_V4, node::NODE_V4, count);
+    node.send_foreign(client, node::CLIENT_V6, node::NODE_V6, count);
+    let pod = node.topology.peer_namespace(Place::SameNodePod);
+    node.send_foreign(pod, Place::SameNodePod.v4(), node::NODE_V4, count);
+    let seen: Vec<u64> = node
+        .foreign_seen()
+        .iter()
+        .zip(&before)
+        .map(|(now, before)| now - before)
+        .collect();
+    let places: Vec<&str> = node.foreign.iter().map(|f| f.place.as_str()).collect();
+    assert_eq!(
+        seen,
+        [2 * count, 2 * count, count],
+        "datagrams each stand-in saw ({places:?})"
+    );
+    // turnx still relays its own channels in the kernel, without loss.
+    node.relay_to(&Place::ALL);
+    node.stop();
+    // And it left the stand-ins where they were.
+    let before = node.foreign_seen();
+    let client = &node.topology.client;
+    node.send_foreign(client, node::CLIENT_V4, node::NODE_V4, count);
+    let after = node.foreign_seen();
+    assert_eq!(
+        (after[0] - before[0], after[1] - before[1]),
+        (count, count),
+        "the uplink's stand-ins after turnxd stopped"
+    );
+}
+
+/// The benchmark's object, which holds the stand-ins for foreign programs
+/// (`cargo xtask test` points TURNX_BENCH_OBJECT at it), or `None` after
+/// saying why the test skips.
+fn foreign_object_or_skip(test: &str) -> Option<Vec<u8>> {
+    let required = std::env::var_os("TURNX_REQUIRE_XDP_TESTS").is_some();
+    let Some(path) = std::env::var_os("TURNX_BENCH_OBJECT") else {
+        assert!(!required, "{test}: TURNX_BENCH_OBJECT is not set");
+        eprintln!("skipping {test}: TURNX_BENCH_OBJECT is not set; run `cargo xtask test`");
+        return None;
+    };
+    match std::fs::read(&path) {
+        Ok(object) => Some(object),
+        Err(err) => panic!("{test}: reading {}: {err}", path.display()),
     }
 }

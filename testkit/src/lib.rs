@@ -8,6 +8,8 @@
 //! - [`process`]: child processes killed by PID, turnxd, coturn's peer,
 //!   temporary directories and certificates;
 //! - [`cleanup`]: removing all of it when a run is interrupted;
+//! - [`foreign`]: stand-ins for someone else's (Cilium's) XDP and tc
+//!   programs;
 //! - [`frame`]: Ethernet frames, STUN and ChannelData builders;
 //! - [`client`]: a minimal blocking TURN client.
 //!
@@ -16,6 +18,7 @@
 
 pub mod cleanup;
 pub mod client;
+pub mod foreign;
 pub mod frame;
 pub mod netns;
 pub mod node;

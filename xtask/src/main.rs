@@ -168,6 +168,8 @@ fn test(root: &Path) -> Result<()> {
     command
         .args(["test", "--workspace"])
         .env(compile::OBJECT_ENV, object)
+        // The coexistence tests load its stand-ins for foreign programs.
+        .env(compile::BENCH_OBJECT_ENV, &objects.bench)
         .env(REQUIRE_XDP_TESTS_ENV, "1")
         .env("PATH", path)
         .current_dir(root);

@@ -1,4 +1,5 @@
-//! The benchmark's XDP programs. None of them is part of the relay.
+//! The benchmark's and the tests' programs. None of them is part of the
+//! relay.
 //!
 //! - `turnx_bench_gen` runs under BPF_PROG_RUN in live-frames mode: it
 //!   writes the next flow's headers over the frame and transmits it (XDP_TX
@@ -9,15 +10,19 @@
 //! - `turnx_bench_redirect` sends every frame out of another interface
 //!   unchanged: the ceiling of any XDP forwarder on this machine.
 //! - `turnx_bench_pass` passes everything on.
+//! - `turnx_test_foreign_xdp` and `turnx_test_foreign_tc` stand in for
+//!   someone else's programs (Cilium's) on the relay's interfaces: they
+//!   count the datagrams to one port and pass everything on.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    Global,
+    bindings::{TC_ACT_OK, xdp_action},
     helpers::bpf_redirect,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use relay_common::bench::{
     GEN_HEAD_LEN, GenConfig, GenFlow, MAX_GEN_FLOWS, PAYLOAD_MAGIC, SinkConfig, SinkCounters,
@@ -92,9 +97,33 @@ pub fn turnx_bench_sink(ctx: XdpContext) -> u32 {
 /// so whether it is the one expected.
 #[inline(always)]
 fn sink(ctx: &XdpContext) -> Option<bool> {
-    let start = ctx.data();
     let end = ctx.data_end();
     let config = SINK_CONFIG.get(0)?;
+    let udp = udp_header(ctx.data(), end)?;
+    // SAFETY: `udp_header` checked that the UDP header ends before `end`.
+    let (dst_port, udp_len) = unsafe {
+        (
+            u16::from_be_bytes(*((udp + 2) as *const [u8; 2])),
+            u16::from_be_bytes(*((udp + 4) as *const [u8; 2])),
+        )
+    };
+    let magic = udp + 8 + usize::from(config.magic_offset & 0x0C);
+    if magic + 4 > end {
+        return None;
+    }
+    // SAFETY: the magic ends before `end` (checked above).
+    let magic = unsafe { *(magic as *const [u8; 4]) };
+    if dst_port < config.port_first || dst_port > config.port_last {
+        return None;
+    }
+    Some(udp_len == config.udp_len && magic == PAYLOAD_MAGIC)
+}
+
+/// Where the UDP header of the Ethernet frame from `start` to `end`
+/// begins, if it is an IPv4 or IPv6 datagram (without IPv6 extension
+/// headers) whose UDP header is all there.
+#[inline(always)]
+fn udp_header(start: usize, end: usize) -> Option<usize> {
     if start + 14 > end {
         return None;
     }
@@ -133,23 +162,7 @@ fn sink(ctx: &XdpContext) -> Option<bool> {
     if udp + 8 > end {
         return None;
     }
-    // SAFETY: the UDP header ends before `end` (checked above).
-    let (dst_port, udp_len) = unsafe {
-        (
-            u16::from_be_bytes(*((udp + 2) as *const [u8; 2])),
-            u16::from_be_bytes(*((udp + 4) as *const [u8; 2])),
-        )
-    };
-    let magic = udp + 8 + usize::from(config.magic_offset & 0x0C);
-    if magic + 4 > end {
-        return None;
-    }
-    // SAFETY: the magic ends before `end` (checked above).
-    let magic = unsafe { *(magic as *const [u8; 4]) };
-    if dst_port < config.port_first || dst_port > config.port_last {
-        return None;
-    }
-    Some(udp_len == config.udp_len && magic == PAYLOAD_MAGIC)
+    Some(udp)
 }
 
 #[xdp]
@@ -167,6 +180,53 @@ pub fn turnx_bench_redirect(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn turnx_bench_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The destination port the stand-ins below count; set at load.
+#[unsafe(no_mangle)]
+static FOREIGN_PORT: Global<u16> = Global::new(0);
+/// How many datagrams to FOREIGN_PORT a stand-in saw.
+#[map]
+static FOREIGN_SEEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A stand-in for someone else's XDP program on a relay interface
+/// (Cilium's, say), for the coexistence tests: it counts the datagrams to
+/// FOREIGN_PORT and passes every frame on.
+#[xdp]
+pub fn turnx_test_foreign_xdp(ctx: XdpContext) -> u32 {
+    count_foreign(ctx.data(), ctx.data_end());
+    xdp_action::XDP_PASS
+}
+
+/// The same at tc ingress. Like Cilium's programs it ends the chain with
+/// TC_ACT_OK, which hands the packet to the stack.
+#[classifier]
+pub fn turnx_test_foreign_tc(ctx: TcContext) -> i32 {
+    // Direct access needs the headers in the linear area (and pulling
+    // more than the packet holds fails).
+    if ctx.pull_data(ctx.len().min(ETH_IPV6_UDP_LEN)).is_ok() {
+        count_foreign(ctx.data(), ctx.data_end());
+    }
+    TC_ACT_OK
+}
+
+/// Ethernet, IPv6 and UDP headers: what the stand-ins read.
+const ETH_IPV6_UDP_LEN: u32 = 14 + 40 + 8;
+
+#[inline(always)]
+fn count_foreign(start: usize, end: usize) {
+    let Some(udp) = udp_header(start, end) else {
+        return;
+    };
+    // SAFETY: `udp_header` checked that the UDP header ends before `end`.
+    let dst_port = unsafe { u16::from_be_bytes(*((udp + 2) as *const [u8; 2])) };
+    if dst_port != FOREIGN_PORT.load() {
+        return;
+    }
+    if let Some(seen) = FOREIGN_SEEN.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *seen += 1 };
+    }
 }
 
 #[cfg(not(test))]
