@@ -7,10 +7,15 @@
 //! network byte order (`[u8; N]`), so the kernel copies them straight from the
 //! packet and userspace converts once, when it writes the map.
 //!
+//! So do their constructors ([`binding`]), the checksum arithmetic
+//! ([`checksum`]) and the protocol constants both sides need.
+//!
 //! With the `user` feature the types implement [`aya::Pod`].
 #![no_std]
 
 pub mod bench;
+pub mod binding;
+pub mod checksum;
 
 /// Name of the hash map of UDP ports the TURN server listens on.
 /// Key: [`ListenPortKey`], value: [`ListenPortValue`].

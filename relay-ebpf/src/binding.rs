@@ -5,12 +5,14 @@
 //! and send the result.
 
 use core::mem::size_of;
-use relay_common::{ChannelKey, ChannelTarget, MapIp, PeerKey, PeerTarget};
+use relay_common::{
+    ChannelKey, ChannelTarget, MapIp, PeerKey, PeerTarget,
+    binding::{is_v4_mapped, mapped_v4},
+    checksum::{self, Sum},
+};
 
 use crate::{
-    classify,
-    csum::{self, Sum},
-    maps,
+    classify, maps,
     packet::{Ipv4Hdr, Ipv6Hdr, Packet, UdpHdr, read},
     parse::Udp,
     route::Flow,
@@ -41,29 +43,18 @@ pub trait IpHeader: Copy {
     fn rewrite(&mut self, src: &MapIp, dst: &MapIp, delta: i16);
 }
 
-const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF];
-
-#[inline(always)]
-fn mapped(ip: [u8; 4]) -> MapIp {
-    let mut out = [0u8; 16];
-    out[10] = 0xFF;
-    out[11] = 0xFF;
-    out[12..].copy_from_slice(&ip);
-    out
-}
-
 impl IpHeader for Ipv4Hdr {
     const LEN: usize = size_of::<Ipv4Hdr>();
     const ZERO_CHECKSUM_ALLOWED: bool = true;
 
     #[inline(always)]
     fn map_src(&self) -> MapIp {
-        mapped(self.src)
+        mapped_v4(self.src)
     }
 
     #[inline(always)]
     fn map_dst(&self) -> MapIp {
-        mapped(self.dst)
+        mapped_v4(self.dst)
     }
 
     #[inline(always)]
@@ -73,12 +64,12 @@ impl IpHeader for Ipv4Hdr {
 
     #[inline(always)]
     fn holds(ip: &MapIp) -> bool {
-        ip[..12] == V4_MAPPED_PREFIX
+        is_v4_mapped(ip)
     }
 
     #[inline(always)]
     fn address_sum(&self) -> Sum {
-        Sum::zero().add(&self.src).add(&self.dst)
+        Sum::zero().with(&self.src).with(&self.dst)
     }
 
     #[inline(always)]
@@ -90,13 +81,13 @@ impl IpHeader for Ipv4Hdr {
         self.ttl -= 1;
         // The header is 20 bytes: recomputing is as cheap as updating.
         let sum = Sum::zero()
-            .add(&[self.version_ihl, self.tos])
-            .add(&self.total_len)
-            .add(&self.id)
-            .add(&self.frag_off)
-            .add(&[self.ttl, self.protocol])
-            .add(&self.src)
-            .add(&self.dst);
+            .with(&[self.version_ihl, self.tos])
+            .with(&self.total_len)
+            .with(&self.id)
+            .with(&self.frag_off)
+            .with(&[self.ttl, self.protocol])
+            .with(&self.src)
+            .with(&self.dst);
         self.check = sum.finish();
     }
 }
@@ -122,12 +113,12 @@ impl IpHeader for Ipv6Hdr {
 
     #[inline(always)]
     fn holds(ip: &MapIp) -> bool {
-        ip[..12] != V4_MAPPED_PREFIX
+        !is_v4_mapped(ip)
     }
 
     #[inline(always)]
     fn address_sum(&self) -> Sum {
-        Sum::zero().add(&self.src).add(&self.dst)
+        Sum::zero().with(&self.src).with(&self.dst)
     }
 
     #[inline(always)]
@@ -150,8 +141,8 @@ impl IpHeader for Ipv6Hdr {
 pub fn partial_checksum<H: IpHeader>(ip: &H, udp: &UdpHdr) -> bool {
     let pseudo = ip
         .address_sum()
-        .add(&[0, relay_common::IPPROTO_UDP])
-        .add(&udp.len);
+        .with(&[0, relay_common::IPPROTO_UDP])
+        .with(&udp.len);
     // The field is the folded sum, not its complement.
     udp.check == (!u16::from_be_bytes(pseudo.finish())).to_be_bytes()
 }
@@ -173,15 +164,15 @@ pub fn updated_check<H: IpHeader>(
         return [0, 0];
     }
     let sum = Sum::from_checksum(old.check)
-        .add(delta)
-        .remove(&old.len)
-        .remove(&old.len)
-        .add(new_len)
-        .add(new_len);
-    csum::udp_field(if strip {
-        sum.remove(channel_header)
+        .with(delta)
+        .without(&old.len)
+        .without(&old.len)
+        .with(new_len)
+        .with(new_len);
+    checksum::udp_field(if strip {
+        sum.without(channel_header)
     } else {
-        sum.add(channel_header)
+        sum.with(channel_header)
     })
 }
 
@@ -230,14 +221,13 @@ pub fn to_peer_binding<H: IpHeader>(ctx: &impl Packet, udp: &Udp, ip: &H) -> Opt
     {
         return None;
     }
-    let key = ChannelKey {
-        client_ip: ip.map_src(),
-        server_ip: ip.map_dst(),
-        client_port: udp.header.src_port,
-        server_port: udp.header.dst_port,
-        channel: [channel_header[0], channel_header[1]],
-        _pad: [0; 2],
-    };
+    let key = ChannelKey::from_parts(
+        ip.map_src(),
+        ip.map_dst(),
+        udp.header.src_port,
+        udp.header.dst_port,
+        [channel_header[0], channel_header[1]],
+    );
     let target = maps::channel_target(&key)?;
     // Cross-family bindings are left to userspace.
     if !H::holds(&target.relayed_ip) || !H::holds(&target.peer_ip) {
@@ -287,12 +277,12 @@ pub fn to_client_binding<H: IpHeader>(udp: &Udp, ip: &H) -> Option<ToClient> {
     {
         return None;
     }
-    let key = PeerKey {
-        relayed_ip: ip.map_dst(),
-        peer_ip: ip.map_src(),
-        relayed_port: udp.header.dst_port,
-        peer_port: udp.header.src_port,
-    };
+    let key = PeerKey::from_parts(
+        ip.map_dst(),
+        ip.map_src(),
+        udp.header.dst_port,
+        udp.header.src_port,
+    );
     let target = maps::peer_target(&key)?;
     if !H::holds(&target.server_ip) || !H::holds(&target.client_ip) {
         return None;

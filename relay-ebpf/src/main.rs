@@ -12,7 +12,6 @@
 
 mod binding;
 mod classify;
-mod csum;
 mod forward;
 mod maps;
 mod packet;

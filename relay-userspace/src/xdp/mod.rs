@@ -24,7 +24,7 @@ use aya::{
 use relay_common::{
     BindingCounters, ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue,
     MAP_BINDING_COUNTERS, MAP_CHANNELS, MAP_CLASS_COUNTERS, MAP_EGRESS, MAP_LISTEN_PORTS,
-    MAP_PEERS, MAX_LISTEN_PORTS, MapIp, PROGRAM_NAME, PeerKey, PeerTarget, TC_PROGRAM_NAME,
+    MAP_PEERS, MAX_LISTEN_PORTS, PROGRAM_NAME, PeerKey, PeerTarget, TC_PROGRAM_NAME,
 };
 use thiserror::Error;
 
@@ -150,111 +150,9 @@ fn xdp_links_of(program_id: u32) -> usize {
         .count()
 }
 
-/// A channel binding as the kernel relays it, in both directions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelBinding {
-    /// The client's address and port.
-    pub client: std::net::SocketAddr,
-    /// The TURN server address and port the client talks to.
-    pub server: std::net::SocketAddr,
-    /// The channel number.
-    pub channel: u16,
-    /// The relayed address the peer talks to.
-    pub relayed: std::net::SocketAddr,
-    /// The peer.
-    pub peer: std::net::SocketAddr,
-    /// Its slot in the per-binding counters, unique among installed
-    /// bindings (the offload manager hands them out).
-    pub slot: u32,
-}
-
-/// An address as the maps store it: IPv4 as IPv4-mapped IPv6.
-fn map_ip(ip: std::net::IpAddr) -> MapIp {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        std::net::IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// The one's-complement sum of the 16-bit words of addresses and ports, as
-/// they appear in the UDP checksum's pseudo-header and header.
-fn words_sum(endpoints: [std::net::SocketAddr; 2]) -> u32 {
-    let mut sum = 0u32;
-    for endpoint in endpoints {
-        let address = match endpoint.ip() {
-            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-        };
-        for pair in address.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-        }
-        sum += u32::from(endpoint.port());
-    }
-    sum
-}
-
-/// The checksum change for moving a datagram from `old` to `new`
-/// endpoints (source, destination): Σnew + Σ¬old, folded (RFC 1624).
-fn checksum_delta(old: [std::net::SocketAddr; 2], new: [std::net::SocketAddr; 2]) -> [u8; 2] {
-    // Σ¬old over n words is n·0xFFFF − Σold: add that instead of each
-    // complement (0xFFFF ≡ 0 in one's complement, so only −Σold matters).
-    let old = words_sum(old);
-    let mut sum = words_sum(new) as u64 + (0xFFFF_u64 * 64 - old as u64);
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    (sum as u16).to_be_bytes()
-}
-
-impl KernelBinding {
-    fn channel_entry(&self) -> (ChannelKey, ChannelTarget) {
-        (
-            ChannelKey {
-                client_ip: map_ip(self.client.ip()),
-                server_ip: map_ip(self.server.ip()),
-                client_port: self.client.port().to_be_bytes(),
-                server_port: self.server.port().to_be_bytes(),
-                channel: self.channel.to_be_bytes(),
-                _pad: [0; 2],
-            },
-            ChannelTarget {
-                relayed_ip: map_ip(self.relayed.ip()),
-                peer_ip: map_ip(self.peer.ip()),
-                relayed_port: self.relayed.port().to_be_bytes(),
-                peer_port: self.peer.port().to_be_bytes(),
-                checksum_delta: checksum_delta(
-                    [self.client, self.server],
-                    [self.relayed, self.peer],
-                ),
-                _pad: [0; 2],
-                slot: self.slot,
-            },
-        )
-    }
-
-    fn peer_entry(&self) -> (PeerKey, PeerTarget) {
-        (
-            PeerKey {
-                relayed_ip: map_ip(self.relayed.ip()),
-                peer_ip: map_ip(self.peer.ip()),
-                relayed_port: self.relayed.port().to_be_bytes(),
-                peer_port: self.peer.port().to_be_bytes(),
-            },
-            PeerTarget {
-                server_ip: map_ip(self.server.ip()),
-                client_ip: map_ip(self.client.ip()),
-                server_port: self.server.port().to_be_bytes(),
-                client_port: self.client.port().to_be_bytes(),
-                channel: self.channel.to_be_bytes(),
-                checksum_delta: checksum_delta(
-                    [self.peer, self.relayed],
-                    [self.server, self.client],
-                ),
-                slot: self.slot,
-            },
-        )
-    }
-}
+/// A channel binding as the kernel relays it, in both directions; its map
+/// entries are built in `relay-common`, beside their types.
+pub type KernelBinding = relay_common::binding::Binding;
 
 /// One interface the program is attached to.
 #[derive(Debug)]
