@@ -193,7 +193,12 @@ fn measure_relay(
 ) -> Result<()> {
     let duration = Duration::from_secs_f64(args.seconds);
     let mut counts = vec![1];
-    counts.extend(args.bindings.iter().copied().filter(|&n| n > 1));
+    let on_node = relay.pod_end_as_on_a_node();
+    if on_node {
+        programs.pod_end_as_on_a_node(topology)?;
+    } else {
+        counts.extend(args.bindings.iter().copied().filter(|&n| n > 1));
+    }
     for count in counts {
         let server = Server::start(relay, topology, workdir, MAX_BINDINGS)?;
         let (bindings, _clients) = if relay.is_turn() {
@@ -218,13 +223,19 @@ fn measure_relay(
         // to receive what the generator sends with XDP.
         if matches!(
             relay,
-            Relay::TcOffload | Relay::Userspace | Relay::Coturn | Relay::KernelForwarding
+            Relay::TcOffload
+                | Relay::Userspace
+                | Relay::Coturn
+                | Relay::NodeCoturn
+                | Relay::KernelForwarding
         ) {
             programs.attach_pass(topology)?;
         }
         let first = count == 1;
         let sizes: &[usize] = if first { &args.sizes } else { &[64] };
-        let directions: &[Direction] = if first {
+        // The generator's frames carry full checksums, which a pod's do
+        // not: from a pod end as on a node only client→pod is measured.
+        let directions: &[Direction] = if first && !on_node {
             &[Direction::ToPod, Direction::ToClient]
         } else {
             &[Direction::ToPod]
@@ -269,6 +280,9 @@ fn measure_relay(
             measure_latency(args, topology, programs, relay, &bindings, report)?;
         }
         drop(server);
+    }
+    if on_node {
+        programs.pod_end_engineered(topology)?;
     }
     Ok(())
 }

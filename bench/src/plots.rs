@@ -19,6 +19,8 @@ fn colour(relay: Relay) -> RGBColor {
         Relay::TcOffload => RGBColor(0x94, 0x67, 0xbd),
         Relay::Userspace => RGBColor(0xff, 0x7f, 0x0e),
         Relay::Coturn => RGBColor(0xd6, 0x27, 0x28),
+        Relay::NodeTurnx => RGBColor(0x17, 0xbe, 0xcf),
+        Relay::NodeCoturn => RGBColor(0xe3, 0x77, 0xc2),
         Relay::KernelForwarding => RGBColor(0x2c, 0xa0, 0x2c),
         Relay::XdpRedirect => RGBColor(0x7f, 0x7f, 0x7f),
     }

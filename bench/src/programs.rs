@@ -1,6 +1,6 @@
-//! The benchmark's own XDP programs (bench/ebpf): the generator, the sinks
-//! and the do-nothing redirect, loaded from the object `cargo xtask bench`
-//! builds.
+//! The benchmark's own programs (bench/ebpf): the generator, the sinks (XDP,
+//! and tc for a pod end as on a node) and the do-nothing redirect, loaded
+//! from the object `cargo xtask bench` builds.
 
 use std::{path::Path, time::Duration};
 
@@ -8,12 +8,17 @@ use anyhow::{Context, Result, ensure};
 use aya::{
     Ebpf,
     maps::{Array, PerCpuArray},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+        XdpMode,
+        tc::{SchedClassifierLinkId, TcAttachOptions},
+        xdp::XdpLinkId,
+    },
 };
 use relay_common::bench::{
     GEN_PROGRAM, GenConfig, GenFlow, MAP_GEN_CONFIG, MAP_GEN_FLOWS, MAP_REDIRECT_TO,
     MAP_SINK_CONFIG, MAP_SINK_COUNTERS, MAX_GEN_FLOWS, PASS_PROGRAM, REDIRECT_PROGRAM,
-    SINK_PROGRAM, SinkConfig, SinkCounters,
+    SINK_PROGRAM, SinkConfig, SinkCounters, TC_SINK_PROGRAM,
 };
 
 use testkit::{Netns, Veth};
@@ -37,6 +42,15 @@ pub struct SinkCount {
 pub struct BenchPrograms {
     ebpf: Ebpf,
     relay_links: Vec<(XdpLinkId, &'static str)>,
+    /// The pod's sink: XDP (engineered), or tc (the pod's veth as on a
+    /// node).
+    pod_sink: Option<PodSink>,
+}
+
+/// Which sink counts at the pod.
+enum PodSink {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
 }
 
 impl BenchPrograms {
@@ -59,16 +73,21 @@ impl BenchPrograms {
                 .load()
                 .with_context(|| format!("verifying {name}"))?;
         }
+        let tc_sink: &mut SchedClassifier = ebpf
+            .program_mut(TC_SINK_PROGRAM)
+            .with_context(|| format!("no program {TC_SINK_PROGRAM} in the object"))?
+            .try_into()?;
+        tc_sink
+            .load()
+            .with_context(|| format!("verifying {TC_SINK_PROGRAM}"))?;
         let mut programs = BenchPrograms {
             ebpf,
             relay_links: Vec::new(),
+            pod_sink: None,
         };
-        for (ns, dev) in [
-            (&topology.client, &topology.client_if),
-            (&topology.pod, &topology.pod_if),
-        ] {
-            programs.attach(SINK_PROGRAM, ns, dev)?;
-        }
+        programs.attach(SINK_PROGRAM, &topology.client, &topology.client_if)?;
+        let pod_sink = programs.attach(SINK_PROGRAM, &topology.pod, &topology.pod_if)?;
+        programs.pod_sink = Some(PodSink::Xdp(pod_sink));
         programs.attach(GEN_PROGRAM, &topology.client, &topology.parking_if)?;
         programs.idle_sink()?;
         Ok(programs)
@@ -123,6 +142,47 @@ impl BenchPrograms {
         while let Some((link, name)) = self.relay_links.pop() {
             self.program(name)?.detach(link)?;
         }
+        Ok(())
+    }
+
+    /// Makes the pod's end as a node has it: the XDP sink off it, so that
+    /// XDP cannot deliver there; the tc sink counting instead; a pod's
+    /// offloads (see [`Topology::pod_end_as_on_a_node`]).
+    pub fn pod_end_as_on_a_node(&mut self, topology: &Topology) -> Result<()> {
+        let Some(PodSink::Xdp(link)) = self.pod_sink.take() else {
+            return Ok(());
+        };
+        self.program(SINK_PROGRAM)?.detach(link)?;
+        topology.pod_end_as_on_a_node();
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(TC_SINK_PROGRAM)
+            .context("no tc sink")?
+            .try_into()?;
+        let dev = &topology.pod_if.name;
+        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        let link = topology
+            .pod
+            .run(|| program.attach_with_options(dev, TcAttachType::Ingress, options))
+            .with_context(|| format!("attaching the tc sink to {dev}"))?;
+        self.pod_sink = Some(PodSink::Tc(link));
+        Ok(())
+    }
+
+    /// Puts the engineered pod end back: the XDP sink, full checksums.
+    pub fn pod_end_engineered(&mut self, topology: &Topology) -> Result<()> {
+        let Some(PodSink::Tc(link)) = self.pod_sink.take() else {
+            return Ok(());
+        };
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(TC_SINK_PROGRAM)
+            .context("no tc sink")?
+            .try_into()?;
+        program.detach(link)?;
+        topology.pod_end_engineered();
+        let link = self.attach(SINK_PROGRAM, &topology.pod, &topology.pod_if)?;
+        self.pod_sink = Some(PodSink::Xdp(link));
         Ok(())
     }
 

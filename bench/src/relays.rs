@@ -47,6 +47,12 @@ pub enum Relay {
     Userspace,
     /// coturn from the Debian package.
     Coturn,
+    /// turnxd as it starts by default (both engines), with the pod's veth
+    /// as a node has it: no XDP program, a pod's offloads. XDP cannot
+    /// deliver there, so the tc engine relays what XDP passes on.
+    NodeTurnx,
+    /// coturn with the pod's veth as a node has it.
+    NodeCoturn,
     /// No TURN: the relay namespace routes the delivered datagrams.
     KernelForwarding,
     /// No TURN: an XDP program redirects frames between the relay's veths
@@ -56,11 +62,13 @@ pub enum Relay {
 
 impl Relay {
     /// Every configuration, in table order.
-    pub const ALL: [Relay; 6] = [
+    pub const ALL: [Relay; 8] = [
         Relay::XdpOffload,
         Relay::TcOffload,
         Relay::Userspace,
         Relay::Coturn,
+        Relay::NodeTurnx,
+        Relay::NodeCoturn,
         Relay::KernelForwarding,
         Relay::XdpRedirect,
     ];
@@ -72,6 +80,8 @@ impl Relay {
             Relay::TcOffload => "turnx tc",
             Relay::Userspace => "turnx userspace",
             Relay::Coturn => "coturn",
+            Relay::NodeTurnx => "turnx, pod veth as on a node",
+            Relay::NodeCoturn => "coturn, pod veth as on a node",
             Relay::KernelForwarding => "kernel forwarding",
             Relay::XdpRedirect => "XDP redirect (ceiling)",
         }
@@ -79,10 +89,13 @@ impl Relay {
 
     /// Whether it is a TURN server (else no bindings are set up).
     pub fn is_turn(self) -> bool {
-        matches!(
-            self,
-            Relay::XdpOffload | Relay::TcOffload | Relay::Userspace | Relay::Coturn
-        )
+        !matches!(self, Relay::KernelForwarding | Relay::XdpRedirect)
+    }
+
+    /// Whether the pod's veth is as a node has it (else it is engineered:
+    /// an XDP sink, full checksums).
+    pub fn pod_end_as_on_a_node(self) -> bool {
+        matches!(self, Relay::NodeTurnx | Relay::NodeCoturn)
     }
 }
 
@@ -103,7 +116,7 @@ impl Server {
         max_bindings: usize,
     ) -> Result<Option<Server>> {
         let mut command = match relay {
-            Relay::XdpOffload | Relay::TcOffload | Relay::Userspace => {
+            Relay::XdpOffload | Relay::TcOffload | Relay::Userspace | Relay::NodeTurnx => {
                 let config = workdir.join("turnxd.toml");
                 std::fs::write(&config, turnxd_config(topology, max_bindings))?;
                 let mut command = topology.relay.command(turnxd_path()?);
@@ -115,7 +128,7 @@ impl Server {
                 };
                 command
             }
-            Relay::Coturn => {
+            Relay::Coturn | Relay::NodeCoturn => {
                 let mut command = topology.relay.command("turnserver");
                 command.args(coturn_args(workdir));
                 command

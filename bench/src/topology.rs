@@ -179,17 +179,19 @@ impl Topology {
 
     /// Pins each veth's NAPI thread: the relay namespace's to the relay
     /// core, the others to the load core. Attaching or detaching XDP can
-    /// recreate the threads, so this runs before every measurement.
+    /// recreate the threads, so this runs before every measurement. A pod
+    /// end as a node has it has no NAPI at all (see
+    /// [`Topology::pod_end_as_on_a_node`]).
     pub fn pin_napi_threads(&self) -> Result<()> {
-        for (dev, core) in [
-            (&self.relay_client_if, self.relay_core),
-            (&self.relay_pod_if, self.relay_core),
-            (&self.client_if, self.load_core),
-            (&self.pod_if, self.load_core),
+        for (dev, core, required) in [
+            (&self.relay_client_if, self.relay_core, true),
+            (&self.relay_pod_if, self.relay_core, true),
+            (&self.client_if, self.load_core, true),
+            (&self.pod_if, self.load_core, false),
         ] {
             let threads = cpu::napi_threads(&dev.name)?;
             ensure!(
-                !threads.is_empty(),
+                !required || !threads.is_empty(),
                 "no threaded NAPI kthread found for {}",
                 dev.name
             );
@@ -198,5 +200,28 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// Gives the pod's veth the offloads a pod's has (transmit checksum
+    /// offload on, GRO off; with no XDP program either, which is the
+    /// caller's, it has no NAPI), and steers its receive work (RPS) to the
+    /// load core, where its NAPI thread ran.
+    pub fn pod_end_as_on_a_node(&self) {
+        let dev = &self.pod_if.name;
+        self.pod.sh(&format!(
+            "ethtool -K {dev} tx on gro off >/dev/null && \
+             printf %x {} > /sys/class/net/{dev}/queues/rx-0/rps_cpus",
+            1u64 << self.load_core
+        ));
+    }
+
+    /// Undoes [`Self::pod_end_as_on_a_node`].
+    pub fn pod_end_engineered(&self) {
+        let dev = &self.pod_if.name;
+        self.pod.sh(&format!(
+            "echo 0 > /sys/class/net/{dev}/queues/rx-0/rps_cpus && \
+             ethtool -K {dev} tx off gro on >/dev/null && \
+             echo 1 > /sys/class/net/{dev}/threaded"
+        ));
     }
 }

@@ -7,6 +7,8 @@
 pub const GEN_PROGRAM: &str = "turnx_bench_gen";
 /// Name of the sink program.
 pub const SINK_PROGRAM: &str = "turnx_bench_sink";
+/// Name of the sink at tc ingress (same maps).
+pub const TC_SINK_PROGRAM: &str = "turnx_bench_tc_sink";
 /// Name of the redirect program.
 pub const REDIRECT_PROGRAM: &str = "turnx_bench_redirect";
 

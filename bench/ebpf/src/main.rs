@@ -7,6 +7,8 @@
 //!   relay millions of frames a second the way a NIC driver would.
 //! - `turnx_bench_sink` counts and checks the datagrams that reach a
 //!   namespace and drops them; everything else passes.
+//!   `turnx_bench_tc_sink` does the same at tc ingress, for an interface
+//!   that must not run XDP (a pod's veth as a node has it).
 //! - `turnx_bench_redirect` sends every frame out of another interface
 //!   unchanged: the ceiling of any XDP forwarder on this machine.
 //! - `turnx_bench_pass` passes everything on.
@@ -18,7 +20,7 @@
 
 use aya_ebpf::{
     Global,
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::bpf_redirect,
     macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray},
@@ -75,31 +77,56 @@ pub fn turnx_bench_gen(ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn turnx_bench_sink(ctx: XdpContext) -> u32 {
-    match sink(&ctx) {
+    match sink(ctx.data(), ctx.data_end()) {
         Some(good) => {
-            if let Some(counters) = SINK_COUNTERS.get_ptr_mut(0) {
-                // SAFETY: this CPU's slot of a per-CPU array.
-                unsafe {
-                    if good {
-                        (*counters).good += 1;
-                    } else {
-                        (*counters).bad += 1;
-                    }
-                }
-            }
+            count_sunk(good);
             xdp_action::XDP_DROP
         }
         None => xdp_action::XDP_PASS,
     }
 }
 
+/// The sink at tc ingress, for a pod's veth as a node has it: no XDP
+/// program on it, so that it receives the way a pod does.
+#[classifier]
+pub fn turnx_bench_tc_sink(ctx: TcContext) -> i32 {
+    // Direct access needs the headers and the magic in the linear area.
+    if ctx.pull_data(ctx.len().min(SINK_READ_LEN)).is_err() {
+        return TC_ACT_OK;
+    }
+    match sink(ctx.data(), ctx.data_end()) {
+        Some(good) => {
+            count_sunk(good);
+            TC_ACT_SHOT
+        }
+        None => TC_ACT_OK,
+    }
+}
+
+/// What the sink reads: Ethernet, IPv6 and UDP headers, the ChannelData
+/// header's room and the magic.
+const SINK_READ_LEN: u32 = 14 + 40 + 8 + 12 + 4;
+
+#[inline(always)]
+fn count_sunk(good: bool) {
+    if let Some(counters) = SINK_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe {
+            if good {
+                (*counters).good += 1;
+            } else {
+                (*counters).bad += 1;
+            }
+        }
+    }
+}
+
 /// Whether the frame is a datagram the sink counts (`None` if not), and if
 /// so whether it is the one expected.
 #[inline(always)]
-fn sink(ctx: &XdpContext) -> Option<bool> {
-    let end = ctx.data_end();
+fn sink(start: usize, end: usize) -> Option<bool> {
     let config = SINK_CONFIG.get(0)?;
-    let udp = udp_header(ctx.data(), end)?;
+    let udp = udp_header(start, end)?;
     // SAFETY: `udp_header` checked that the UDP header ends before `end`.
     let (dst_port, udp_len) = unsafe {
         (
