@@ -124,9 +124,10 @@ pub const MAP_PEERS: &str = "PEERS";
 pub const MAX_BINDINGS: u32 = 16384;
 
 /// Name of the hash map of interfaces the program may send relayed frames
-/// out of, by interface index (`u32`), with [`EGRESS_TX`] and
-/// [`EGRESS_REDIRECT`] bits (`u8`). An interface not in it receives no
-/// relayed frame: the frame goes to the stack untouched. The daemon
+/// out of, by interface index (`u32`), with [`EGRESS_TX`],
+/// [`EGRESS_REDIRECT`] and [`EGRESS_PEER`] bits (`u8`). An interface
+/// without the XDP bits receives no frame from XDP: the frame goes to the
+/// stack untouched, where the tc engine or userspace relays it. The daemon
 /// rewrites it from what the kernel reports; it is not pinned.
 pub const MAP_EGRESS: &str = "EGRESS";
 /// Entries of [`MAP_EGRESS`]: interfaces of one network namespace.
@@ -136,6 +137,11 @@ pub const MAX_EGRESS_INTERFACES: u32 = 4096;
 pub const EGRESS_TX: u8 = 1;
 /// [`MAP_EGRESS`] bit: frames redirected into this interface are delivered.
 pub const EGRESS_REDIRECT: u8 = 2;
+/// [`MAP_EGRESS`] bit: a veth whose peer is in another network namespace
+/// (a pod's): the tc engine hands a frame for it straight to the peer's
+/// ingress (`bpf_redirect_peer`), without a pass through the veth's
+/// transmit path and the CPU's backlog.
+pub const EGRESS_PEER: u8 = 4;
 
 /// Version of the map layouts (keys, values, names). Pinned maps live in a
 /// directory named after it, so a daemon never reopens maps of another

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use core::mem::{size_of, zeroed};
-use relay_common::{EGRESS_REDIRECT, EGRESS_TX, IPPROTO_UDP, MapIp};
+use relay_common::{EGRESS_PEER, EGRESS_REDIRECT, EGRESS_TX, IPPROTO_UDP, MapIp};
 
 use crate::maps;
 
@@ -36,6 +36,9 @@ pub struct NextHop {
     pub src_mac: [u8; 6],
     /// The next hop's MAC address.
     pub dst_mac: [u8; 6],
+    /// For the tc engine: the egress is a veth whose peer is in another
+    /// namespace, so the frame goes straight to the peer's ingress.
+    pub to_peer_ingress: bool,
 }
 
 impl NextHop {
@@ -45,6 +48,7 @@ impl NextHop {
         ifindex: 0,
         src_mac: [0; 6],
         dst_mac: [0; 6],
+        to_peer_ingress: false,
     };
 
     /// The XDP action that sends the (rewritten) frame to this next hop.
@@ -98,7 +102,8 @@ pub fn next_hop(ctx: &XdpContext, flow: &Flow) -> Option<NextHop> {
 /// The next hop of `flow` for the tc engine, or `None` when the frame
 /// should be left to userspace. Any interface takes what tc redirects to
 /// it (the skb goes through the device's transmit path), so no egress rule
-/// applies. With stack routing it is the stack.
+/// applies. With stack routing it is the stack. A pod's veth takes the
+/// frame straight into the pod ([`NextHop::to_peer_ingress`]).
 #[inline(always)]
 pub fn tc_next_hop(ctx: &TcContext, flow: &Flow) -> Option<NextHop> {
     let mut hop = NextHop::STACK;
@@ -107,7 +112,11 @@ pub fn tc_next_hop(ctx: &TcContext, flow: &Flow) -> Option<NextHop> {
     }
     // SAFETY: reading a field of the context the kernel passed in.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    (lookup(ctx.skb.skb.cast(), ingress, flow, &mut hop) == 0).then_some(hop)
+    if lookup(ctx.skb.skb.cast(), ingress, flow, &mut hop) != 0 {
+        return None;
+    }
+    hop.to_peer_ingress = maps::egress_allows(hop.ifindex, EGRESS_PEER);
+    Some(hop)
 }
 
 /// Fills `hop` and returns 0 on success. `ctx` is the program's context

@@ -13,8 +13,8 @@
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
     helpers::{
-        bpf_l4_csum_replace, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
-        bpf_skb_store_bytes,
+        bpf_l4_csum_replace, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail,
+        bpf_skb_load_bytes, bpf_skb_store_bytes,
     },
     macros::classifier,
     programs::TcContext,
@@ -252,8 +252,16 @@ fn send(
     if hop.ifindex == 0 {
         return Some(NEXT);
     }
-    // SAFETY: a helper call with an interface index from the FIB.
-    Some(unsafe { bpf_redirect(hop.ifindex, 0) } as i32)
+    // SAFETY: helper calls with an interface index from the FIB; the peer
+    // redirect is for tc ingress, where this program runs, and a veth whose
+    // peer is in another namespace, which the EGRESS map says it is.
+    Some(unsafe {
+        if hop.to_peer_ingress {
+            bpf_redirect_peer(hop.ifindex, 0)
+        } else {
+            bpf_redirect(hop.ifindex, 0)
+        }
+    } as i32)
 }
 
 /// Writes `value` at `offset` of the skb.

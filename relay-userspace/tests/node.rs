@@ -133,6 +133,13 @@ impl Node {
             "turnxd did not follow the new pod's veth:\n{}",
             daemon.log()
         );
+        // And it sends into the pod's namespace straight from tc ingress.
+        let into_pod = format!("{} (tc into the pod)", topology.pod_if);
+        assert!(
+            daemon.wait_for_line(&into_pod, Duration::from_secs(5)),
+            "turnxd does not send into the pod directly:\n{}",
+            daemon.log()
+        );
         let mut peers = Vec::new();
         let pod = topology.peer_namespace(Place::SameNodePod);
         let same = Place::SameNodePod;
@@ -344,6 +351,20 @@ impl Node {
         }
     }
 
+    /// Packets the host side of the pod's veth has sent, and packets the
+    /// pod's side has received.
+    fn pod_veth_packets(&self) -> (u64, u64) {
+        let count = |ns: &Netns, dev: &str, what: &str| -> u64 {
+            let path = format!("/sys/class/net/{dev}/statistics/{what}_packets");
+            ns.read(&path).trim().parse().unwrap()
+        };
+        let pod = self.topology.peer_namespace(Place::SameNodePod);
+        (
+            count(&self.topology.node, &self.topology.pod_if, "tx"),
+            count(pod, "eth0", "rx"),
+        )
+    }
+
     /// What each stand-in has seen so far.
     fn foreign_seen(&self) -> Vec<u64> {
         self.foreign.iter().map(Foreign::seen).collect()
@@ -356,7 +377,17 @@ fn on_a_node_wildcard_listeners_relay_to_every_peer_place_in_the_kernel() {
     let Some(mut node) = Node::start(test, Mode::WildcardDirect, None) else {
         return;
     };
+    let before = node.pod_veth_packets();
     let log = node.relay_everywhere();
+    // What reaches the pod came straight from tc ingress into its
+    // namespace, not through the host side's transmit path.
+    let after = node.pod_veth_packets();
+    let (sent, received) = (after.0 - before.0, after.1 - before.1);
+    eprintln!("pod veth: the node side sent {sent}, the pod received {received}");
+    assert!(
+        received >= 2 * (UCLIENT_MESSAGES + ROUND_TRIPS) && sent * 10 < received,
+        "the pod's veth sent {sent} packets from the node and the pod received {received}"
+    );
     assert_eq!(common::logged_number(&log, "wildcard_listener"), 0, "{log}");
 }
 

@@ -541,10 +541,10 @@ fn refresh_egress(relay: &mut XdpRelay, last: &mut EgressState) {
             })
             .collect();
         tracing::info!(
-            "the kernel relay may send out of: {}; what would leave by other interfaces is \
-             relayed by userspace",
+            "how the kernel relay may send: {}; frames for other interfaces leave by the tc \
+             engine's redirects, or by userspace",
             if names.is_empty() {
-                "no interface".to_owned()
+                "no interface takes XDP frames".to_owned()
             } else {
                 names.join(", ")
             }
@@ -583,16 +583,17 @@ fn watch_driver_errors(relay: &XdpRelay, last: &mut std::collections::HashMap<St
 }
 
 /// How relayed frames may leave an interface, for logs.
-fn egress_ways(bits: u8) -> &'static str {
-    match (
-        bits & relay_common::EGRESS_TX != 0,
-        bits & relay_common::EGRESS_REDIRECT != 0,
-    ) {
-        (true, true) => "XDP_TX and redirects",
-        (true, false) => "XDP_TX",
-        (false, true) => "redirects",
-        (false, false) => "nothing",
-    }
+fn egress_ways(bits: u8) -> String {
+    let ways: Vec<&str> = [
+        (relay_common::EGRESS_TX, "XDP_TX"),
+        (relay_common::EGRESS_REDIRECT, "XDP redirects"),
+        (relay_common::EGRESS_PEER, "tc into the pod"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| bits & bit != 0)
+    .map(|(_, way)| way)
+    .collect();
+    ways.join(", ")
 }
 
 fn log_counters(relay: &XdpRelay) {

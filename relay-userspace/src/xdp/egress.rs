@@ -13,10 +13,13 @@
 //!   (netdev netlink family) include `ndo_xdp_xmit`, and XDP_TX when they
 //!   include basic XDP. Tunnels and devices without XDP support have
 //!   neither.
+//!
+//! And for the tc engine: a veth whose peer is in another namespace (a
+//! pod's) takes frames straight into the peer's ingress.
 
 use std::{collections::BTreeMap, io};
 
-use relay_common::{EGRESS_REDIRECT, EGRESS_TX};
+use relay_common::{EGRESS_PEER, EGRESS_REDIRECT, EGRESS_TX};
 
 use super::netlink::{
     AttachMode, IFINFOMSG_LEN, attribute, attributes, get_link, ifinfomsg, message,
@@ -50,12 +53,19 @@ pub struct Interface {
     pub xdp_features: u64,
     /// For a veth: whether its peer runs a native XDP program.
     pub veth_peer_runs_xdp: Option<bool>,
+    /// For a veth: whether its peer is in another network namespace.
+    pub veth_peer_elsewhere: bool,
 }
 
 impl Interface {
     /// The `EGRESS` map bits of this interface.
     pub fn egress_bits(&self) -> u8 {
-        match self.veth_peer_runs_xdp {
+        let peer = if self.veth_peer_elsewhere {
+            EGRESS_PEER
+        } else {
+            0
+        };
+        peer | match self.veth_peer_runs_xdp {
             Some(peer_runs_xdp) => {
                 let delivers = peer_runs_xdp && self.xdp_features & XDP_ACT_NDO_XMIT != 0;
                 if delivers {
@@ -90,7 +100,9 @@ pub fn interfaces() -> io::Result<BTreeMap<u32, Interface>> {
                 Some(peer) => peer_runs_native_xdp(peer, link.peer_netnsid).unwrap_or(false),
                 None => false,
             };
-            found.entry(link.ifindex).or_default().veth_peer_runs_xdp = Some(runs);
+            let interface = found.entry(link.ifindex).or_default();
+            interface.veth_peer_runs_xdp = Some(runs);
+            interface.veth_peer_elsewhere = link.peer_netnsid.is_some();
         }
     }
     Ok(found)
@@ -215,6 +227,7 @@ mod tests {
         let veth = |features, peer_runs_xdp| Interface {
             xdp_features: features,
             veth_peer_runs_xdp: Some(peer_runs_xdp),
+            veth_peer_elsewhere: false,
         };
         let both = EGRESS_TX | EGRESS_REDIRECT;
         // A veth whose peer runs XDP (the kernel then reports ndo_xdp_xmit).
@@ -225,10 +238,17 @@ mod tests {
         let device = |features| Interface {
             xdp_features: features,
             veth_peer_runs_xdp: None,
+            veth_peer_elsewhere: false,
         };
         assert_eq!(device(XDP_ACT_BASIC | XDP_ACT_NDO_XMIT).egress_bits(), both);
         assert_eq!(device(0x2b).egress_bits(), EGRESS_TX, "no ndo_xdp_xmit");
         assert_eq!(device(0).egress_bits(), 0, "a tunnel");
+        // A pod's veth: its peer in the pod's namespace, no XDP there.
+        let pod = Interface {
+            veth_peer_elsewhere: true,
+            ..veth(0x23, false)
+        };
+        assert_eq!(pod.egress_bits(), EGRESS_PEER);
     }
 
     #[test]
