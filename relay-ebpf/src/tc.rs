@@ -11,7 +11,9 @@
 //! one (only pseudo-header changes then count).
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
+    bindings::{
+        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT,
+    },
     helpers::{
         bpf_l4_csum_replace, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail,
         bpf_skb_load_bytes, bpf_skb_store_bytes,
@@ -207,7 +209,12 @@ fn rewrite<H: IpHeader>(
     let mut ip = *old;
     let delta = i16::from_be_bytes(new_udp.len).wrapping_sub(i16::from_be_bytes(udp.header.len));
     ip.rewrite(to.0, to.1, delta);
-    store(skb, udp.ip_offset, &ip)?;
+    // A receive checksum over the whole packet (CHECKSUM_COMPLETE, from
+    // some NICs) covers the IP header too, and IPv6 has no header checksum
+    // to keep its sum: the helper updates skb->csum for what changes here
+    // (a no-op for other checksum states). Everything below the IP header
+    // is covered by the UDP checksum updates, whose changes cancel.
+    store_with(skb, udp.ip_offset, &ip, u64::from(BPF_F_RECOMPUTE_CSUM))?;
     let checksum = Checksum {
         skb,
         offset: udp.udp_offset + 6,
@@ -267,6 +274,12 @@ fn send(
 /// Writes `value` at `offset` of the skb.
 #[inline(always)]
 fn store<T>(skb: *mut __sk_buff, offset: usize, value: &T) -> Option<()> {
+    store_with(skb, offset, value, 0)
+}
+
+/// Writes `value` at `offset` of the skb with the helper's `flags`.
+#[inline(always)]
+fn store_with<T>(skb: *mut __sk_buff, offset: usize, value: &T, flags: u64) -> Option<()> {
     // SAFETY: the helper copies size_of::<T>() bytes from `value`, which is
     // that large, into the skb, bounds-checked by the kernel.
     let rc = unsafe {
@@ -275,7 +288,7 @@ fn store<T>(skb: *mut __sk_buff, offset: usize, value: &T) -> Option<()> {
             offset as u32,
             (value as *const T).cast(),
             size_of::<T>() as u32,
-            0,
+            flags,
         )
     };
     (rc == 0).then_some(())
