@@ -10,9 +10,7 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp,
-        XdpMode,
-        tc::{SchedClassifierLinkId, TcAttachOptions},
-        xdp::XdpLinkId,
+        XdpMode, tc::TcAttachOptions, xdp::XdpLinkId,
     },
 };
 use relay_common::bench::{
@@ -42,15 +40,8 @@ pub struct SinkCount {
 pub struct BenchPrograms {
     ebpf: Ebpf,
     relay_links: Vec<(XdpLinkId, &'static str)>,
-    /// The pod's sink: XDP (engineered), or tc (the pod's veth as on a
-    /// node).
-    pod_sink: Option<PodSink>,
-}
-
-/// Which sink counts at the pod.
-enum PodSink {
-    Xdp(XdpLinkId),
-    Tc(SchedClassifierLinkId),
+    /// The pod's XDP sink, unless the pod's veth is as on a node.
+    pod_xdp_sink: Option<XdpLinkId>,
 }
 
 impl BenchPrograms {
@@ -83,11 +74,21 @@ impl BenchPrograms {
         let mut programs = BenchPrograms {
             ebpf,
             relay_links: Vec::new(),
-            pod_sink: None,
+            pod_xdp_sink: None,
         };
         programs.attach(SINK_PROGRAM, &topology.client, &topology.client_if)?;
         let pod_sink = programs.attach(SINK_PROGRAM, &topology.pod, &topology.pod_if)?;
-        programs.pod_sink = Some(PodSink::Xdp(pod_sink));
+        programs.pod_xdp_sink = Some(pod_sink);
+        // Behind each XDP sink a tc one: the tc engine hands frames for a
+        // veth whose peer is in another namespace straight to the peer's
+        // ingress (bpf_redirect_peer), past its XDP program. The XDP sink
+        // drops what it counts, so nothing is counted twice.
+        for (ns, dev) in [
+            (&topology.client, &topology.client_if),
+            (&topology.pod, &topology.pod_if),
+        ] {
+            programs.attach_tc_sink(ns, dev)?;
+        }
         programs.attach(GEN_PROGRAM, &topology.client, &topology.parking_if)?;
         programs.idle_sink()?;
         Ok(programs)
@@ -146,43 +147,37 @@ impl BenchPrograms {
     }
 
     /// Makes the pod's end as a node has it: the XDP sink off it, so that
-    /// XDP cannot deliver there; the tc sink counting instead; a pod's
-    /// offloads (see [`Topology::pod_end_as_on_a_node`]).
+    /// XDP cannot deliver there, and a pod's offloads (see
+    /// [`Topology::pod_end_as_on_a_node`]); the tc sink counts alone.
     pub fn pod_end_as_on_a_node(&mut self, topology: &Topology) -> Result<()> {
-        let Some(PodSink::Xdp(link)) = self.pod_sink.take() else {
-            return Ok(());
-        };
-        self.program(SINK_PROGRAM)?.detach(link)?;
-        topology.pod_end_as_on_a_node();
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(TC_SINK_PROGRAM)
-            .context("no tc sink")?
-            .try_into()?;
-        let dev = &topology.pod_if.name;
-        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-        let link = topology
-            .pod
-            .run(|| program.attach_with_options(dev, TcAttachType::Ingress, options))
-            .with_context(|| format!("attaching the tc sink to {dev}"))?;
-        self.pod_sink = Some(PodSink::Tc(link));
+        if let Some(link) = self.pod_xdp_sink.take() {
+            self.program(SINK_PROGRAM)?.detach(link)?;
+            topology.pod_end_as_on_a_node();
+        }
         Ok(())
     }
 
     /// Puts the engineered pod end back: the XDP sink, full checksums.
     pub fn pod_end_engineered(&mut self, topology: &Topology) -> Result<()> {
-        let Some(PodSink::Tc(link)) = self.pod_sink.take() else {
-            return Ok(());
-        };
+        if self.pod_xdp_sink.is_none() {
+            topology.pod_end_engineered();
+            let link = self.attach(SINK_PROGRAM, &topology.pod, &topology.pod_if)?;
+            self.pod_xdp_sink = Some(link);
+        }
+        Ok(())
+    }
+
+    /// Attaches the tc sink to `dev`'s ingress in `ns`, for as long as the
+    /// programs are loaded.
+    fn attach_tc_sink(&mut self, ns: &Netns, dev: &Veth) -> Result<()> {
         let program: &mut SchedClassifier = self
             .ebpf
             .program_mut(TC_SINK_PROGRAM)
             .context("no tc sink")?
             .try_into()?;
-        program.detach(link)?;
-        topology.pod_end_engineered();
-        let link = self.attach(SINK_PROGRAM, &topology.pod, &topology.pod_if)?;
-        self.pod_sink = Some(PodSink::Xdp(link));
+        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        ns.run(|| program.attach_with_options(&dev.name, TcAttachType::Ingress, options))
+            .with_context(|| format!("attaching the tc sink to {}", dev.name))?;
         Ok(())
     }
 

@@ -49,7 +49,8 @@ pub enum Relay {
     Coturn,
     /// turnxd as it starts by default (both engines), with the pod's veth
     /// as a node has it: no XDP program, a pod's offloads. XDP cannot
-    /// deliver there, so the tc engine relays what XDP passes on.
+    /// deliver there, so the tc engine relays what XDP passes on, straight
+    /// into the pod's namespace.
     NodeTurnx,
     /// coturn with the pod's veth as a node has it.
     NodeCoturn,
