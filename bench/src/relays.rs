@@ -248,6 +248,12 @@ relay_ports = [10000, 65000]
 [auth]
 users = {{ {USERNAME} = "{PASSWORD}" }}
 
+[limits]
+# The allocation load comes from one /24, thousands a second: coturn has no
+# response budget, so the setup cost is compared without one.
+unauthenticated_bytes_per_sec = 0
+unauthenticated_total_bytes_per_sec = 0
+
 [peers]
 allowed = ["198.19.0.0/24", "fd00:19::/64"]
 

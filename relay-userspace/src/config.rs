@@ -93,6 +93,10 @@ pub struct LimitsConfig {
     pub unauthenticated_burst_bytes: u32,
     /// Unauthenticated response bytes per second to all sources together.
     pub unauthenticated_total_bytes_per_sec: u32,
+    /// Concurrent TCP and TLS connections; 0 for no cap.
+    pub stream_connections: usize,
+    /// Concurrent TCP and TLS connections from one IP address; 0 for no cap.
+    pub stream_connections_per_address: usize,
 }
 
 /// `[peers]`
@@ -226,6 +230,8 @@ impl Default for LimitsConfig {
             unauthenticated_bytes_per_sec: 16_384,
             unauthenticated_burst_bytes: 65_536,
             unauthenticated_total_bytes_per_sec: 4_194_304,
+            stream_connections: 16_384,
+            stream_connections_per_address: 256,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`xdp`]: loading, attaching and reading the XDP program;
 //! - [`offload`]: mirroring channel bindings into the XDP maps;
 //! - [`interfaces`]: which interfaces to attach to by default;
+//! - [`logging`]: log lines under a budget, written off the hot path;
 //! - [`pod_interfaces`]: following pods' veths as they come and go;
 //! - [`turn`]: the TURN protocol core, without I/O;
 //! - [`shell`]: the TURN server's sockets and timers on tokio.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod ebpf_object;
 pub mod interfaces;
+pub mod logging;
 pub mod offload;
 pub mod pod_interfaces;
 pub mod shell;

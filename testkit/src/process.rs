@@ -69,9 +69,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `program` with `args` in `ns`, collecting its stderr.
     pub fn start(ns: &Netns, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Daemon {
-        let mut child = ns
-            .command(program)
-            .args(args)
+        let mut command = ns.command(program);
+        command.args(args);
+        Daemon::spawn(command)
+    }
+
+    /// Starts `command` (in this namespace, unless it enters another),
+    /// collecting its stderr.
+    pub fn spawn(mut command: Command) -> Daemon {
+        let mut child = command
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -102,13 +108,17 @@ impl Daemon {
         args: &[&str],
         ready: &str,
     ) -> Daemon {
-        let mut daemon = Daemon::start(ns, program, args);
+        Daemon::start(ns, program, args).ready(ready)
+    }
+
+    /// Waits up to 20 s for a line containing `ready`.
+    pub fn ready(mut self, ready: &str) -> Daemon {
         assert!(
-            daemon.wait_for_line(ready, Duration::from_secs(20)),
+            self.wait_for_line(ready, Duration::from_secs(20)),
             "the daemon did not say {ready:?}:\n{}",
-            daemon.log()
+            self.log()
         );
-        daemon
+        self
     }
 
     /// Waits up to `limit` for a log line containing `needle`.
@@ -130,6 +140,17 @@ impl Daemon {
             }
         }
         false
+    }
+
+    /// Collects the lines it logs for `duration`.
+    pub fn settle(&mut self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => return,
+            }
+        }
     }
 
     /// Sends `signal` and waits up to 10 s for the exit status.

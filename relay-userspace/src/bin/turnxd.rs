@@ -18,6 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use turnx::{
     config::{Config, DEFAULT_CONFIG_TOML, Engine, XdpMode},
     ebpf_object, interfaces,
+    logging::{LogBudget, QueuedWriter},
     offload::{Eligibility, Offload},
     pod_interfaces::PodInterfaces,
     shell::{ShellConfig, TurnServer},
@@ -205,24 +206,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_tracing(&config.log.level);
+    let logs = init_tracing(&config.log.level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
             tracing::error!("cannot start the async runtime: {err}");
+            logs.finish();
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, config)) {
+    let code = match runtime.block_on(run(args, config, &logs)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    logs.finish();
+    code
 }
 
-fn init_tracing(level: &str) {
+/// Sets up logging under a budget (see `turnx::logging`); returns what
+/// reports what the budget and the queue dropped, and flushes at exit.
+fn init_tracing(level: &str) -> Logs {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
     // The level applies to our own code and the kernel program's log;
     // libraries only speak up on warnings. RUST_LOG, when set, replaces this.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -230,10 +237,47 @@ fn init_tracing(level: &str) {
             "warn,turnx={level},turnxd={level},relay_ebpf={level}"
         ))
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let budget = LogBudget::default();
+    let writer = QueuedWriter::stderr().ok();
+    let fmt = tracing_subscriber::fmt::layer();
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(budget.clone());
+    match &writer {
+        Some(writer) => registry.with(fmt.with_writer(writer.clone())).init(),
+        // No thread for the queue: write in place, still under the budget.
+        None => registry.with(fmt.with_writer(std::io::stderr)).init(),
+    }
+    Logs { budget, writer }
+}
+
+/// What logging needs after it is set up.
+struct Logs {
+    budget: LogBudget,
+    writer: Option<QueuedWriter>,
+}
+
+impl Logs {
+    /// Says what the budget suppressed and the queue dropped since the
+    /// last call.
+    fn report(&self) {
+        for (place, count) in self.budget.take_suppressed() {
+            tracing::warn!("{count} repeated log lines from {place} suppressed");
+        }
+        if let Some(dropped) = self.writer.as_ref().map(QueuedWriter::take_dropped)
+            && dropped > 0
+        {
+            tracing::warn!("{dropped} log lines dropped: the log could not keep up");
+        }
+    }
+
+    /// Reports, and writes out what is queued.
+    fn finish(&self) {
+        self.report();
+        if let Some(writer) = &self.writer {
+            writer.flush(Duration::from_secs(2));
+        }
+    }
 }
 
 /// Every allocation holds a socket, so the default soft limit on open files
@@ -258,7 +302,7 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn run(args: Args, config: Config) -> Result<()> {
+async fn run(args: Args, config: Config, logs: &Logs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
 
@@ -297,6 +341,7 @@ async fn run(args: Args, config: Config) -> Result<()> {
     // changes with them and as programs attach and detach on veth peers:
     // follow both.
     let mut egress_ticker = tokio::time::interval(EGRESS_REFRESH);
+    let mut log_ticker = tokio::time::interval(LOG_REPORT);
     let mut driver_errors = std::collections::HashMap::new();
     let signal_name = loop {
         tokio::select! {
@@ -310,6 +355,7 @@ async fn run(args: Args, config: Config) -> Result<()> {
                     watch_driver_errors(&relay, &mut driver_errors);
                 }
             }
+            _ = log_ticker.tick() => logs.report(),
             _ = ticker.tick(), if !interval.is_zero() => {
                 if let Some(relay) = &relay {
                     log_counters(&relay.lock().expect("XDP lock"));
@@ -495,12 +541,19 @@ async fn start_turn(
             relay_ipv6,
             relay_ports: first..=last,
             server,
+            streams: turnx::shell::streams::StreamLimits {
+                total: config.limits.stream_connections,
+                per_address: config.limits.stream_connections_per_address,
+            },
         },
         offload,
     )
     .await
     .context("starting the TURN server")
 }
+
+/// How often turnxd says what the log budget suppressed.
+const LOG_REPORT: Duration = Duration::from_secs(10);
 
 /// How often the interfaces' XDP capabilities are read again.
 const EGRESS_REFRESH: Duration = Duration::from_secs(1);

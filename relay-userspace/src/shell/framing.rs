@@ -15,8 +15,9 @@ pub struct StreamFramer {
     buffer: Vec<u8>,
 }
 
-/// Largest frame: a ChannelData header plus 65535 bytes and padding.
-const MAX_FRAME: usize = 4 + 65535 + 3;
+/// Largest frame: a STUN header and the largest length it declares (a
+/// ChannelData header, 65535 bytes and padding are 3 bytes fewer).
+const MAX_FRAME: usize = 20 + 65535;
 
 impl StreamFramer {
     /// Appends bytes read from the stream.
@@ -38,7 +39,7 @@ impl StreamFramer {
             0b01 => (4 + declared).next_multiple_of(4),
             _ => return Err(NotTurn(first)),
         };
-        debug_assert!(frame_len <= MAX_FRAME);
+        debug_assert!(frame_len <= MAX_FRAME, "{frame_len} > {MAX_FRAME}");
         if self.buffer.len() < frame_len {
             return Ok(None);
         }
@@ -51,6 +52,22 @@ impl StreamFramer {
 mod tests {
     use super::*;
     use testkit::frame::{channel_data, stun_binding_request};
+
+    /// The largest lengths either kind declares are frames, not faults.
+    #[test]
+    fn the_largest_declared_lengths_are_waited_for() {
+        for header in [[0x00, 0x01, 0xFF, 0xFF], [0x40, 0x00, 0xFF, 0xFF]] {
+            let mut framer = StreamFramer::default();
+            framer.push(&header);
+            framer.push(&[0; 16]);
+            assert_eq!(framer.next_frame(), Ok(None), "{header:02x?}");
+        }
+        let mut framer = StreamFramer::default();
+        let mut stun = vec![0x00, 0x01, 0xFF, 0xFF];
+        stun.resize(MAX_FRAME, 0);
+        framer.push(&stun);
+        assert_eq!(framer.next_frame(), Ok(Some(stun)));
+    }
 
     #[test]
     fn splits_messages_across_arbitrary_reads() {

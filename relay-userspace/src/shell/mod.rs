@@ -10,6 +10,7 @@ mod batch;
 mod framing;
 pub mod local_addresses;
 pub mod relay_sockets;
+pub mod streams;
 pub mod tls;
 
 use std::{
@@ -24,12 +25,12 @@ use anyhow::{Context, Result};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, UdpSocket},
-    sync::mpsc,
 };
 
 use self::{
     framing::StreamFramer,
     relay_sockets::{RelaySockets, UdpRelayAllocator},
+    streams::{Admission, Slot, StreamLimits, StreamWriter},
 };
 use crate::{
     offload::{Offload, OffloadStats},
@@ -54,6 +55,8 @@ pub struct ShellConfig {
     pub relay_ports: RangeInclusive<u16>,
     /// The protocol configuration.
     pub server: ServerConfig,
+    /// Caps on concurrent TCP and TLS connections.
+    pub streams: StreamLimits,
 }
 
 /// The running server's shared state.
@@ -61,7 +64,9 @@ struct Shared {
     core: Mutex<Server>,
     udp_listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
     relays: Arc<RelaySockets>,
-    streams: Mutex<HashMap<FiveTuple, mpsc::UnboundedSender<Vec<u8>>>>,
+    streams: Mutex<HashMap<FiveTuple, StreamWriter>>,
+    /// Admits stream connections under the caps.
+    admission: Arc<Admission>,
     /// The kernel offload, which follows every lifecycle event, in order,
     /// before anything the same step produced is sent: a client that sees
     /// its Refresh(0) answered can rely on the kernel binding being gone.
@@ -155,6 +160,7 @@ impl TurnServer {
             udp_listeners,
             relays,
             streams: Mutex::new(HashMap::new()),
+            admission: Admission::new(config.streams),
             offload: Mutex::new(offload),
         });
         let mut tasks = Vec::new();
@@ -294,7 +300,7 @@ impl Shared {
                     // this copy is the price of not blocking on a slow client.
                     Transport::Tcp | Transport::Tls => {
                         if let Some(writer) = self.streams.lock().expect("streams lock").get(&to) {
-                            let _ = writer.send(data.to_vec());
+                            writer.send(data);
                         }
                         Ok(())
                     }
@@ -409,6 +415,11 @@ async fn tcp_listener(shared: Arc<Shared>, address: SocketAddr, listener: TcpLis
     loop {
         match listener.accept().await {
             Ok((stream, client)) => {
+                // Over a cap the connection is closed at once (dropped).
+                let Some(slot) = shared.admission.admit(client.ip()) else {
+                    tracing::debug!("refusing a TCP connection from {client}: too many");
+                    continue;
+                };
                 // On a wildcard listener, the address the client connected to.
                 let server = stream.local_addr().unwrap_or(address);
                 let from = FiveTuple {
@@ -417,7 +428,7 @@ async fn tcp_listener(shared: Arc<Shared>, address: SocketAddr, listener: TcpLis
                     server,
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(stream_connection(Arc::clone(&shared), from, stream));
+                tokio::spawn(stream_connection(Arc::clone(&shared), from, stream, slot));
             }
             Err(err) => {
                 tracing::warn!("accepting on {address}: {err}");
@@ -433,6 +444,7 @@ async fn tls_listener(
     listener: TcpListener,
     tls: Arc<tls::TlsState>,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(streams::MAX_TLS_HANDSHAKES));
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -442,6 +454,14 @@ async fn tls_listener(
                 continue;
             }
         };
+        let Some(slot) = shared.admission.admit(client.ip()) else {
+            tracing::debug!("refusing a TLS connection from {client}: too many");
+            continue;
+        };
+        let Ok(handshake_permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+            tracing::debug!("refusing a TLS connection from {client}: too many handshakes");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let server = stream.local_addr().unwrap_or(address);
         let acceptor = tls.acceptor();
@@ -450,14 +470,16 @@ async fn tls_listener(
             // A client that never finishes the handshake must not hold a
             // task forever.
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            match handshake.await {
+            let handshake = handshake.await;
+            drop(handshake_permit);
+            match handshake {
                 Ok(Ok(stream)) => {
                     let from = FiveTuple {
                         transport: Transport::Tls,
                         client,
                         server,
                     };
-                    stream_connection(shared, from, stream).await;
+                    stream_connection(shared, from, stream, slot).await;
                 }
                 Ok(Err(err)) => tracing::debug!("TLS handshake with {client} failed: {err}"),
                 Err(_) => tracing::debug!("TLS handshake with {client} timed out"),
@@ -469,19 +491,21 @@ async fn tls_listener(
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reads frames from one TCP or TLS client until it closes or sends
-/// garbage; the allocation goes with the connection.
-async fn stream_connection<S>(shared: Arc<Shared>, from: FiveTuple, stream: S)
+/// Reads frames from one TCP or TLS client until it closes, sends
+/// garbage, stays silent too long (see [`streams`]) or stops reading what
+/// it is sent; the allocation goes with the connection, and `slot` with it.
+async fn stream_connection<S>(shared: Arc<Shared>, from: FiveTuple, stream: S, slot: Slot)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
+    let _slot = slot;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let (sender, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (writer_handle, mut outgoing, close) = StreamWriter::new();
     shared
         .streams
         .lock()
         .expect("streams lock")
-        .insert(from, sender);
+        .insert(from, writer_handle);
     let write_task = tokio::spawn(async move {
         while let Some(data) = outgoing.recv().await {
             if writer.write_all(&data).await.is_err() {
@@ -489,11 +513,30 @@ where
             }
         }
     });
+    let _cleanup = ConnectionCleanup {
+        shared: Arc::clone(&shared),
+        from,
+        write_task,
+    };
     let mut framer = StreamFramer::default();
     let mut buffer = vec![0u8; 16 * 1024];
     let mut out = Outbox::default();
+    // Silence is allowed for so long: until the first message, and while
+    // the client holds no allocation.
+    let mut silence = Some(streams::FIRST_MESSAGE_TIMEOUT);
     'connection: loop {
-        let len = match reader.read(&mut buffer).await {
+        let read = tokio::select! {
+            read = reader.read(&mut buffer) => read,
+            _ = close.notified() => {
+                tracing::debug!("closing connection from {}: it does not read", from.client);
+                break;
+            }
+            _ = streams::deadline(silence) => {
+                tracing::debug!("closing connection from {}: silent for {silence:?}", from.client);
+                break;
+            }
+        };
+        let len = match read {
             Ok(0) | Err(_) => break,
             Ok(len) => len,
         };
@@ -501,7 +544,12 @@ where
         loop {
             match framer.next_frame() {
                 Ok(Some(frame)) => {
-                    shared.run(|core| core.handle_client(from, &frame, now(), &mut out));
+                    let mut allocated = false;
+                    shared.run(|core| {
+                        core.handle_client(from, &frame, now(), &mut out);
+                        allocated = core.has_allocation(&from);
+                    });
+                    silence = (!allocated).then_some(streams::IDLE_TIMEOUT);
                     shared.transmit_now(&mut out);
                 }
                 Ok(None) => break,
@@ -512,7 +560,25 @@ where
             }
         }
     }
-    shared.streams.lock().expect("streams lock").remove(&from);
-    write_task.abort();
-    shared.run(|core| core.close_client(from, now()));
+}
+
+/// Ends a stream connection however its task ends, early return or panic
+/// included: the writer stops, and the client's allocation is deleted.
+struct ConnectionCleanup {
+    shared: Arc<Shared>,
+    from: FiveTuple,
+    write_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ConnectionCleanup {
+    fn drop(&mut self) {
+        let from = self.from;
+        self.shared
+            .streams
+            .lock()
+            .expect("streams lock")
+            .remove(&from);
+        self.write_task.abort();
+        self.shared.run(|core| core.close_client(from, now()));
+    }
 }

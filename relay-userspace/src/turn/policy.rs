@@ -24,10 +24,24 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    /// The block of `network` with `prefix` leading bits.
+    /// The block of `network` with `prefix` leading bits. A block written
+    /// in IPv4-mapped form (`::ffff:10.0.0.0/104`) is the IPv4 block it
+    /// maps, since addresses are compared in canonical form.
     pub fn new(network: IpAddr, prefix: u8) -> Option<Cidr> {
         let max = if network.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Cidr { network, prefix })
+        if prefix > max {
+            return None;
+        }
+        if let IpAddr::V6(v6) = network
+            && prefix >= 96
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Some(Cidr {
+                network: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
+        Some(Cidr { network, prefix })
     }
 
     /// Whether `ip` lies in the block (IPv4-mapped IPv6 counts as IPv4).
@@ -61,6 +75,42 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// A transport address with its IP in canonical form.
+pub fn canonical_transport(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(address.ip()), address.port())
+}
+
+/// The IPv4 addresses an IPv6 address carries, which a translator or a
+/// tunnel on the way may deliver to: IPv4-compatible (`::a.b.c.d`), NAT64
+/// (`64:ff9b::/96`, RFC 6052, and `64:ff9b:1::/48`, RFC 8215, with the
+/// address in bits 48 to 87 around the u octet), 6to4 (`2002::/16`) and
+/// Teredo (`2001::/32`: the server, and the client, stored inverted).
+/// (IPv4-mapped addresses are handled by [`canonical`].)
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let o = ip.octets();
+    let v4 = |a: u8, b: u8, c: u8, d: u8| Ipv4Addr::new(a, b, c, d);
+    let mut found = Vec::new();
+    // IPv4-compatible, deprecated but still parsed by some stacks; :: and
+    // ::1 are not IPv4 addresses.
+    if o[..12] == [0; 12] && u32::from_be_bytes([o[12], o[13], o[14], o[15]]) > 1 {
+        found.push(v4(o[12], o[13], o[14], o[15]));
+    }
+    if o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] {
+        found.push(v4(o[12], o[13], o[14], o[15]));
+    }
+    if o[..6] == [0, 0x64, 0xff, 0x9b, 0, 1] {
+        found.push(v4(o[6], o[7], o[9], o[10]));
+    }
+    if o[..2] == [0x20, 0x02] {
+        found.push(v4(o[2], o[3], o[4], o[5]));
+    }
+    if o[..4] == [0x20, 0x01, 0, 0] {
+        found.push(v4(o[4], o[5], o[6], o[7]));
+        found.push(v4(!o[12], !o[13], !o[14], !o[15]));
+    }
+    found
 }
 
 /// Why a string is not a CIDR.
@@ -112,11 +162,15 @@ pub fn default_denied() -> Vec<Cidr> {
         v4(224, 0, 0, 0, 4),                       // multicast
         v4(240, 0, 0, 0, 4),                       // reserved, incl. broadcast
         v4(100, 100, 100, 200, 32),                // Alibaba Cloud metadata
+        v4(100, 64, 0, 0, 10),                     // shared address space (CGNAT)
+        v4(192, 0, 0, 0, 24),                      // IETF protocol assignments
+        v4(168, 63, 129, 16, 32),                  // Azure wire server
         v6(Ipv6Addr::UNSPECIFIED, 128),            // unspecified
         v6(Ipv6Addr::LOCALHOST, 128),              // loopback
         v6("fe80::".parse().unwrap(), 10),         // link-local
         v6("ff00::".parse().unwrap(), 8),          // multicast
         v6("fd00:ec2::254".parse().unwrap(), 128), // AWS metadata over IPv6
+        v6("fec0::".parse().unwrap(), 10),         // site-local (deprecated)
     ]
     .into_iter()
     .flatten()
@@ -173,10 +227,25 @@ impl PeerPolicy {
         if self.own.is_relay(peer) {
             return self.relay_to_relay;
         }
-        if self.own.local.contains(&peer) || self.denied.iter().any(|cidr| cidr.contains(peer)) {
+        if self.refuses(peer) {
+            return false;
+        }
+        // An IPv6 peer is refused when an IPv4 address it carries would
+        // be: a NAT64 gateway or a tunnel on the way delivers to that one.
+        // (Carried addresses never grant what the allow-list does not.)
+        if let IpAddr::V6(v6) = peer
+            && embedded_ipv4(v6)
+                .into_iter()
+                .any(|v4| self.own.is_relay(v4.into()) || self.refuses(v4.into()))
+        {
             return false;
         }
         self.allowed.is_empty() || self.allowed.iter().any(|cidr| cidr.contains(peer))
+    }
+
+    /// Whether `peer` (canonical) is one of the node's addresses or denied.
+    fn refuses(&self, peer: IpAddr) -> bool {
+        self.own.local.contains(&peer) || self.denied.iter().any(|cidr| cidr.contains(peer))
     }
 
     /// Whether a client may send to, or receive from, the transport address
@@ -249,6 +318,87 @@ mod tests {
         for allowed in ["198.18.0.1", "10.0.0.1", "fd00::1", "2001:db8::1"] {
             assert!(policy.permits(ip(allowed)), "{allowed} must be allowed");
         }
+    }
+
+    #[test]
+    fn ipv4_carried_in_ipv6_is_checked_in_every_encoding() {
+        let policy = PeerPolicy {
+            denied: default_denied(),
+            ..node_policy()
+        };
+        // 127.0.0.1, 169.254.169.254 and the node's own 198.18.9.1, as
+        // IPv4-compatible, NAT64 (both prefixes), 6to4 and Teredo (server,
+        // and client with its address inverted) addresses.
+        for carried in [
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::c612:901",
+            "64:ff9b:1:7f00:0:100::",
+            "64:ff9b:1:c612:9:100::",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "2001:0:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "2001:0:4136:e378:8000:63bf:39ed:f6fe",
+        ] {
+            assert!(
+                !policy.permits(ip(carried)),
+                "{carried} carries a refused IPv4"
+            );
+        }
+        // The same encodings of an ordinary address, and ordinary IPv6.
+        for fine in [
+            "64:ff9b::c612:505",
+            "2002:c612:505::1",
+            "2001:0:c612:505::39ed:faaa",
+            "2001:db8::1",
+            "fd00::1",
+        ] {
+            assert!(policy.permits(ip(fine)), "{fine} must be allowed");
+        }
+        assert_eq!(
+            embedded_ipv4(match ip("2001:0:4136:e378:8000:63bf:3fff:fdd2") {
+                IpAddr::V6(v6) => v6,
+                IpAddr::V4(_) => unreachable!(),
+            }),
+            [
+                Ipv4Addr::new(65, 54, 227, 120),
+                Ipv4Addr::new(192, 0, 2, 45)
+            ],
+            "RFC 4380's example"
+        );
+    }
+
+    #[test]
+    fn newer_special_blocks_are_denied_by_default() {
+        let policy = PeerPolicy {
+            denied: default_denied(),
+            ..PeerPolicy::default()
+        };
+        for denied in [
+            "100.64.0.1",
+            "100.127.255.254",
+            "192.0.0.8",
+            "168.63.129.16",
+            "fec0::1",
+        ] {
+            assert!(!policy.permits(ip(denied)), "{denied} must be refused");
+        }
+        assert!(policy.permits(ip("100.128.0.1")));
+    }
+
+    #[test]
+    fn blocks_written_in_mapped_form_are_ipv4_blocks() {
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped, "10.0.0.0/8".parse().unwrap());
+        assert!(mapped.contains(ip("10.1.2.3")));
+        assert!(mapped.contains(ip("::ffff:10.1.2.3")));
+        assert!(!mapped.contains(ip("11.0.0.1")));
+        // A mapped prefix shorter than the mapping is an IPv6 block.
+        let wide: Cidr = "::ffff:0:0/95".parse().unwrap();
+        assert!(wide.contains(ip("::fffe:1:2")));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use turn_types::{
 use super::{
     FiveTuple, Now,
     outbox::{Destination, Outbox},
+    policy::canonical_transport,
     server::Server,
 };
 
@@ -109,7 +110,11 @@ impl Server {
             self.stats.dropped_malformed += 1;
             return;
         };
-        let peer = peer.addr(indication.transaction_id());
+        let peer = canonical_transport(peer.addr(indication.transaction_id()));
+        if peer.port() == 0 {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
         if self.config.policy.is_own_relayed(peer) && !self.config.policy.permits_transport(peer) {
             self.stats.denied_peers += 1;
             return;

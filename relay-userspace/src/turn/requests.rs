@@ -20,6 +20,7 @@ use turn_types::attribute::{
 use super::{
     AllocateError, Event, FiveTuple, Now,
     allocation::{Allocation, PERMISSION_LIFETIME},
+    policy::canonical_transport,
     refusal::Refusal,
     reply::Reply,
     reservation::TokenError,
@@ -351,7 +352,16 @@ impl Server {
             return reply.refuse(Refusal::BadRequest);
         };
         let channel = channel.channel();
-        let peer = peer.addr(request.transaction_id());
+        // One peer, one key: `[::ffff:a.b.c.d]:p` is `a.b.c.d:p`.
+        let peer = canonical_transport(peer.addr(request.transaction_id()));
+        if peer.port() == 0 {
+            tracing::debug!(
+                "ChannelBind from {} to port 0 of {}",
+                from.client,
+                peer.ip()
+            );
+            return reply.refuse(Refusal::BadRequest);
+        }
         let max = relay_common::channel_max(self.config.legacy_channel_numbers);
         if !(relay_common::CHANNEL_MIN..=max).contains(&channel) {
             tracing::debug!(

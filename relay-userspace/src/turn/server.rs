@@ -157,6 +157,11 @@ impl Server {
         self.allocations.len()
     }
 
+    /// Whether the client on `from` holds an allocation.
+    pub fn has_allocation(&self, from: &FiveTuple) -> bool {
+        self.allocations.contains_key(from)
+    }
+
     /// Replaces the node's local addresses, which are never peers (except
     /// relayed transport addresses); the shell reads them from the kernel
     /// and calls this whenever they change.

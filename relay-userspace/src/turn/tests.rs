@@ -1083,6 +1083,62 @@ fn channel_bind_and_channel_data_both_ways() {
     assert_eq!((stats.to_peer_packets, stats.to_client_packets), (2, 1));
 }
 
+/// A peer written as IPv4-mapped IPv6 is the IPv4 peer: one channel, one
+/// kernel binding, sent from the IPv4 relayed address. Port 0 is no peer.
+#[test]
+fn mapped_peers_are_the_same_peer_and_port_zero_is_refused() {
+    let mut harness = Harness::new();
+    let from = client(40051);
+    let (signing, relayed) = allocate(&mut harness, from);
+    let to = peer(4, 8000);
+    let mapped = SocketAddr::new(
+        match to.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().into(),
+            v6 => v6,
+        },
+        to.port(),
+    );
+    expect_success(&mut harness, from, &channel_bind(&signing, 0x4000, to));
+    harness.events();
+    // Another channel to the same peer in another spelling is a conflict.
+    expect_error(
+        &mut harness,
+        from,
+        &channel_bind(&signing, 0x4001, mapped),
+        400,
+    );
+    // The same channel to it is a refresh of the one binding.
+    expect_success(&mut harness, from, &channel_bind(&signing, 0x4000, mapped));
+    assert_eq!(
+        harness.events(),
+        [Event::ChannelRefreshed {
+            client: from,
+            channel: 0x4000
+        }]
+    );
+    // A Send indication to the mapped spelling leaves from the IPv4
+    // relayed address, to the IPv4 peer.
+    assert_eq!(
+        harness.send(from, &send_indication(mapped, b"hi")),
+        [Transmit::ToPeer {
+            from: relayed,
+            to,
+            data: b"hi".to_vec()
+        }]
+    );
+    // Port 0: 400 for a channel, dropped for a Send indication.
+    for peer in [peer(4, 0), SocketAddr::new(mapped.ip(), 0)] {
+        expect_error(
+            &mut harness,
+            from,
+            &channel_bind(&signing, 0x4002, peer),
+            400,
+        );
+        assert!(harness.send(from, &send_indication(peer, b"x")).is_empty());
+    }
+    assert!(harness.events().is_empty(), "no binding was made");
+}
+
 #[test]
 fn channel_data_is_padded_on_streams() {
     let mut harness = Harness::new();
