@@ -521,9 +521,10 @@ where
     let mut framer = StreamFramer::default();
     let mut buffer = vec![0u8; 16 * 1024];
     let mut out = Outbox::default();
-    // Silence is allowed for so long: until the first message, and while
-    // the client holds no allocation.
-    let mut silence = Some(streams::FIRST_MESSAGE_TIMEOUT);
+    // Silence is allowed for so long: until the first message, and then
+    // for as long as the client holds an allocation (its lifetime ends it).
+    let mut silence = streams::FIRST_MESSAGE_TIMEOUT;
+    let mut allocated = false;
     'connection: loop {
         let read = tokio::select! {
             read = reader.read(&mut buffer) => read,
@@ -531,7 +532,12 @@ where
                 tracing::debug!("closing connection from {}: it does not read", from.client);
                 break;
             }
-            _ = streams::deadline(silence) => {
+            _ = tokio::time::sleep(silence) => {
+                // An allocation may have expired since the last message.
+                shared.run(|core| allocated = core.has_allocation(&from));
+                if allocated {
+                    continue;
+                }
                 tracing::debug!("closing connection from {}: silent for {silence:?}", from.client);
                 break;
             }
@@ -544,12 +550,11 @@ where
         loop {
             match framer.next_frame() {
                 Ok(Some(frame)) => {
-                    let mut allocated = false;
                     shared.run(|core| {
                         core.handle_client(from, &frame, now(), &mut out);
                         allocated = core.has_allocation(&from);
                     });
-                    silence = (!allocated).then_some(streams::IDLE_TIMEOUT);
+                    silence = streams::IDLE_TIMEOUT;
                     shared.transmit_now(&mut out);
                 }
                 Ok(None) => break,

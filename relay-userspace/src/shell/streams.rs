@@ -14,7 +14,8 @@ use tokio::sync::{Notify, mpsc};
 
 /// Longest a new connection may take to send its first message.
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a connection without an allocation may stay silent.
+/// Longest a connection without an allocation may stay silent (one with
+/// an allocation is looked at again after as long).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// TLS handshakes in progress at most; more wait to be refused.
 pub const MAX_TLS_HANDSHAKES: usize = 256;
@@ -129,14 +130,6 @@ fn is_relayed_data(message: &[u8]) -> bool {
         [first, ..] if first >> 6 == 0b01 => true,
         [0x00, 0x17, ..] => true,
         _ => false,
-    }
-}
-
-/// Sleeps for `limit`, or forever when there is none.
-pub async fn deadline(limit: Option<Duration>) {
-    match limit {
-        Some(limit) => tokio::time::sleep(limit).await,
-        None => std::future::pending().await,
     }
 }
 
