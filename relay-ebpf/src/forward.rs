@@ -12,7 +12,7 @@
 //! One function per direction and family, each in its own stack frame: BPF
 //! allows 512 bytes per frame.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use core::mem::size_of;
 
 use crate::{
@@ -78,38 +78,45 @@ fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     }
     let target = found.target;
     let hop = route::next_hop(ctx, &found.flow::<H>())?;
-    // Addresses and ports: the binding's precomputed delta.
-    let check = binding::updated_check::<H>(
-        &udp.header,
-        &target.checksum_delta,
-        &found.new_len,
-        &found.channel_header,
-        true,
-    );
-    // Rewrite in place, then move the headers 4 bytes forward over the
-    // ChannelData header, last header first (the ranges overlap).
-    ip.rewrite(
-        &target.relayed_ip,
-        &target.peer_ip,
-        -(CHANNEL_HEADER as i16),
-    );
-    let new_udp = UdpHdr {
-        src_port: target.relayed_port,
-        dst_port: target.peer_port,
-        len: found.new_len,
-        check,
+    // Nothing has changed so far. From here on a failure (only a bounds
+    // check the verifier made us write) drops the half-rewritten frame
+    // rather than hand it to the stack.
+    let mut rewritten = || -> Option<u32> {
+        // Addresses and ports: the binding's precomputed delta.
+        let check = binding::updated_check::<H>(
+            &udp.header,
+            &target.checksum_delta,
+            &found.new_len,
+            &found.channel_header,
+            true,
+        );
+        // Rewrite in place, then move the headers 4 bytes forward over the
+        // ChannelData header, last header first (the ranges overlap).
+        ip.rewrite(
+            &target.relayed_ip,
+            &target.peer_ip,
+            -(CHANNEL_HEADER as i16),
+        );
+        let new_udp = UdpHdr {
+            src_port: target.relayed_port,
+            dst_port: target.peer_port,
+            len: found.new_len,
+            check,
+        };
+        let shift = CHANNEL_HEADER;
+        write(ctx, udp.udp_offset + shift, new_udp).ok()?;
+        copy_within::<H>(ctx, udp.ip_offset, udp.ip_offset + shift).ok()?;
+        copy_within::<EthHdr>(ctx, 0, shift).ok()?;
+        // SAFETY: the head moves 4 bytes forward, onto the moved headers
+        // (shrinking a frame this long cannot fail).
+        if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, shift as i32) } != 0 {
+            return None;
+        }
+        set_macs(ctx, &hop)?;
+        maps::count_binding(target.slot, true, found.data_len);
+        Some(hop.action(ctx))
     };
-    let shift = CHANNEL_HEADER;
-    write(ctx, udp.udp_offset + shift, new_udp).ok()?;
-    copy_within::<H>(ctx, udp.ip_offset, udp.ip_offset + shift).ok()?;
-    copy_within::<EthHdr>(ctx, 0, shift).ok()?;
-    // SAFETY: the head moves 4 bytes forward, onto the moved headers.
-    if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, shift as i32) } != 0 {
-        return None;
-    }
-    set_macs(ctx, &hop)?;
-    maps::count_binding(target.slot, true, found.data_len);
-    Some(hop.action(ctx))
+    Some(rewritten().unwrap_or(xdp_action::XDP_DROP))
 }
 
 /// Writes the next hop's MAC addresses (not for the stack, which keeps
@@ -125,7 +132,7 @@ fn set_macs(ctx: &XdpContext, hop: &route::NextHop) -> Option<()> {
 
 #[inline(always)]
 fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
-    let ip: &mut H = header_mut(ctx, udp.ip_offset).ok()?;
+    let ip: &H = header_mut(ctx, udp.ip_offset).ok()?;
     let found = binding::to_client_binding(udp, ip)?;
     if binding::partial_checksum(ip, &udp.header) {
         return None;
@@ -139,7 +146,6 @@ fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
         &found.channel_header,
         false,
     );
-    ip.rewrite(&target.server_ip, &target.client_ip, CHANNEL_HEADER as i16);
     let new_udp = UdpHdr {
         src_port: target.server_port,
         dst_port: target.client_port,
@@ -147,23 +153,32 @@ fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
         check,
     };
     // SAFETY: the head moves 4 bytes back into the frame's headroom; the
-    // kernel refuses (non-zero) when there is none.
+    // kernel refuses (non-zero) when there is none, and then nothing has
+    // changed: the frame goes to the stack as it came.
     if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, -(CHANNEL_HEADER as i32)) } != 0 {
         return None;
     }
-    // Move the headers 4 bytes back, first header first (the ranges
-    // overlap), then write the UDP and ChannelData headers after them.
-    let shift = CHANNEL_HEADER;
-    copy_within::<EthHdr>(ctx, shift, 0).ok()?;
-    copy_within::<H>(ctx, udp.ip_offset + shift, udp.ip_offset).ok()?;
-    write(ctx, udp.udp_offset, new_udp).ok()?;
-    write(
-        ctx,
-        udp.udp_offset + size_of::<UdpHdr>(),
-        found.channel_header,
-    )
-    .ok()?;
-    set_macs(ctx, &hop)?;
-    maps::count_binding(target.slot, false, udp.payload_len);
-    Some(hop.action(ctx))
+    // Now the frame starts with 4 bytes of headroom: from here on a failure
+    // drops it.
+    let rewritten = || -> Option<u32> {
+        // Move the headers 4 bytes back, first header first (the ranges
+        // overlap), rewrite the IP header where it now is, then write the
+        // UDP and ChannelData headers after it.
+        let shift = CHANNEL_HEADER;
+        copy_within::<EthHdr>(ctx, shift, 0).ok()?;
+        copy_within::<H>(ctx, udp.ip_offset + shift, udp.ip_offset).ok()?;
+        let ip: &mut H = header_mut(ctx, udp.ip_offset).ok()?;
+        ip.rewrite(&target.server_ip, &target.client_ip, CHANNEL_HEADER as i16);
+        write(ctx, udp.udp_offset, new_udp).ok()?;
+        write(
+            ctx,
+            udp.udp_offset + size_of::<UdpHdr>(),
+            found.channel_header,
+        )
+        .ok()?;
+        set_macs(ctx, &hop)?;
+        maps::count_binding(target.slot, false, udp.payload_len);
+        Some(hop.action(ctx))
+    };
+    Some(rewritten().unwrap_or(xdp_action::XDP_DROP))
 }
