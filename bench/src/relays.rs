@@ -253,6 +253,11 @@ users = {{ {USERNAME} = "{PASSWORD}" }}
 # response budget, so the setup cost is compared without one.
 unauthenticated_bytes_per_sec = 0
 unauthenticated_total_bytes_per_sec = 0
+# And its capacity, as coturn's, is measured without quotas; the many
+# bindings take 4000 channels per allocation.
+user_quota = 0
+total_quota = 0
+channels_per_allocation = 4096
 
 [peers]
 allowed = ["198.19.0.0/24", "fd00:19::/64"]

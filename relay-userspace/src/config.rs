@@ -93,6 +93,10 @@ pub struct LimitsConfig {
     pub unauthenticated_burst_bytes: u32,
     /// Unauthenticated response bytes per second to all sources together.
     pub unauthenticated_total_bytes_per_sec: u32,
+    /// Peer IPs one allocation may hold permissions for; 0 for no cap.
+    pub permissions_per_allocation: usize,
+    /// Channels one allocation may bind; 0 for no cap.
+    pub channels_per_allocation: usize,
     /// Concurrent TCP and TLS connections; 0 for no cap.
     pub stream_connections: usize,
     /// Concurrent TCP and TLS connections from one IP address; 0 for no cap.
@@ -224,8 +228,10 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_lifetime_secs: 3600,
-            user_quota: 0,
-            total_quota: 0,
+            user_quota: 4096,
+            total_quota: 16_384,
+            permissions_per_allocation: 1024,
+            channels_per_allocation: 1024,
             amplification_limit: 3.0,
             unauthenticated_bytes_per_sec: 16_384,
             unauthenticated_burst_bytes: 65_536,
@@ -434,6 +440,8 @@ impl Config {
             max_lifetime: std::time::Duration::from_secs(self.limits.max_lifetime_secs),
             user_quota: self.limits.user_quota,
             total_quota: self.limits.total_quota,
+            permissions_per_allocation: self.limits.permissions_per_allocation,
+            channels_per_allocation: self.limits.channels_per_allocation,
             amplification: crate::turn::amplification::BudgetConfig {
                 ratio: self.limits.amplification_limit,
                 prefix_bytes_per_sec: self.limits.unauthenticated_bytes_per_sec,

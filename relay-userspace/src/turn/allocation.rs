@@ -80,6 +80,22 @@ impl Allocation {
             .find(|relayed| relayed.is_ipv4() == peer_is_v4)
     }
 
+    /// Whether `peer`'s IP holds a permission, current or expired but not
+    /// yet removed.
+    pub fn holds_permission(&self, peer: IpAddr) -> bool {
+        self.permissions.contains_key(&canonical(peer))
+    }
+
+    /// Peer IPs with a permission.
+    pub fn permission_count(&self) -> usize {
+        self.permissions.len()
+    }
+
+    /// Channels bound.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
     pub fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {
         self.permissions
             .get(&canonical(peer))

@@ -6,8 +6,9 @@ use std::{net::SocketAddr, time::Duration};
 use stun_types::{
     AddressFamily,
     attribute::{
-        Attribute, AttributeStaticType, AttributeType, MessageIntegrity, MessageIntegritySha256,
-        Nonce, PasswordAlgorithm, Realm, UnknownAttributes, Username, XorMappedAddress,
+        Attribute, AttributeFromRaw, AttributeStaticType, AttributeType, MessageIntegrity,
+        MessageIntegritySha256, Nonce, PasswordAlgorithm, Realm, UnknownAttributes, Username,
+        XorMappedAddress,
     },
     message::{Message, MessageWriteExt, StunWriteError},
 };
@@ -306,16 +307,17 @@ impl Server {
         now: Now,
     ) -> Result<Vec<u8>, StunWriteError> {
         let transaction = request.transaction_id();
-        let mut peers = Vec::new();
-        for index in 0.. {
-            match request.nth_attribute::<XorPeerAddress>(index) {
-                Ok(peer) => peers.push(peer.addr(transaction)),
-                Err(_) => break,
-            }
-        }
-        if peers.is_empty() {
-            return reply.refuse(Refusal::BadRequest);
-        }
+        // One pass over the attributes: looking each peer up by index would
+        // rescan from the start, quadratic in a request of thousands.
+        let peers: Result<Vec<SocketAddr>, _> = request
+            .iter_attributes()
+            .filter(|(_, raw)| raw.get_type() == XorPeerAddress::TYPE)
+            .map(|(_, raw)| XorPeerAddress::from_raw_ref(&raw).map(|peer| peer.addr(transaction)))
+            .collect();
+        let peers = match peers {
+            Ok(peers) if !peers.is_empty() => peers,
+            _ => return reply.refuse(Refusal::BadRequest),
+        };
         // All or nothing (RFC 8656 section 10.2).
         for peer in &peers {
             if let Err(refusal) = self.check_peer(from, *peer, false) {
@@ -326,6 +328,21 @@ impl Server {
             .allocations
             .get_mut(&from)
             .expect("checked by the caller");
+        let cap = self.config.permissions_per_allocation;
+        let mut new: Vec<std::net::IpAddr> = peers
+            .iter()
+            .map(|peer| super::policy::canonical(peer.ip()))
+            .filter(|ip| !allocation.holds_permission(*ip))
+            .collect();
+        new.sort();
+        new.dedup();
+        if cap != 0 && allocation.permission_count() + new.len() > cap {
+            tracing::debug!(
+                "CreatePermission from {} over the cap of {cap}",
+                from.client
+            );
+            return reply.refuse(Refusal::InsufficientCapacity);
+        }
         for peer in peers {
             allocation.permit(peer.ip(), now.at, &mut self.pending);
         }
@@ -384,6 +401,15 @@ impl Server {
                 from.client
             );
             return reply.refuse(Refusal::BadRequest);
+        }
+        let cap = self.config.channels_per_allocation;
+        let refresh = allocation.channel_peer(channel).is_some();
+        let permits = allocation.holds_permission(peer.ip())
+            || self.config.permissions_per_allocation == 0
+            || allocation.permission_count() < self.config.permissions_per_allocation;
+        if (cap != 0 && !refresh && allocation.channel_count() >= cap) || !permits {
+            tracing::debug!("ChannelBind from {} over a cap", from.client);
+            return reply.refuse(Refusal::InsufficientCapacity);
         }
         allocation.bind(channel, peer, now.at, &mut self.pending);
         self.note_deadline(now.at + PERMISSION_LIFETIME);

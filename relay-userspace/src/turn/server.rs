@@ -45,6 +45,10 @@ pub struct ServerConfig {
     /// Allocations (and port reservations) the server holds at once; 0 for
     /// no limit.
     pub total_quota: u32,
+    /// Peer IPs one allocation may hold permissions for; 0 for no limit.
+    pub permissions_per_allocation: usize,
+    /// Channels one allocation may bind; 0 for no limit.
+    pub channels_per_allocation: usize,
     /// Bounds on responses to requests that are not authenticated, on UDP
     /// (whose source addresses can be forged).
     pub amplification: BudgetConfig,
@@ -70,6 +74,8 @@ impl Default for ServerConfig {
             max_lifetime: Duration::from_secs(3600),
             user_quota: 0,
             total_quota: 0,
+            permissions_per_allocation: 0,
+            channels_per_allocation: 0,
             amplification: BudgetConfig::default(),
             legacy_channel_numbers: false,
         }

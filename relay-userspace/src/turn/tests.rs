@@ -1272,6 +1272,65 @@ fn channel_cooldown_ends_after_five_minutes() {
     );
 }
 
+/// A CreatePermission for every one of `peers`, in one request.
+fn permissions(signing: &Signing, peers: &[SocketAddr]) -> Vec<u8> {
+    build(CREATE_PERMISSION, Some(signing), |builder, transaction| {
+        for peer in peers {
+            builder
+                .add_attribute(&XorPeerAddress::new(*peer, transaction))
+                .unwrap();
+        }
+    })
+}
+
+/// Peer `i` of many, each on an IP of its own in 198.18.0.0/15.
+fn many(i: usize) -> SocketAddr {
+    SocketAddr::from(([198, 18, 16 + (i / 250) as u8, 1 + (i % 250) as u8], 9000))
+}
+
+// Caps per allocation (issue 11): permissions, channels, and a request
+// of thousands of peers read in one pass.
+#[test]
+fn permissions_and_channels_are_capped_per_allocation() {
+    let mut config = config();
+    config.permissions_per_allocation = 1000;
+    config.channels_per_allocation = 3;
+    let mut harness = Harness::with(config, true);
+    let from = client(40080);
+    let (signing, _) = allocate(&mut harness, from);
+    // 990 peers in one request (about 12 KiB), then 10 more: the cap.
+    let first: Vec<SocketAddr> = (0..990).map(many).collect();
+    expect_success(&mut harness, from, &permissions(&signing, &first));
+    let more: Vec<SocketAddr> = (990..1000).map(many).collect();
+    expect_success(&mut harness, from, &permissions(&signing, &more));
+    // Refreshing held ones is fine; one more IP is not, all or nothing.
+    expect_success(&mut harness, from, &permissions(&signing, &first[..5]));
+    let over = [many(0), many(1000)];
+    expect_error(&mut harness, from, &permissions(&signing, &over), 508);
+    // ChannelBind to a new IP needs a permission slot too.
+    expect_error(
+        &mut harness,
+        from,
+        &channel_bind(&signing, 0x4000, many(1001)),
+        508,
+    );
+    for (channel, peer) in [(0x4000, 0), (0x4001, 1), (0x4002, 2)] {
+        expect_success(
+            &mut harness,
+            from,
+            &channel_bind(&signing, channel, many(peer)),
+        );
+    }
+    // A fourth channel is over the cap; refreshing a bound one is not.
+    expect_error(
+        &mut harness,
+        from,
+        &channel_bind(&signing, 0x4003, many(3)),
+        508,
+    );
+    expect_success(&mut harness, from, &channel_bind(&signing, 0x4001, many(1)));
+}
+
 // Quotas.
 #[test]
 fn user_and_total_quotas() {
