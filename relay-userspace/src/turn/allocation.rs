@@ -174,7 +174,9 @@ impl Allocation {
     /// Removes what has expired at `now`: channels (including those whose
     /// permission expired), then permissions, then finished cool-downs.
     pub fn expire(&mut self, now: Instant, events: &mut Vec<Event>) {
-        let expired_permissions: Vec<IpAddr> = self
+        // A set: each channel looks its peer up in it (a list would make
+        // this permissions × channels).
+        let expired_permissions: std::collections::HashSet<IpAddr> = self
             .permissions
             .iter()
             .filter(|(_, expires)| **expires <= now)
@@ -193,6 +195,8 @@ impl Allocation {
         for channel in expired_channels {
             self.end_channel(channel, now, events);
         }
+        let mut expired_permissions: Vec<IpAddr> = expired_permissions.into_iter().collect();
+        expired_permissions.sort_unstable();
         for peer in expired_permissions {
             self.permissions.remove(&peer);
             events.push(Event::PermissionExpired {
