@@ -287,3 +287,81 @@ fn relay_counters(topology: &Topology) -> (serde_json::Value, serde_json::Value)
         counters(&topology.relay, &topology.relay_pod_if),
     )
 }
+
+/// A fault in turnxd (a task that panics holding the core's lock, injected
+/// with SIGUSR2 in test builds) ends the process at once, and with it the
+/// kernel relay: nothing is relayed for a daemon that can no longer expire
+/// bindings.
+#[test]
+fn a_fault_ends_the_daemon_and_the_kernel_stops_relaying() {
+    let test = "a_fault_ends_the_daemon_and_the_kernel_stops_relaying";
+    let Some(mut setup) = KernelSetup::new(test, false, "") else {
+        return;
+    };
+    let (server, peer) = (setup.server, setup.peer);
+    let client_ip = setup.client_ip.clone();
+    let relayed_in_kernel = |setup: &KernelSetup| packets(&setup.counters().0, "forwarded_to_peer");
+    // A bound channel the kernel relays.
+    let client = setup.topology.client.run(|| {
+        let socket = UdpSocket::bind(format!("{client_ip}:0")).unwrap();
+        let client = TurnClient::connect(socket, server, "alice", "wonderland").expect("a 401");
+        client.allocate(false).expect("allocation");
+        client.channel_bind(CHANNEL, peer).expect("ChannelBind");
+        let warm = (0..5).find_map(|_| {
+            client
+                .channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(1))
+                .expect("sending the warm-up")
+        });
+        assert!(warm.is_some(), "no warm-up round trip");
+        client
+    });
+    let kernel_before = relayed_in_kernel(&setup);
+    let echo = setup.topology.client.run(|| {
+        client
+            .channel_round_trip(CHANNEL, b"in the kernel", Duration::from_secs(2))
+            .expect("sending ChannelData")
+    });
+    assert!(echo.is_some(), "{}", setup.daemon.log());
+    assert!(
+        relayed_in_kernel(&setup) > kernel_before,
+        "not relayed in the kernel"
+    );
+    // The fault.
+    let pid = setup.daemon.child.id() as i32;
+    // SAFETY: signalling the daemon this test started, by its PID.
+    unsafe { libc::kill(pid, libc::SIGUSR2) };
+    let started = std::time::Instant::now();
+    let status = common::wait_for(Duration::from_secs(1), || {
+        setup.daemon.child.try_wait().unwrap()
+    });
+    let Some(status) = status else {
+        panic!(
+            "turnxd still runs 1 s after the fault:\n{}",
+            setup.daemon.log()
+        );
+    };
+    eprintln!(
+        "turnxd ended {:?} after the fault: {status}",
+        started.elapsed()
+    );
+    assert!(!status.success(), "{status}");
+    // No program is left on the relay's interfaces, and nothing comes back.
+    for interface in [
+        &setup.topology.relay_client_if,
+        &setup.topology.relay_pod_if,
+    ] {
+        let report = common::turnxctl_status(&setup.topology.relay, interface);
+        assert_eq!(
+            report["xdp"],
+            serde_json::json!([]),
+            "{interface}: {report}"
+        );
+        assert!(report["turnx"].is_null(), "{interface}: {report}");
+    }
+    let echo = setup.topology.client.run(|| {
+        client
+            .channel_round_trip(CHANNEL, b"after the fault", Duration::from_millis(500))
+            .expect("sending ChannelData")
+    });
+    assert!(echo.is_none(), "relayed after the daemon ended");
+}

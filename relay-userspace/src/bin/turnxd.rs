@@ -207,6 +207,7 @@ fn main() -> ExitCode {
         }
     };
     let logs = init_tracing(&config.log.level);
+    fail_closed();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -249,6 +250,45 @@ fn init_tracing(level: &str) -> Logs {
         None => registry.with(fmt.with_writer(std::io::stderr)).init(),
     }
     Logs { budget, writer }
+}
+
+/// Makes any panic, in any thread or task, end the process. A task that
+/// panics under the TURN core's lock would poison it, and the process would
+/// live on with its bpf links while timers and tasks die one by one: the
+/// kernel would go on relaying bindings past their expiry. When the process
+/// ends, the kernel detaches the programs with their links, and nothing is
+/// relayed for a dead daemon. (A restart reopens the pinned maps and clears
+/// the bindings left in them.)
+fn fail_closed() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("turnxd: a fault ends the process, so that the kernel stops relaying for it");
+        std::process::abort();
+    }));
+}
+
+/// Test builds take SIGUSR2 as an order to fail, to show that the process
+/// then ends (see [`fail_closed`]); release builds never do.
+struct FaultSignal {
+    #[cfg(debug_assertions)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl FaultSignal {
+    fn new() -> Result<Self> {
+        Ok(FaultSignal {
+            #[cfg(debug_assertions)]
+            signal: signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(debug_assertions)]
+        self.signal.recv().await;
+        #[cfg(not(debug_assertions))]
+        std::future::pending::<()>().await;
+    }
 }
 
 /// What logging needs after it is set up.
@@ -342,6 +382,7 @@ async fn run(args: Args, config: Config, logs: &Logs) -> Result<()> {
     // follow both.
     let mut egress_ticker = tokio::time::interval(EGRESS_REFRESH);
     let mut log_ticker = tokio::time::interval(LOG_REPORT);
+    let mut fault = FaultSignal::new()?;
     let mut driver_errors = std::collections::HashMap::new();
     let signal_name = loop {
         tokio::select! {
@@ -356,6 +397,7 @@ async fn run(args: Args, config: Config, logs: &Logs) -> Result<()> {
                 }
             }
             _ = log_ticker.tick() => logs.report(),
+            _ = fault.recv() => turn.inject_fault(),
             _ = ticker.tick(), if !interval.is_zero() => {
                 if let Some(relay) = &relay {
                     log_counters(&relay.lock().expect("XDP lock"));

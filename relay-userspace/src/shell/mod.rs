@@ -229,6 +229,14 @@ impl TurnServer {
         offload.as_ref().map(Offload::stats)
     }
 
+    /// For tests: panics in a task of its own while holding the core's
+    /// lock, the fault the daemon must not survive.
+    #[doc(hidden)]
+    pub fn inject_fault(&self) {
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move { shared.run(|_| panic!("a fault injected for a test")) });
+    }
+
     /// Deletes every allocation, and with them every kernel binding, and
     /// stops serving; returns what the offload did.
     pub fn shutdown(self) -> Option<OffloadStats> {
