@@ -133,6 +133,26 @@ impl KernelSetup {
         })
     }
 
+    /// A client in the client namespace with an allocation and channel
+    /// `CHANNEL` bound to the peer, and the echo of a warm-up round trip.
+    /// Round trips through userspace resolve the neighbours; a first packet
+    /// may be lost while they resolve, so it tries a few times.
+    fn bound_client(&self, ipv6: bool) -> (TurnClient, Option<Vec<u8>>) {
+        let (server, peer, client_ip) = (self.server, self.peer, &self.client_ip);
+        self.topology.client.run(|| {
+            let socket = UdpSocket::bind(format!("{client_ip}:0")).unwrap();
+            let client = TurnClient::connect(socket, server, "alice", "wonderland").expect("a 401");
+            client.allocate(ipv6).expect("allocation");
+            client.channel_bind(CHANNEL, peer).expect("ChannelBind");
+            let warm = (0..5).find_map(|_| {
+                client
+                    .channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(1))
+                    .expect("sending the warm-up")
+            });
+            (client, warm)
+        })
+    }
+
     /// The turnx counters of the relay's client-side and pod-side
     /// interfaces.
     fn counters(&self) -> (serde_json::Value, serde_json::Value) {
@@ -144,20 +164,9 @@ fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
     let Some(mut setup) = KernelSetup::new(test, ipv6, "") else {
         return;
     };
-    let (server, peer) = (setup.server, setup.peer);
-    let (topology, client_ip) = (&setup.topology, &setup.client_ip);
-    let (before, after, warm) = topology.client.run(|| {
-        let socket = UdpSocket::bind(format!("{client_ip}:0")).unwrap();
-        let client = TurnClient::connect(socket, server, "alice", "wonderland").expect("a 401");
-        client.allocate(ipv6).expect("allocation");
-        client.channel_bind(CHANNEL, peer).expect("ChannelBind");
-        // Round trips through userspace resolve the neighbours; a first
-        // packet may be lost while they resolve, so try a few times.
-        let warm = (0..5).find_map(|_| {
-            client
-                .channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(1))
-                .expect("sending the warm-up")
-        });
+    let (client, warm) = setup.bound_client(ipv6);
+    let topology = &setup.topology;
+    let (before, after) = topology.client.run(|| {
         let before = relay_counters(topology);
         for i in 0..ROUND_TRIPS {
             let data = format!("media packet {i:04}");
@@ -177,7 +186,7 @@ fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
             .channel_round_trip(CHANNEL, b"after delete", Duration::from_millis(500))
             .expect("sending ChannelData");
         assert!(lost.is_none(), "relayed after the allocation was deleted");
-        (before, after, warm)
+        (before, after)
     });
     assert!(
         warm.is_some(),
@@ -298,23 +307,10 @@ fn a_fault_ends_the_daemon_and_the_kernel_stops_relaying() {
     let Some(mut setup) = KernelSetup::new(test, false, "") else {
         return;
     };
-    let (server, peer) = (setup.server, setup.peer);
-    let client_ip = setup.client_ip.clone();
     let relayed_in_kernel = |setup: &KernelSetup| packets(&setup.counters().0, "forwarded_to_peer");
     // A bound channel the kernel relays.
-    let client = setup.topology.client.run(|| {
-        let socket = UdpSocket::bind(format!("{client_ip}:0")).unwrap();
-        let client = TurnClient::connect(socket, server, "alice", "wonderland").expect("a 401");
-        client.allocate(false).expect("allocation");
-        client.channel_bind(CHANNEL, peer).expect("ChannelBind");
-        let warm = (0..5).find_map(|_| {
-            client
-                .channel_round_trip(CHANNEL, b"warm-up", Duration::from_secs(1))
-                .expect("sending the warm-up")
-        });
-        assert!(warm.is_some(), "no warm-up round trip");
-        client
-    });
+    let (client, warm) = setup.bound_client(false);
+    assert!(warm.is_some(), "no warm-up round trip");
     let kernel_before = relayed_in_kernel(&setup);
     let echo = setup.topology.client.run(|| {
         client
