@@ -4,7 +4,7 @@
 
 use core::net::{IpAddr, SocketAddr};
 
-use crate::{ChannelKey, ChannelTarget, MapIp, PeerKey, PeerTarget, checksum::Sum};
+use crate::{ChannelKey, ChannelTarget, MapIp, PeerKey, PeerTarget, checksum::Sum, seal::Sealed};
 
 /// The prefix of an IPv4-mapped IPv6 address (`::ffff:0:0/96`).
 pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF];
@@ -71,6 +71,7 @@ impl PeerKey {
             peer_ip,
             relayed_port,
             peer_port,
+            _pad: [0; 4],
         }
     }
 }
@@ -129,7 +130,7 @@ impl Binding {
             self.server.port().to_be_bytes(),
             self.channel.to_be_bytes(),
         );
-        let target = ChannelTarget {
+        let mut target = ChannelTarget {
             relayed_ip: map_ip(self.relayed.ip()),
             peer_ip: map_ip(self.peer.ip()),
             relayed_port: self.relayed.port().to_be_bytes(),
@@ -137,7 +138,10 @@ impl Binding {
             checksum_delta: checksum_delta([self.client, self.server], [self.relayed, self.peer]),
             _pad: [0; 2],
             slot: self.slot,
+            _reserved: [0; 4],
+            seal: 0,
         };
+        target.seal = target.seal_for(&key);
         (key, target)
     }
 
@@ -150,7 +154,7 @@ impl Binding {
             self.relayed.port().to_be_bytes(),
             self.peer.port().to_be_bytes(),
         );
-        let target = PeerTarget {
+        let mut target = PeerTarget {
             server_ip: map_ip(self.server.ip()),
             client_ip: map_ip(self.client.ip()),
             server_port: self.server.port().to_be_bytes(),
@@ -158,7 +162,10 @@ impl Binding {
             channel: self.channel.to_be_bytes(),
             checksum_delta: checksum_delta([self.peer, self.relayed], [self.server, self.client]),
             slot: self.slot,
+            _reserved: [0; 4],
+            seal: 0,
         };
+        target.seal = target.seal_for(&key);
         (key, target)
     }
 }

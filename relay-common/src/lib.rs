@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod binding;
 pub mod checksum;
+pub mod seal;
 
 /// Name of the hash map of UDP ports the TURN server listens on.
 /// Key: [`ListenPortKey`], value: [`ListenPortValue`].
@@ -146,14 +147,15 @@ pub const EGRESS_PEER: u8 = 4;
 /// Version of the map layouts (keys, values, names). Pinned maps live in a
 /// directory named after it, so a daemon never reopens maps of another
 /// layout. Bump it with any change to the types above.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// An IP address in the maps: IPv6 as is, IPv4 as IPv4-mapped IPv6
 /// (`::ffff:a.b.c.d`), so one key layout serves both families.
 pub type MapIp = [u8; 16];
 
 /// A client's ChannelData, identified as the kernel sees it arrive.
-#[repr(C)]
+/// Aligned to 8 bytes for [`seal`], which reads it as words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ChannelKey {
     /// The client's address.
@@ -171,7 +173,7 @@ pub struct ChannelKey {
 }
 
 /// Where a channel's data goes: from the relayed address to the peer.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChannelTarget {
     /// The allocation's relayed address of the peer's family.
@@ -191,10 +193,15 @@ pub struct ChannelTarget {
     pub _pad: [u8; 2],
     /// The binding's slot in [`MAP_BINDING_COUNTERS`].
     pub slot: u32,
+    /// Zero.
+    pub _reserved: [u8; 4],
+    /// [`seal::seal`] of the key and the fields above: the kernel
+    /// uses a copy of the value only if it matches.
+    pub seal: u64,
 }
 
 /// A peer's datagram to a relayed address.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PeerKey {
     /// The relayed address the peer sends to.
@@ -205,11 +212,13 @@ pub struct PeerKey {
     pub relayed_port: [u8; 2],
     /// The peer's port, network order.
     pub peer_port: [u8; 2],
+    /// Zero.
+    pub _pad: [u8; 4],
 }
 
 /// Where a peer's data goes: as ChannelData from the server address to
 /// the client.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerTarget {
     /// The TURN server address the client talks to.
@@ -226,6 +235,10 @@ pub struct PeerTarget {
     pub checksum_delta: [u8; 2],
     /// The binding's slot in [`MAP_BINDING_COUNTERS`].
     pub slot: u32,
+    /// Zero.
+    pub _reserved: [u8; 4],
+    /// As [`ChannelTarget::seal`].
+    pub seal: u64,
 }
 
 /// Name of the per-CPU array of per-binding traffic counters, indexed by
@@ -303,9 +316,12 @@ mod tests {
         assert_eq!(size_of::<Counter>(), 16);
         // Byte arrays only: the size is the sum of the fields.
         assert_eq!(size_of::<ChannelKey>(), 16 + 16 + 2 + 2 + 2 + 2);
-        assert_eq!(size_of::<ChannelTarget>(), 16 + 16 + 2 + 2 + 2 + 2 + 4);
-        assert_eq!(size_of::<PeerKey>(), 16 + 16 + 2 + 2);
-        assert_eq!(size_of::<PeerTarget>(), 16 + 16 + 2 + 2 + 2 + 2 + 4);
+        assert_eq!(
+            size_of::<ChannelTarget>(),
+            16 + 16 + 2 + 2 + 2 + 2 + 4 + 4 + 8
+        );
+        assert_eq!(size_of::<PeerKey>(), 16 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<PeerTarget>(), 16 + 16 + 2 + 2 + 2 + 2 + 4 + 4 + 8);
         assert_eq!(size_of::<BindingCounters>(), 32);
     }
 

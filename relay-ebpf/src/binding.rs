@@ -33,6 +33,9 @@ pub trait IpHeader: Copy {
     fn map_dst(&self) -> MapIp;
     /// TTL or hop limit.
     fn ttl(&self) -> u8;
+    /// Whether the stack would take the header: for IPv4, whether its
+    /// checksum holds (the relay recomputes it, which would hide damage).
+    fn intact(&self) -> bool;
     /// Whether a map address is of this family.
     fn holds(ip: &MapIp) -> bool;
     /// The sum of the addresses in the UDP pseudo-header.
@@ -60,6 +63,21 @@ impl IpHeader for Ipv4Hdr {
     #[inline(always)]
     fn ttl(&self) -> u8 {
         self.ttl
+    }
+
+    #[inline(always)]
+    fn intact(&self) -> bool {
+        Sum::zero()
+            .with(&[self.version_ihl, self.tos])
+            .with(&self.total_len)
+            .with(&self.id)
+            .with(&self.frag_off)
+            .with(&[self.ttl, self.protocol])
+            .with(&self.check)
+            .with(&self.src)
+            .with(&self.dst)
+            .finish()
+            == [0, 0]
     }
 
     #[inline(always)]
@@ -109,6 +127,12 @@ impl IpHeader for Ipv6Hdr {
     #[inline(always)]
     fn ttl(&self) -> u8 {
         self.hop_limit
+    }
+
+    #[inline(always)]
+    fn intact(&self) -> bool {
+        // IPv6 has no header checksum.
+        true
     }
 
     #[inline(always)]
@@ -182,7 +206,7 @@ pub struct ToPeer {
     pub channel_header: [u8; CHANNEL_HEADER],
     /// Application bytes after it.
     pub data_len: usize,
-    /// Where they go.
+    /// Where they go: this CPU's and engine's copy of the binding.
     pub target: &'static ChannelTarget,
     /// The UDP length after the header is stripped.
     pub new_len: [u8; 2],
@@ -204,11 +228,11 @@ impl ToPeer {
 }
 
 /// The binding of a client's ChannelData (IP header `ip`), if its channel is
-/// bound and the datagram is one the kernel relays: unpadded, TTL left, the
-/// binding of this family.
+/// bound and the datagram is one the kernel relays: unpadded, filling its
+/// IP packet, TTL left, the binding of this family, the header intact.
 #[inline(always)]
-pub fn to_peer_binding<H: IpHeader>(ctx: &impl Packet, udp: &Udp, ip: &H) -> Option<ToPeer> {
-    if udp.udp_offset != udp.ip_offset + H::LEN {
+pub fn to_peer_binding<P: Packet, H: IpHeader>(ctx: &P, udp: &Udp, ip: &H) -> Option<ToPeer> {
+    if udp.udp_offset != udp.ip_offset + H::LEN || !udp.fills_ip() {
         return None;
     }
     let channel_header: [u8; CHANNEL_HEADER] = read(ctx, udp.payload_offset).ok()?;
@@ -228,9 +252,10 @@ pub fn to_peer_binding<H: IpHeader>(ctx: &impl Packet, udp: &Udp, ip: &H) -> Opt
         udp.header.dst_port,
         [channel_header[0], channel_header[1]],
     );
-    let target = maps::channel_target(&key)?;
-    // Cross-family bindings are left to userspace.
-    if !H::holds(&target.relayed_ip) || !H::holds(&target.peer_ip) {
+    let target = maps::channel_target(&key, P::ENGINE)?;
+    // Cross-family bindings are left to userspace, and damaged headers to
+    // the stack, which drops them.
+    if !H::holds(&target.relayed_ip) || !H::holds(&target.peer_ip) || !ip.intact() {
         return None;
     }
     Some(ToPeer {
@@ -246,7 +271,8 @@ pub fn to_peer_binding<H: IpHeader>(ctx: &impl Packet, udp: &Udp, ip: &H) -> Opt
 pub struct ToClient {
     /// The ChannelData header the relay prepends.
     pub channel_header: [u8; CHANNEL_HEADER],
-    /// Where the datagram goes.
+    /// Where the datagram goes: this CPU's and engine's copy of the
+    /// binding.
     pub target: &'static PeerTarget,
     /// The UDP length with the header.
     pub new_len: [u8; 2],
@@ -270,8 +296,9 @@ impl ToClient {
 /// The binding of a peer's datagram (IP header `ip`), if it has one the
 /// kernel relays.
 #[inline(always)]
-pub fn to_client_binding<H: IpHeader>(udp: &Udp, ip: &H) -> Option<ToClient> {
+pub fn to_client_binding<P: Packet, H: IpHeader>(_: &P, udp: &Udp, ip: &H) -> Option<ToClient> {
     if udp.udp_offset != udp.ip_offset + H::LEN
+        || !udp.fills_ip()
         || ip.ttl() <= 1
         || udp.payload_len > usize::from(u16::MAX) - 64
     {
@@ -283,8 +310,8 @@ pub fn to_client_binding<H: IpHeader>(udp: &Udp, ip: &H) -> Option<ToClient> {
         udp.header.dst_port,
         udp.header.src_port,
     );
-    let target = maps::peer_target(&key)?;
-    if !H::holds(&target.server_ip) || !H::holds(&target.client_ip) {
+    let target = maps::peer_target(&key, P::ENGINE)?;
+    if !H::holds(&target.server_ip) || !H::holds(&target.client_ip) || !ip.intact() {
         return None;
     }
     let data_len = (udp.payload_len as u16).to_be_bytes();

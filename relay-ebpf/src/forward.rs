@@ -27,7 +27,7 @@ use crate::{
 /// header and sends the data from the relayed address to the peer.
 #[inline(always)]
 pub fn to_peer(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
-    if udp.ip_offset != size_of::<EthHdr>() {
+    if udp.ip_offset != IP_OFFSET {
         return None;
     }
     let action = if udp.ipv6 {
@@ -43,7 +43,7 @@ pub fn to_peer(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
 /// client.
 #[inline(always)]
 pub fn to_client(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
-    if udp.ip_offset != size_of::<EthHdr>() {
+    if udp.ip_offset != IP_OFFSET {
         return None;
     }
     let action = if udp.ipv6 {
@@ -53,6 +53,12 @@ pub fn to_client(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     };
     (action != NOT_HANDLED).then_some(action)
 }
+
+/// Where the IP header starts in the frames relayed here (untagged
+/// Ethernet, checked before the per-family functions run). A constant,
+/// because the verifier loses the bounds of the parsed offset across the
+/// call.
+const IP_OFFSET: usize = size_of::<EthHdr>();
 
 /// What the per-family functions return when they leave the frame alone.
 /// They return a plain integer: an `Option` would come back through
@@ -71,7 +77,7 @@ fn to_client_frame<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> u32 {
 
 #[inline(always)]
 fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
-    let ip: &mut H = header_mut(ctx, udp.ip_offset).ok()?;
+    let ip: &mut H = header_mut(ctx, IP_OFFSET).ok()?;
     let found = binding::to_peer_binding(ctx, udp, ip)?;
     if binding::partial_checksum(ip, &udp.header) {
         return None;
@@ -105,7 +111,7 @@ fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
         };
         let shift = CHANNEL_HEADER;
         write(ctx, udp.udp_offset + shift, new_udp).ok()?;
-        copy_within::<H>(ctx, udp.ip_offset, udp.ip_offset + shift).ok()?;
+        copy_within::<H>(ctx, IP_OFFSET, IP_OFFSET + shift).ok()?;
         copy_within::<EthHdr>(ctx, 0, shift).ok()?;
         // SAFETY: the head moves 4 bytes forward, onto the moved headers
         // (shrinking a frame this long cannot fail).
@@ -132,8 +138,8 @@ fn set_macs(ctx: &XdpContext, hop: &route::NextHop) -> Option<()> {
 
 #[inline(always)]
 fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
-    let ip: &H = header_mut(ctx, udp.ip_offset).ok()?;
-    let found = binding::to_client_binding(udp, ip)?;
+    let ip: &H = header_mut(ctx, IP_OFFSET).ok()?;
+    let found = binding::to_client_binding(ctx, udp, ip)?;
     if binding::partial_checksum(ip, &udp.header) {
         return None;
     }
@@ -166,8 +172,8 @@ fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
         // UDP and ChannelData headers after it.
         let shift = CHANNEL_HEADER;
         copy_within::<EthHdr>(ctx, shift, 0).ok()?;
-        copy_within::<H>(ctx, udp.ip_offset + shift, udp.ip_offset).ok()?;
-        let ip: &mut H = header_mut(ctx, udp.ip_offset).ok()?;
+        copy_within::<H>(ctx, IP_OFFSET + shift, IP_OFFSET).ok()?;
+        let ip: &mut H = header_mut(ctx, IP_OFFSET).ok()?;
         ip.rewrite(&target.server_ip, &target.client_ip, CHANNEL_HEADER as i16);
         write(ctx, udp.udp_offset, new_udp).ok()?;
         write(

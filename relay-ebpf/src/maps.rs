@@ -8,6 +8,7 @@ use aya_ebpf::{
 use relay_common::{
     BindingCounters, ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue,
     MAX_BINDINGS, MAX_EGRESS_INTERFACES, MAX_LISTEN_PORTS, PacketClass, PeerKey, PeerTarget,
+    seal::Sealed,
 };
 
 /// UDP ports the TURN server listens on (`relay_common::MAP_LISTEN_PORTS`).
@@ -79,21 +80,57 @@ pub fn count_binding(slot: u32, to_peer: bool, bytes: usize) {
     }
 }
 
-/// Where a client's ChannelData goes, if its channel is bound.
+/// Where a client's ChannelData goes, if its channel is bound: a copy, in
+/// this CPU's slot for `engine` (see [`sealed_copy`]).
 #[inline(always)]
-pub fn channel_target(key: &ChannelKey) -> Option<&'static ChannelTarget> {
-    // SAFETY: a hash map value stays valid for the rest of this program run
-    // (the kernel frees deleted elements after an RCU grace period), which
-    // is as long as any reference lives; read in place to keep it off the
-    // 512-byte stack.
-    CHANNELS.get_ptr(key).map(|target| unsafe { &*target })
+pub fn channel_target(key: &ChannelKey, engine: u32) -> Option<&'static ChannelTarget> {
+    let copy = CHANNEL_COPIES.get_ptr_mut(engine)?;
+    // SAFETY: this CPU's slot, valid as long as the program.
+    (sealed_copy(CHANNELS.get_ptr(key)?, key, copy) != 0).then(|| unsafe { &*copy })
 }
 
-/// Where a peer's datagram goes, if it has a bound channel.
+/// Where a peer's datagram goes, if it has a bound channel: a copy, as
+/// above.
 #[inline(always)]
-pub fn peer_target(key: &PeerKey) -> Option<&'static PeerTarget> {
+pub fn peer_target(key: &PeerKey, engine: u32) -> Option<&'static PeerTarget> {
+    let copy = PEER_COPIES.get_ptr_mut(engine)?;
     // SAFETY: as above.
-    PEERS.get_ptr(key).map(|target| unsafe { &*target })
+    (sealed_copy(PEERS.get_ptr(key)?, key, copy) != 0).then(|| unsafe { &*copy })
+}
+
+/// Each engine's copy of the binding it relays by, on each CPU: off the
+/// stack, which is too small to hold it beside the route lookup. XDP and
+/// tc have a slot each; a program does not nest within another of its
+/// kind on one CPU.
+#[map]
+static CHANNEL_COPIES: PerCpuArray<ChannelTarget> = PerCpuArray::with_max_entries(2, 0);
+
+/// As [`CHANNEL_COPIES`], for peers' datagrams.
+#[map]
+static PEER_COPIES: PerCpuArray<PeerTarget> = PerCpuArray::with_max_entries(2, 0);
+
+/// Copies the map value at `value` into `copy`, and returns 1 if the copy
+/// is whole and `key`'s, 0 if not. The maps are preallocated: a deleted
+/// element can be reused for another binding while this program reads it
+/// (see `relay_common::seal`), so the value is read once, and used only if
+/// its seal holds. A function of its own, so that its temporaries take no
+/// room in the relaying function's frame (an integer result: see
+/// `forward::NOT_HANDLED`).
+#[inline(never)]
+fn sealed_copy<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T) -> u32 {
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() == 8) };
+    let (from, to) = (value.cast::<u64>(), copy.cast::<u64>());
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: `value` is the kernel's pointer to a map value, valid (if
+        // perhaps being rewritten) for the rest of this program run, and
+        // `copy` this CPU's slot of a per-CPU array of the same type, which
+        // nothing else uses while this program runs; both are whole words
+        // (asserted above). Volatile, word by word, so that the compiler
+        // reads the map once, here, and not again later.
+        unsafe { to.add(i).write(from.add(i).read_volatile()) };
+    }
+    // SAFETY: as above.
+    u32::from(unsafe { &*copy }.sealed_for(key))
 }
 
 /// Whether UDP to `port` (network order) is TURN traffic.

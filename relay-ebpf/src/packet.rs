@@ -12,6 +12,9 @@ use crate::Error;
 /// it may read and write directly start and end. XDP frames are linear;
 /// the tc engine makes its packets linear before parsing.
 pub trait Packet {
+    /// This engine's slot in the per-CPU copies of bindings
+    /// (`maps::channel_target`): XDP and tc each have their own.
+    const ENGINE: u32;
     /// Address of the first byte (the Ethernet header).
     fn start(&self) -> usize;
     /// Address one past the last byte.
@@ -19,6 +22,8 @@ pub trait Packet {
 }
 
 impl Packet for XdpContext {
+    const ENGINE: u32 = 0;
+
     #[inline(always)]
     fn start(&self) -> usize {
         self.data()
@@ -31,6 +36,8 @@ impl Packet for XdpContext {
 }
 
 impl Packet for TcContext {
+    const ENGINE: u32 = 1;
+
     #[inline(always)]
     fn start(&self) -> usize {
         self.data()

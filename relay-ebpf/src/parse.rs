@@ -32,6 +32,18 @@ pub struct Udp {
     /// Payload length according to the UDP header, checked against the IP
     /// header and the frame.
     pub payload_len: usize,
+    /// Offset one past the IP packet, which the datagram may end before.
+    pub ip_end: usize,
+}
+
+impl Udp {
+    /// Whether the datagram fills its IP packet. A UDP length short of it
+    /// is valid (the stack trims the rest), but the relay, which moves the
+    /// IP length with the UDP length, leaves such datagrams to the stack.
+    #[inline(always)]
+    pub fn fills_ip(&self) -> bool {
+        self.payload_offset + self.payload_len == self.ip_end
+    }
 }
 
 /// Finds the UDP datagram in the frame, or says why there is none.
@@ -68,6 +80,7 @@ pub fn udp(ctx: &impl Packet) -> Result<Udp, Error> {
         header,
         payload_offset: l3.l4_offset + size_of::<UdpHdr>(),
         payload_len: udp_len - size_of::<UdpHdr>(),
+        ip_end: l3.end,
     })
 }
 

@@ -149,7 +149,7 @@ fn to_client_via<H: IpHeader>(ctx: &TcContext, udp: &Udp) -> Option<i32> {
     if H::LEN + size_of::<UdpHdr>() + CHANNEL_HEADER + udp.payload_len > MAX_IP_LEN {
         return None;
     }
-    let found = binding::to_client_binding(udp, &old)?;
+    let found = binding::to_client_binding(ctx, udp, &old)?;
     let target = found.target;
     let hop = route::tc_next_hop(ctx, &found.flow::<H>(udp.payload_len))?;
     let skb = ctx.skb.skb;

@@ -318,6 +318,38 @@ fn what_the_kernel_does_not_relay_passes_unchanged() {
     let mut truncated = client_frame(&binding, &data).build().bytes;
     truncated.truncate(truncated.len() - 2);
     cases.push(("truncated datagram", truncated, PacketClass::Malformed));
+    // Found by the kernel fuzzer: the stack drops a damaged IPv4 header,
+    // and the relay, which recomputes the checksum, would have hidden it.
+    for (name, frame) in [
+        (
+            "damaged IPv4 header to the peer",
+            client_frame(&binding, &data),
+        ),
+        (
+            "damaged IPv4 header to the client",
+            peer_frame(&binding, b"media"),
+        ),
+    ] {
+        let mut frame = frame.build();
+        frame.bytes[frame.ip_offset + 8] ^= 0x01; // TTL, checksum unchanged
+        let class = if name.ends_with("peer") {
+            PacketClass::ChannelData
+        } else {
+            PacketClass::Unrelated
+        };
+        cases.push((name, frame.bytes, class));
+    }
+    // Also found by it: a UDP length short of the IP packet is valid (the
+    // stack trims the rest), but the relay moves both lengths together.
+    let mut short = peer_frame(&binding, b"media and more").build();
+    let udp_len = (8 + 5u16).to_be_bytes();
+    short.bytes[short.udp_offset + 4..short.udp_offset + 6].copy_from_slice(&udp_len);
+    short.bytes[short.udp_offset + 6..short.udp_offset + 8].fill(0);
+    cases.push((
+        "UDP shorter than its IP packet",
+        short.bytes,
+        PacketClass::Unrelated,
+    ));
 
     for (name, frame, class) in cases {
         let (action, output, counted) = run(&relay, &frame);
@@ -582,5 +614,146 @@ fn pinned_maps_are_reopened_and_full_maps_refuse_bindings() {
     assert_eq!(
         (output, class),
         (frame.bytes.clone(), PacketClass::ChannelData)
+    );
+}
+
+/// Issue 11, item 9: the binding maps are preallocated, so the kernel hands
+/// a deleted element to the next insert at once. One thread binds and
+/// unbinds four bindings in turn, two of them sharing a channel key, two a
+/// peer key, and one unlike the others, while another runs frames of both
+/// keys through the program. Every frame leaves either untouched or exactly as one of its
+/// key's bindings sends it: never with a target torn between two, nor with
+/// another key's.
+#[test]
+fn bindings_replaced_while_frames_run_never_mix() {
+    use aya::maps::{HashMap, Map, MapData};
+    use relay_common::{ChannelKey, ChannelTarget, PeerKey, PeerTarget};
+    use std::time::{Duration, Instant};
+
+    const RUNS: usize = 1_000_000;
+    const TIME: Duration = Duration::from_secs(20);
+
+    let Some(object) = common::xdp_object_or_skip("bindings_replaced_while_frames_run_never_mix")
+    else {
+        return;
+    };
+    let pins = common::PinDir::new();
+    let options = turnx::xdp::LoadOptions {
+        route_in_stack: true,
+        pin_dir: Some(pins.0.clone()),
+        ..Default::default()
+    };
+    let mut xdp = XdpRelay::load_with(object, "info", &options).expect("loading the XDP program");
+    xdp.set_listen_ports(&[3478]).unwrap();
+    let ns = common::Netns::new("txr");
+
+    // x and y: one channel key, two peers. x and z: one peer key, two
+    // clients. w: neither key; any frame sent as w's took another key's
+    // element.
+    let x = v4_binding();
+    let y = KernelBinding {
+        relayed: addr("198.19.0.1:50004"),
+        peer: addr("198.19.0.3:3482"),
+        slot: 1,
+        ..x
+    };
+    let z = KernelBinding {
+        client: addr("198.18.0.5:50006"),
+        channel: CHANNEL + 1,
+        slot: 2,
+        ..x
+    };
+    let w = KernelBinding {
+        client: addr("198.18.0.7:50008"),
+        channel: CHANNEL + 2,
+        relayed: addr("198.19.0.1:50010"),
+        peer: addr("198.19.0.4:3484"),
+        slot: 3,
+        ..x
+    };
+    let data = [0xC3; 100];
+    let to_peer = client_frame(&x, &channel_data(CHANNEL, &data, false)).build();
+    let to_client = peer_frame(&x, &data).build();
+    let sent = |from: SocketAddr, to: SocketAddr, payload: &[u8]| {
+        let mut frame = UdpFrame::new(from, to, payload);
+        frame.ttl = 63;
+        frame.build().bytes
+    };
+    let to_peer_outputs = [
+        sent(x.relayed, x.peer, &data),
+        sent(y.relayed, y.peer, &data),
+    ];
+    let to_client_outputs = [
+        sent(x.server, x.client, &channel_data(x.channel, &data, false)),
+        sent(z.server, z.client, &channel_data(z.channel, &data, false)),
+    ];
+
+    let dir = pins
+        .0
+        .join(format!("v{}", relay_common::MAP_LAYOUT_VERSION));
+    let open = |name: &str| Map::HashMap(MapData::from_pin(dir.join(name)).unwrap());
+    let mut channels: HashMap<MapData, ChannelKey, ChannelTarget> =
+        HashMap::try_from(open(relay_common::MAP_CHANNELS)).unwrap();
+    let mut peers: HashMap<MapData, PeerKey, PeerTarget> =
+        HashMap::try_from(open(relay_common::MAP_PEERS)).unwrap();
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut forwarded = [[0usize; 2]; 2];
+    let mut replaced = 0usize;
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let started = Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < TIME {
+                for binding in [x, w, y, w, z, w] {
+                    let (key, target) = binding.channel_entry();
+                    let (peer_key, peer_target) = binding.peer_entry();
+                    channels.insert(key, target, 0).unwrap();
+                    peers.insert(peer_key, peer_target, 0).unwrap();
+                    channels.remove(&key).unwrap();
+                    peers.remove(&peer_key).unwrap();
+                    replaced += 1;
+                }
+            }
+        });
+        // The writer stops when the frames do, even on a failure.
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let started = Instant::now();
+        ns.run(|| {
+            let _stop = Stop(&done);
+            for run in 0..RUNS {
+                if started.elapsed() > TIME {
+                    break;
+                }
+                let (input, outputs, direction) = if run % 2 == 0 {
+                    (&to_peer, &to_peer_outputs, 0)
+                } else {
+                    (&to_client, &to_client_outputs, 1)
+                };
+                let result = xdp.run_on_frame(&input.bytes, 1).unwrap();
+                assert_eq!(result.action, XDP_PASS);
+                if result.output == input.bytes {
+                    continue;
+                }
+                let Some(which) = outputs.iter().position(|out| *out == result.output) else {
+                    panic!(
+                        "run {run}: a frame left with a mixed target:\n{:02x?}\nexpected one of\n{:02x?}",
+                        result.output, outputs
+                    );
+                };
+                forwarded[direction][which] += 1;
+            }
+        });
+        writer.join().unwrap();
+    });
+    println!("{replaced} bindings installed and removed; forwarded {forwarded:?}");
+    // The race was run: each direction went by both of its key's bindings.
+    assert!(
+        forwarded.iter().flatten().all(|count| *count > 0),
+        "{forwarded:?}"
     );
 }

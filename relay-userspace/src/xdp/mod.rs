@@ -48,8 +48,8 @@ pub enum XdpError {
          `cargo xtask build`"
     )]
     Mismatch(String),
-    /// The verifier or the kernel refused the program.
-    #[error("the kernel refused the XDP program: {0}")]
+    /// The verifier or the kernel refused a program or an operation on it.
+    #[error("the kernel refused a turnx kernel program or an operation on it: {0}")]
     Program(#[from] ProgramError),
     /// A map operation failed.
     #[error("XDP map operation failed: {0}")]
@@ -168,7 +168,7 @@ pub struct Attachment {
 /// with BPF_PROG_TEST_RUN.
 #[derive(Debug)]
 pub struct FrameRun {
-    /// The XDP action returned (`XDP_PASS` is 2).
+    /// The verdict returned: an XDP action (`XDP_PASS` is 2), or a tc one.
     pub action: u32,
     /// The frame as the program left it.
     pub output: Vec<u8>,
@@ -589,20 +589,19 @@ impl XdpRelay {
             .program(PROGRAM_NAME)
             .ok_or_else(|| XdpError::Mismatch(format!("program {PROGRAM_NAME}")))?
             .try_into()?;
-        // Room for the program to grow the frame (later: ChannelData headers).
-        let mut output = vec![0u8; frame.len() + 256];
-        let result = program.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut output),
-            repeat,
-            ..TestRunOptions::default()
-        })?;
-        output.truncate(result.data_size_out as usize);
-        Ok(FrameRun {
-            action: result.return_value,
-            output,
-            duration: result.duration,
-        })
+        test_run(program, frame, repeat)
+    }
+
+    /// Runs the tc program once on an Ethernet frame with
+    /// BPF_PROG_TEST_RUN, as it would run at an interface's ingress: for
+    /// tests. `action` is its tc verdict (-1, TCX_NEXT, as `u32::MAX`).
+    pub fn run_tc_on_frame(&self, frame: &[u8]) -> Result<FrameRun, XdpError> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(TC_PROGRAM_NAME)
+            .ok_or_else(|| XdpError::Mismatch(format!("program {TC_PROGRAM_NAME}")))?
+            .try_into()?;
+        test_run(program, frame, 1)
     }
 }
 
@@ -612,6 +611,27 @@ impl Drop for XdpRelay {
             tracing::warn!("detaching XDP from {interface} failed: {err}");
         }
     }
+}
+
+/// Runs `program` on `frame` `repeat` times with BPF_PROG_TEST_RUN.
+fn test_run<P>(program: &P, frame: &[u8], repeat: u32) -> Result<FrameRun, XdpError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    // Room for the program to grow the frame (by a ChannelData header).
+    let mut output = vec![0u8; frame.len() + 256];
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut output),
+        repeat,
+        ..TestRunOptions::default()
+    })?;
+    output.truncate(result.data_size_out as usize);
+    Ok(FrameRun {
+        action: result.return_value,
+        output,
+        duration: result.duration,
+    })
 }
 
 fn tc_program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, XdpError> {
