@@ -54,7 +54,7 @@ pub use reservation::RESERVATION_LIFETIME;
 pub use server::{Server, ServerConfig, Stats};
 
 /// How a client reaches the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transport {
     /// UDP datagrams.
     Udp,
@@ -74,7 +74,7 @@ impl Transport {
 
 /// The client's 5-tuple: transport, client address, server address.
 /// An allocation is identified by it (RFC 8656 section 2.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FiveTuple {
     /// Transport between client and server.
     pub transport: Transport,

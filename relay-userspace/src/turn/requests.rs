@@ -121,7 +121,7 @@ impl Server {
             self.reservations.insert(token, reserved, &username, now.at);
             self.count_user(&username);
             self.stats.reservations_made += 1;
-            self.note_deadline(now.at + super::reservation::RESERVATION_LIFETIME);
+            self.note_reservation(now.at + super::reservation::RESERVATION_LIFETIME);
         }
         let expires = now.at + lifetime;
         for address in &obtained.relayed {
@@ -144,7 +144,7 @@ impl Server {
                 (transaction.into(), response.clone()),
             ),
         );
-        self.note_deadline(expires);
+        self.note_deadline(from, expires);
         Ok(response)
     }
 
@@ -270,7 +270,7 @@ impl Server {
             client: from,
             lifetime,
         });
-        self.note_deadline(now.at + lifetime);
+        self.note_deadline(from, now.at + lifetime);
         reply.success(|b| b.add_attribute(&Lifetime::new(lifetime.as_secs() as u32)))
     }
 
@@ -346,7 +346,7 @@ impl Server {
         for peer in peers {
             allocation.permit(peer.ip(), now.at, &mut self.pending);
         }
-        self.note_deadline(now.at + PERMISSION_LIFETIME);
+        self.note_deadline(from, now.at + PERMISSION_LIFETIME);
         reply.success(|_| Ok(()))
     }
 
@@ -412,7 +412,7 @@ impl Server {
             return reply.refuse(Refusal::InsufficientCapacity);
         }
         allocation.bind(channel, peer, now.at, &mut self.pending);
-        self.note_deadline(now.at + PERMISSION_LIFETIME);
+        self.note_deadline(from, now.at + PERMISSION_LIFETIME);
         reply.success(|_| Ok(()))
     }
 }

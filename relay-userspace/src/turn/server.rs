@@ -5,7 +5,8 @@
 //! [`Server::handle_peer`]).
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -126,8 +127,16 @@ pub struct Server {
     pub(super) reservations: Reservations,
     pub(super) budget: ResponseBudget,
     events: VecDeque<Event>,
-    /// No state changes before this; recomputed by each timeout sweep.
-    deadline: Option<Instant>,
+    /// When each allocation may next have something due, earliest first:
+    /// a timer queue, so that a deadline visits only the allocations due
+    /// then. Entries are hints; one that finds nothing due (its allocation
+    /// was refreshed or is gone) is dropped.
+    timers: BinaryHeap<Reverse<(Instant, FiveTuple)>>,
+    /// When a port reservation may next expire.
+    reservation_deadline: Option<Instant>,
+    /// Allocations the timeouts have visited, for the tests.
+    #[cfg(test)]
+    pub(super) timer_visits: usize,
     pub(super) stats: Stats,
     /// Scratch space for events of one operation.
     pub(super) pending: Vec<Event>,
@@ -147,7 +156,10 @@ impl Server {
             by_relayed: HashMap::new(),
             per_user: HashMap::new(),
             events: VecDeque::new(),
-            deadline: None,
+            timers: BinaryHeap::new(),
+            reservation_deadline: None,
+            #[cfg(test)]
+            timer_visits: 0,
             stats: Stats::default(),
             pending: Vec::new(),
         }
@@ -182,7 +194,11 @@ impl Server {
 
     /// When [`Self::handle_timeout`] should next be called.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadline
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (timer, self.reservation_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Handles bytes from a client: one UDP datagram, or one framed message
@@ -198,30 +214,40 @@ impl Server {
 
     /// Expires what is due at `now`.
     pub fn handle_timeout(&mut self, now: Now) {
-        if self.deadline.is_some_and(|deadline| deadline > now.at) {
-            return;
+        let mut due = HashSet::new();
+        while let Some(Reverse((at, client))) = self.timers.peek().copied()
+            && at <= now.at
+        {
+            self.timers.pop();
+            due.insert(client);
         }
-        let expired: Vec<FiveTuple> = self
-            .allocations
-            .values()
-            .filter(|allocation| allocation.expires <= now.at)
-            .map(|allocation| allocation.client)
-            .collect();
-        for client in expired {
-            self.delete(client, DeleteReason::Expired, now.at);
-        }
-        for reservation in self.reservations.expire(now.at) {
-            self.stats.reservations_expired += 1;
-            self.allocator.release(reservation.relayed);
-            self.uncount_user(&reservation.username);
-        }
-        let mut deadline = self.reservations.next_deadline();
-        for allocation in self.allocations.values_mut() {
+        // In order, so that events come out the same on every run.
+        let mut due: Vec<FiveTuple> = due.into_iter().collect();
+        due.sort_unstable();
+        for client in due {
+            let Some(allocation) = self.allocations.get_mut(&client) else {
+                continue;
+            };
+            #[cfg(test)]
+            {
+                self.timer_visits += 1;
+            }
+            if allocation.expires <= now.at {
+                self.delete(client, DeleteReason::Expired, now.at);
+                continue;
+            }
             allocation.expire(now.at, &mut self.pending);
             let next = allocation.next_deadline();
-            deadline = Some(deadline.map_or(next, |d| d.min(next)));
+            self.timers.push(Reverse((next, client)));
         }
-        self.deadline = deadline;
+        if self.reservation_deadline.is_some_and(|at| at <= now.at) {
+            for reservation in self.reservations.expire(now.at) {
+                self.stats.reservations_expired += 1;
+                self.allocator.release(reservation.relayed);
+                self.uncount_user(&reservation.username);
+            }
+            self.reservation_deadline = self.reservations.next_deadline();
+        }
         self.flush_events();
     }
 
@@ -249,8 +275,14 @@ impl Server {
         self.events.extend(self.pending.drain(..));
     }
 
-    pub(super) fn note_deadline(&mut self, at: Instant) {
-        self.deadline = Some(self.deadline.map_or(at, |d| d.min(at)));
+    /// Something of `client`'s allocation is due at `at`.
+    pub(super) fn note_deadline(&mut self, client: FiveTuple, at: Instant) {
+        self.timers.push(Reverse((at, client)));
+    }
+
+    /// A port reservation expires at `at`.
+    pub(super) fn note_reservation(&mut self, at: Instant) {
+        self.reservation_deadline = Some(self.reservation_deadline.map_or(at, |d| d.min(at)));
     }
 
     /// Allocations and reservations held by `username`.

@@ -1229,6 +1229,42 @@ fn permission_channel_and_allocation_expiry_in_order() {
     assert!(harness.server.next_deadline().is_none());
 }
 
+/// Issue 11, item 8: a deadline visits the allocations due then, not all
+/// of them.
+#[test]
+fn a_deadline_visits_only_the_allocations_due() {
+    let mut harness = Harness::new();
+    let clients: Vec<FiveTuple> = (0..500).map(|i| client(20000 + i)).collect();
+    let mut first = None;
+    for from in &clients {
+        let allocated = allocate(&mut harness, *from);
+        first.get_or_insert(allocated);
+    }
+    let (signing, _) = first.unwrap();
+    harness.advance(Duration::from_secs(10));
+    expect_success(
+        &mut harness,
+        clients[0],
+        &permission(&signing, peer(7, 9000)),
+    );
+    harness.events();
+    harness.server.timer_visits = 0;
+    // The permission lapses at 310 s: one allocation has something due.
+    harness.advance(Duration::from_secs(300));
+    assert_eq!(
+        harness.events(),
+        [Event::PermissionExpired {
+            client: clients[0],
+            peer: peer(7, 9000).ip()
+        }]
+    );
+    assert_eq!(harness.server.timer_visits, 1);
+    // Every allocation ends at 600 s, each visited once.
+    harness.advance(Duration::from_secs(290));
+    assert_eq!(harness.server.allocation_count(), 0);
+    assert_eq!(harness.server.timer_visits, 1 + clients.len());
+}
+
 #[test]
 fn channel_cooldown_ends_after_five_minutes() {
     let mut harness = Harness::new();
