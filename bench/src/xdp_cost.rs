@@ -52,6 +52,7 @@ fn binding(i: usize) -> KernelBinding {
         relayed: SocketAddr::new(RELAY_POD_SIDE_V4.into(), 20_000 + allocation),
         peer: SocketAddr::new(POD_V4.into(), 3480 + channel),
         slot: i as u32,
+        buckets: Default::default(),
     }
 }
 

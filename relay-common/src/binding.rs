@@ -4,7 +4,10 @@
 
 use core::net::{IpAddr, SocketAddr};
 
-use crate::{ChannelKey, ChannelTarget, MapIp, PeerKey, PeerTarget, checksum::Sum, seal::Sealed};
+use crate::{
+    ChannelKey, ChannelTarget, MapIp, PeerKey, PeerTarget, bandwidth::Buckets, checksum::Sum,
+    seal::Sealed,
+};
 
 /// The prefix of an IPv4-mapped IPv6 address (`::ffff:0:0/96`).
 pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF];
@@ -117,6 +120,8 @@ pub struct Binding {
     pub peer: SocketAddr,
     /// Its slot in the per-binding counters.
     pub slot: u32,
+    /// The bandwidth buckets its traffic is charged to.
+    pub buckets: Buckets,
 }
 
 impl Binding {
@@ -138,6 +143,8 @@ impl Binding {
             checksum_delta: checksum_delta([self.client, self.server], [self.relayed, self.peer]),
             _pad: [0; 2],
             slot: self.slot,
+            bucket: self.buckets.allocation[0],
+            user_bucket: self.buckets.user[0],
             _reserved: [0; 4],
             seal: 0,
         };
@@ -162,6 +169,8 @@ impl Binding {
             channel: self.channel.to_be_bytes(),
             checksum_delta: checksum_delta([self.peer, self.relayed], [self.server, self.client]),
             slot: self.slot,
+            bucket: self.buckets.allocation[1],
+            user_bucket: self.buckets.user[1],
             _reserved: [0; 4],
             seal: 0,
         };
@@ -219,6 +228,10 @@ mod tests {
             relayed: v4(253, 49152),
             peer: v4(9, 3480),
             slot: 7,
+            buckets: Buckets {
+                allocation: [1, 2],
+                user: [3, 4],
+            },
         };
         let (key, target) = binding.channel_entry();
         assert_eq!(key.channel, [0x40, 0x01]);
@@ -229,5 +242,7 @@ mod tests {
         assert_eq!(peer_key.peer_ip, target.peer_ip);
         assert_eq!(peer_target.client_ip, key.client_ip);
         assert_eq!((target.slot, peer_target.slot), (7, 7));
+        assert_eq!((target.bucket, target.user_bucket), (1, 3));
+        assert_eq!((peer_target.bucket, peer_target.user_bucket), (2, 4));
     }
 }

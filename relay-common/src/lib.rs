@@ -13,6 +13,7 @@
 //! With the `user` feature the types implement [`aya::Pod`].
 #![no_std]
 
+pub mod bandwidth;
 pub mod bench;
 pub mod binding;
 pub mod checksum;
@@ -70,11 +71,14 @@ pub enum PacketClass {
     /// A peer's datagram on a bound channel, rewritten as ChannelData and
     /// sent to its client.
     ForwardedToClient = 7,
+    /// A datagram of a bound channel, in either direction, dropped over
+    /// its allocation's or user's bandwidth limit.
+    OverLimit = 8,
 }
 
 impl PacketClass {
     /// Every class, in index order.
-    pub const ALL: [PacketClass; 8] = [
+    pub const ALL: [PacketClass; 9] = [
         PacketClass::Unrelated,
         PacketClass::Malformed,
         PacketClass::Fragment,
@@ -83,6 +87,7 @@ impl PacketClass {
         PacketClass::Other,
         PacketClass::ForwardedToPeer,
         PacketClass::ForwardedToClient,
+        PacketClass::OverLimit,
     ];
 
     /// Number of classes; the length of the counters array.
@@ -99,6 +104,7 @@ impl PacketClass {
             PacketClass::Other => "other",
             PacketClass::ForwardedToPeer => "forwarded_to_peer",
             PacketClass::ForwardedToClient => "forwarded_to_client",
+            PacketClass::OverLimit => "over_limit",
         }
     }
 }
@@ -193,6 +199,11 @@ pub struct ChannelTarget {
     pub _pad: [u8; 2],
     /// The binding's slot in [`MAP_BINDING_COUNTERS`].
     pub slot: u32,
+    /// The allocation's bucket for this direction in
+    /// [`bandwidth::MAP_BUCKETS`], or [`bandwidth::NO_BUCKET`].
+    pub bucket: u32,
+    /// The user's bucket for this direction, or [`bandwidth::NO_BUCKET`].
+    pub user_bucket: u32,
     /// Zero.
     pub _reserved: [u8; 4],
     /// [`seal::seal`] of the key and the fields above: the kernel
@@ -235,6 +246,10 @@ pub struct PeerTarget {
     pub checksum_delta: [u8; 2],
     /// The binding's slot in [`MAP_BINDING_COUNTERS`].
     pub slot: u32,
+    /// As [`ChannelTarget::bucket`], for this direction.
+    pub bucket: u32,
+    /// As [`ChannelTarget::user_bucket`], for this direction.
+    pub user_bucket: u32,
     /// Zero.
     pub _reserved: [u8; 4],
     /// As [`ChannelTarget::seal`].
@@ -303,6 +318,8 @@ mod pod {
     unsafe impl aya::Pod for super::PeerTarget {}
     // SAFETY: u64 fields only, no padding.
     unsafe impl aya::Pod for super::BindingCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::bandwidth::Bucket {}
 }
 
 #[cfg(test)]
@@ -316,13 +333,12 @@ mod tests {
         assert_eq!(size_of::<Counter>(), 16);
         // Byte arrays only: the size is the sum of the fields.
         assert_eq!(size_of::<ChannelKey>(), 16 + 16 + 2 + 2 + 2 + 2);
-        assert_eq!(
-            size_of::<ChannelTarget>(),
-            16 + 16 + 2 + 2 + 2 + 2 + 4 + 4 + 8
-        );
+        let target = 16 + 16 + 2 + 2 + 2 + 2 + 4 + 4 + 4 + 4 + 8;
+        assert_eq!(size_of::<ChannelTarget>(), target);
         assert_eq!(size_of::<PeerKey>(), 16 + 16 + 2 + 2 + 4);
-        assert_eq!(size_of::<PeerTarget>(), 16 + 16 + 2 + 2 + 2 + 2 + 4 + 4 + 8);
+        assert_eq!(size_of::<PeerTarget>(), target);
         assert_eq!(size_of::<BindingCounters>(), 32);
+        assert_eq!(size_of::<bandwidth::Bucket>(), 24);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::{ChannelKey, ChannelTarget, PeerKey, PeerTarget};
 /// Words of a key.
 const KEY_WORDS: usize = 5;
 /// Words of a value, the seal (the last) included.
-const VALUE_WORDS: usize = 7;
+const VALUE_WORDS: usize = 8;
 
 const _: () = {
     assert!(size_of::<ChannelKey>() == KEY_WORDS * 8);
@@ -102,7 +102,7 @@ impl Sealed for PeerTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::binding::Binding;
+    use crate::{bandwidth::Buckets, binding::Binding};
     use core::net::{Ipv4Addr, SocketAddr};
 
     fn binding(peer: u8, slot: u32) -> Binding {
@@ -114,6 +114,7 @@ mod tests {
             relayed: v4(253, 49152),
             peer: v4(peer, 3480),
             slot,
+            buckets: Buckets::default(),
         }
     }
 
@@ -146,7 +147,7 @@ mod tests {
                     *word = b[i];
                 }
             }
-            // SAFETY: any 56 bytes are a valid `ChannelTarget`.
+            // SAFETY: any 64 bytes are a valid `ChannelTarget`.
             let torn: ChannelTarget = unsafe { core::mem::transmute(torn) };
             let whole = [a, b].contains(words::<_, VALUE_WORDS>(&torn));
             assert_eq!(torn.sealed_for(&key), whole, "mask {mask:#b}");

@@ -14,6 +14,7 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use core::mem::size_of;
+use relay_common::PacketClass;
 
 use crate::{
     binding::{self, CHANNEL_HEADER, IpHeader},
@@ -24,9 +25,10 @@ use crate::{
 };
 
 /// A client's ChannelData on a bound channel: strips the ChannelData
-/// header and sends the data from the relayed address to the peer.
+/// header and sends the data from the relayed address to the peer. Returns
+/// the class to count the frame in and its action.
 #[inline(always)]
-pub fn to_peer(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
+pub fn to_peer(ctx: &XdpContext, udp: &Udp) -> Option<(PacketClass, u32)> {
     if udp.ip_offset != IP_OFFSET {
         return None;
     }
@@ -35,14 +37,14 @@ pub fn to_peer(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     } else {
         to_peer_frame::<Ipv4Hdr>(ctx, udp)
     };
-    (action != NOT_HANDLED).then_some(action)
+    outcome(action, PacketClass::ForwardedToPeer)
 }
 
 /// A peer's datagram to a relayed address with a bound channel: prepends
 /// the ChannelData header and sends it from the server address to the
-/// client.
+/// client. Returns the class and action, as [`to_peer`].
 #[inline(always)]
-pub fn to_client(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
+pub fn to_client(ctx: &XdpContext, udp: &Udp) -> Option<(PacketClass, u32)> {
     if udp.ip_offset != IP_OFFSET {
         return None;
     }
@@ -51,7 +53,17 @@ pub fn to_client(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     } else {
         to_client_frame::<Ipv4Hdr>(ctx, udp)
     };
-    (action != NOT_HANDLED).then_some(action)
+    outcome(action, PacketClass::ForwardedToClient)
+}
+
+/// The class and action for what a per-family function returned.
+#[inline(always)]
+fn outcome(action: u32, relayed: PacketClass) -> Option<(PacketClass, u32)> {
+    match action {
+        NOT_HANDLED => None,
+        OVER_LIMIT => Some((PacketClass::OverLimit, xdp_action::XDP_DROP)),
+        action => Some((relayed, action)),
+    }
 }
 
 /// Where the IP header starts in the frames relayed here (untagged
@@ -64,6 +76,8 @@ const IP_OFFSET: usize = size_of::<EthHdr>();
 /// They return a plain integer: an `Option` would come back through
 /// memory, which the verifier refuses across BPF function calls.
 const NOT_HANDLED: u32 = u32::MAX;
+/// What they return for a datagram over its bandwidth limits, to drop.
+const OVER_LIMIT: u32 = u32::MAX - 1;
 
 #[inline(never)]
 fn to_peer_frame<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> u32 {
@@ -84,6 +98,9 @@ fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     }
     let target = found.target;
     let hop = route::next_hop(ctx, &found.flow::<H>())?;
+    if !maps::within_limits(target.bucket, target.user_bucket, found.data_len) {
+        return Some(OVER_LIMIT);
+    }
     // Nothing has changed so far. From here on a failure (only a bounds
     // check the verifier made us write) drops the half-rewritten frame
     // rather than hand it to the stack.
@@ -145,6 +162,9 @@ fn to_client_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
     }
     let target = found.target;
     let hop = route::next_hop(ctx, &found.flow::<H>(udp.payload_len))?;
+    if !maps::within_limits(target.bucket, target.user_bucket, udp.payload_len) {
+        return Some(OVER_LIMIT);
+    }
     let check = binding::updated_check::<H>(
         &udp.header,
         &target.checksum_delta,

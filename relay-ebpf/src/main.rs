@@ -71,16 +71,13 @@ pub fn turnx_xdp(ctx: XdpContext) -> u32 {
 fn handle(ctx: &XdpContext) -> Result<(PacketClass, u32), Error> {
     let udp = parse::udp(ctx)?;
     if !maps::is_listen_port(udp.header.dst_port) {
-        return match forward::to_client(ctx, &udp) {
-            Some(action) => Ok((PacketClass::ForwardedToClient, action)),
-            None => Err(Error::NotListenPort),
-        };
+        return forward::to_client(ctx, &udp).ok_or(Error::NotListenPort);
     }
     let class = classify::payload(ctx, &udp);
     if class == PacketClass::ChannelData
-        && let Some(action) = forward::to_peer(ctx, &udp)
+        && let Some(relayed) = forward::to_peer(ctx, &udp)
     {
-        return Ok((PacketClass::ForwardedToPeer, action));
+        return Ok(relayed);
     }
     if class == PacketClass::Stun {
         // STUN is control traffic, a few packets per allocation, so a debug

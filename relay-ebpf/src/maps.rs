@@ -2,12 +2,14 @@
 //! `relay-common`; the daemon finds the maps by those names.
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use relay_common::{
     BindingCounters, ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue,
     MAX_BINDINGS, MAX_EGRESS_INTERFACES, MAX_LISTEN_PORTS, PacketClass, PeerKey, PeerTarget,
+    bandwidth::{BUCKETS_PER_BINDING, Bucket, NO_BUCKET},
     seal::Sealed,
 };
 
@@ -131,6 +133,39 @@ fn sealed_copy<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T) -> u32 {
     }
     // SAFETY: as above.
     u32::from(unsafe { &*copy }.sealed_for(key))
+}
+
+/// Bandwidth buckets of allocations and users
+/// (`relay_common::bandwidth::MAP_BUCKETS`), shared by all CPUs.
+#[map]
+static BUCKETS: Array<Bucket> = Array::with_max_entries(MAX_BINDINGS * BUCKETS_PER_BINDING + 1, 0);
+
+/// Whether `bytes` of a binding's data fit its allocation's and its user's
+/// buckets (`bucket`, `user_bucket`) now; if so they are charged. The
+/// buckets are updated without a lock: two CPUs relaying one binding at the
+/// same moment may each miss the other's charge, which admits a datagram
+/// more. One flow arrives on one receive queue, so that is rare.
+#[inline(always)]
+pub fn within_limits(bucket: u32, user_bucket: u32, bytes: usize) -> bool {
+    if bucket == NO_BUCKET && user_bucket == NO_BUCKET {
+        return true;
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    charge(bucket, bytes, now) && charge(user_bucket, bytes, now)
+}
+
+#[inline(always)]
+fn charge(index: u32, bytes: usize, now: u64) -> bool {
+    if index == NO_BUCKET {
+        return true;
+    }
+    match BUCKETS.get_ptr_mut(index) {
+        // SAFETY: an array element, valid for the program's run.
+        Some(bucket) => unsafe { (*bucket).admit(bytes as u64, now) },
+        // An index past the array (never installed): no limit.
+        None => true,
+    }
 }
 
 /// Whether UDP to `port` (network order) is TURN traffic.

@@ -100,6 +100,9 @@ fn to_peer_via<H: IpHeader>(ctx: &TcContext, udp: &Udp) -> Option<i32> {
     let found = binding::to_peer_binding(ctx, udp, &old)?;
     let target = found.target;
     let hop = route::tc_next_hop(ctx, &found.flow::<H>())?;
+    if !maps::within_limits(target.bucket, target.user_bucket, found.data_len) {
+        return Some(over_limit(ctx));
+    }
     let skb = ctx.skb.skb;
     // Nothing has changed so far. Once something has, a failure (the
     // helpers fail only without memory) drops the half-rewritten packet
@@ -152,6 +155,9 @@ fn to_client_via<H: IpHeader>(ctx: &TcContext, udp: &Udp) -> Option<i32> {
     let found = binding::to_client_binding(ctx, udp, &old)?;
     let target = found.target;
     let hop = route::tc_next_hop(ctx, &found.flow::<H>(udp.payload_len))?;
+    if !maps::within_limits(target.bucket, target.user_bucket, udp.payload_len) {
+        return Some(over_limit(ctx));
+    }
     let skb = ctx.skb.skb;
     // SAFETY: a helper call on our skb; growing by 4 bytes (a failure
     // changes nothing).
@@ -190,6 +196,13 @@ fn to_client_via<H: IpHeader>(ctx: &TcContext, udp: &Udp) -> Option<i32> {
         send(ctx, &hop, target.slot, false, udp.payload_len)
     };
     Some(rewritten().unwrap_or(TC_ACT_SHOT))
+}
+
+/// Counts and drops a datagram over its bandwidth limits.
+#[inline(always)]
+fn over_limit(ctx: &TcContext) -> i32 {
+    maps::count(PacketClass::OverLimit, ctx.len() as usize);
+    TC_ACT_SHOT
 }
 
 /// Writes the new UDP header (with the old checksum) and the IP header

@@ -101,6 +101,15 @@ pub struct LimitsConfig {
     pub stream_connections: usize,
     /// Concurrent TCP and TLS connections from one IP address; 0 for no cap.
     pub stream_connections_per_address: usize,
+    /// Application bytes per second one allocation may relay each way; 0
+    /// for no limit.
+    pub allocation_bytes_per_sec: u64,
+    /// Application bytes per second one username may relay each way, over
+    /// all its allocations; 0 for no limit.
+    pub user_bytes_per_sec: u64,
+    /// What a bandwidth limit lets through at once, as milliseconds at its
+    /// rate.
+    pub bandwidth_burst_ms: u64,
 }
 
 /// `[peers]`
@@ -238,6 +247,9 @@ impl Default for LimitsConfig {
             unauthenticated_total_bytes_per_sec: 4_194_304,
             stream_connections: 16_384,
             stream_connections_per_address: 256,
+            allocation_bytes_per_sec: 0,
+            user_bytes_per_sec: 0,
+            bandwidth_burst_ms: 500,
         }
     }
 }
@@ -381,6 +393,15 @@ impl Config {
                 "[limits] max_lifetime_secs is below the RFC default lifetime of 600 s".into(),
             ));
         }
+        if (self.limits.allocation_bytes_per_sec != 0 || self.limits.user_bytes_per_sec != 0)
+            && self.limits.bandwidth_burst_ms < 10
+        {
+            return Err(ConfigError::Invalid(
+                "[limits] bandwidth_burst_ms must be at least 10 with a bandwidth limit: a \
+                 smaller burst drops datagrams that merely arrive together"
+                    .into(),
+            ));
+        }
         if self.limits.amplification_limit.is_nan() || self.limits.amplification_limit < 1.0 {
             return Err(ConfigError::Invalid(
                 "[limits] amplification_limit must be 1.0 or more".into(),
@@ -449,6 +470,16 @@ impl Config {
                 total_bytes_per_sec: self.limits.unauthenticated_total_bytes_per_sec,
             },
             legacy_channel_numbers: self.server.legacy_channel_numbers,
+            bandwidth: self.bandwidth(),
+        }
+    }
+
+    /// The bandwidth limits of `[limits]`, for the core and the kernel.
+    pub fn bandwidth(&self) -> crate::turn::bandwidth::Limits {
+        crate::turn::bandwidth::Limits {
+            allocation: self.limits.allocation_bytes_per_sec,
+            user: self.limits.user_bytes_per_sec,
+            burst: std::time::Duration::from_millis(self.limits.bandwidth_burst_ms),
         }
     }
 
@@ -527,6 +558,10 @@ mod tests {
     fn bad_values_are_rejected() {
         for (text, needle) in [
             ("[server]\nrelay_ports = [5000, 4000]\n", "relay_ports"),
+            (
+                "[limits]\nuser_bytes_per_sec = 100000\nbandwidth_burst_ms = 1\n",
+                "bandwidth_burst_ms",
+            ),
             ("[server]\ntls_listen = [\"0.0.0.0:5349\"]\n", "tls_cert"),
             (
                 "[server]\nrelay_addresses = [\"198.18.0.1\", \"198.18.0.2\"]\n",

@@ -4,6 +4,7 @@
 //! - [`ebpf_object`]: where the XDP object comes from (embedded or a file);
 //! - [`xdp`]: loading, attaching and reading the XDP program;
 //! - [`offload`]: mirroring channel bindings into the XDP maps;
+//! - [`kernel_buckets`]: the kernel's bandwidth buckets and their holders;
 //! - [`interfaces`]: which interfaces to attach to by default;
 //! - [`logging`]: log lines under a budget, written off the hot path;
 //! - [`pod_interfaces`]: following pods' veths as they come and go;
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod ebpf_object;
 pub mod interfaces;
+pub mod kernel_buckets;
 pub mod logging;
 pub mod offload;
 pub mod pod_interfaces;

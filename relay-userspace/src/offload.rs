@@ -18,16 +18,21 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use relay_common::BindingCounters;
+use relay_common::{
+    BindingCounters,
+    bandwidth::{BUCKETS_PER_BINDING, Bucket},
+};
 
 use crate::{
+    kernel_buckets::{BucketWriter, KernelBuckets},
+    turn::bandwidth::Limits,
     turn::{Event, FiveTuple, Transport},
     xdp::{KernelBinding, XdpError, XdpRelay},
 };
 
 /// The kernel maps the offload writes: the XDP program's, or a stand-in in
 /// tests.
-pub trait BindingMaps: Send {
+pub trait BindingMaps: BucketWriter + Send {
     /// Installs a binding in both directions, or nothing.
     fn install(&mut self, binding: &KernelBinding) -> Result<(), XdpError>;
     /// Removes a binding from both directions.
@@ -55,6 +60,12 @@ impl BindingMaps for Arc<Mutex<XdpRelay>> {
 
     fn counters(&self, slot: u32) -> Result<BindingCounters, XdpError> {
         self.lock().expect("XDP lock").binding_counters(slot)
+    }
+}
+
+impl BucketWriter for Arc<Mutex<XdpRelay>> {
+    fn set_bucket(&mut self, index: u32, bucket: Bucket) -> Result<(), XdpError> {
+        self.lock().expect("XDP lock").set_bucket(index, bucket)
     }
 }
 
@@ -173,6 +184,8 @@ pub struct Offload {
     free_slots: Vec<u32>,
     installed: HashMap<(FiveTuple, u16), KernelBinding>,
     stats: OffloadStats,
+    max_bindings: u32,
+    buckets: KernelBuckets,
 }
 
 impl Offload {
@@ -186,7 +199,16 @@ impl Offload {
             rules,
             installed: HashMap::new(),
             stats: OffloadStats::default(),
+            max_bindings,
+            buckets: KernelBuckets::new(Limits::default(), 0),
         }
+    }
+
+    /// Holds the channels it installs to `limits` in the kernel too.
+    pub fn with_bandwidth(mut self, limits: Limits) -> Self {
+        let entries = self.max_bindings * BUCKETS_PER_BINDING + 1;
+        self.buckets = KernelBuckets::new(limits, entries);
+        self
     }
 
     /// Counters so far.
@@ -226,6 +248,12 @@ impl Offload {
             Event::ChannelExpired {
                 client, channel, ..
             } => self.unbind(client, channel),
+            Event::AllocationCreated {
+                client,
+                ref username,
+                ..
+            } => self.buckets.allocation_created(client, username),
+            Event::AllocationDeleted { client, .. } => self.buckets.allocation_deleted(client),
             _ => {}
         }
     }
@@ -251,6 +279,7 @@ impl Offload {
                 relayed,
                 peer,
                 slot,
+                buckets: self.buckets.for_channel(client, &mut *self.maps),
             };
             let installed = self.maps.reset_counters(slot);
             match installed.and_then(|()| self.maps.install(&binding)) {
@@ -412,6 +441,12 @@ mod tests {
                 .get(&slot)
                 .copied()
                 .unwrap_or_default())
+        }
+    }
+
+    impl BucketWriter for FakeMaps {
+        fn set_bucket(&mut self, _: u32, _: Bucket) -> Result<(), XdpError> {
+            Ok(())
         }
     }
 

@@ -49,6 +49,7 @@ fn bindings() -> Vec<KernelBinding> {
         relayed: addr(relayed),
         peer: addr(peer),
         slot,
+        buckets: Default::default(),
     };
     let v6 = |client: &str, channel, relayed: &str, peer: &str, slot| KernelBinding {
         client: addr(client),
@@ -57,6 +58,7 @@ fn bindings() -> Vec<KernelBinding> {
         relayed: addr(relayed),
         peer: addr(peer),
         slot,
+        buckets: Default::default(),
     };
     vec![
         v4(

@@ -54,7 +54,9 @@ struct KernelSetup {
 }
 
 impl KernelSetup {
-    fn new(test: &str, ipv6: bool, server_extra: &str) -> Option<KernelSetup> {
+    /// `extra` follows `[server]`'s keys in turnxd's configuration: more of
+    /// them, or further sections.
+    fn new(test: &str, ipv6: bool, extra: &str) -> Option<KernelSetup> {
         let object = common::xdp_object_or_skip(test)?;
         if !common::have_all_or_skip(test, &[("turnutils_peer", "Debian package coturn")]) {
             return None;
@@ -95,7 +97,7 @@ impl KernelSetup {
     listen = ["{server}:3478"]
     relay_addresses = ["{relayed}"]
     relay_ports = [51000, 51999]
-    {server_extra}
+    {extra}
     [auth]
     users = {{ alice = "wonderland" }}
     [peers]
@@ -287,6 +289,102 @@ fn uclient_channels_cross_the_relay_in_the_kernel() {
         logged_number_after(&log, "relayed Stats", "to_peer_packets") <= 10,
         "{log}"
     );
+}
+
+/// Issue 11, item 8: a flood on a bound channel is held to its
+/// allocation's bandwidth limit in the kernel, and another allocation's
+/// channel, under the limit, loses nothing. Both send to a sink in the pod
+/// namespace, which counts what arrives from each relayed address.
+#[test]
+fn a_flooded_channel_is_held_to_its_bandwidth_limit_in_the_kernel() {
+    const LIMIT: u64 = 1_000_000;
+    const BURST_MS: u64 = 50;
+    const SECONDS: u64 = 4;
+    const DATA: usize = 1000;
+    // Offered: three times the limit, and a tenth of it.
+    const FLOOD_PPS: u64 = 3 * LIMIT / DATA as u64;
+    const CALM_PPS: u64 = LIMIT / 10 / DATA as u64;
+    let test = "a_flooded_channel_is_held_to_its_bandwidth_limit_in_the_kernel";
+    let limits =
+        format!("[limits]\nallocation_bytes_per_sec = {LIMIT}\nbandwidth_burst_ms = {BURST_MS}\n");
+    let Some(mut setup) = KernelSetup::new(test, false, &limits) else {
+        return;
+    };
+    let sink_address = SocketAddr::new(setup.peer.ip(), 3490);
+    let sink = setup
+        .topology
+        .pod
+        .run(|| UdpSocket::bind(sink_address).unwrap());
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let (client, warm) = setup.bound_client(false);
+        assert!(warm.is_some(), "no warm-up round trip");
+        setup
+            .topology
+            .client
+            .run(|| client.channel_bind(CHANNEL + 1, sink_address))
+            .expect("ChannelBind to the sink");
+        senders.push(client);
+    }
+    let over_limit_before = packets(&setup.counters().0, "over_limit");
+    let frame = testkit::frame::channel_data(CHANNEL + 1, &[0xAB; DATA], false);
+    let (received, (sent, elapsed)) = std::thread::scope(|scope| {
+        let counting = scope.spawn(|| {
+            let mut received = std::collections::HashMap::<SocketAddr, u64>::new();
+            let mut buffer = [0u8; 2048];
+            let deadline = std::time::Instant::now() + Duration::from_secs(SECONDS + 3);
+            while std::time::Instant::now() < deadline {
+                match sink.recv_from(&mut buffer) {
+                    Ok((len, from)) => *received.entry(from).or_default() += len as u64,
+                    Err(_) if !received.is_empty() => break,
+                    Err(_) => {}
+                }
+            }
+            received
+        });
+        let sending = setup.topology.client.run(|| {
+            let started = std::time::Instant::now();
+            let mut sent = [0u64; 2];
+            // Paced by the millisecond, catching up after any stall.
+            while started.elapsed() < Duration::from_secs(SECONDS) {
+                let elapsed = started.elapsed().as_secs_f64();
+                for (i, pps) in [FLOOD_PPS, CALM_PPS].into_iter().enumerate() {
+                    while (sent[i] as f64) < elapsed * pps as f64 {
+                        senders[i].socket.send_to(&frame, setup.server).unwrap();
+                        sent[i] += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (sent, started.elapsed())
+        });
+        (counting.join().unwrap(), sending)
+    });
+    let over_limit = packets(&setup.counters().0, "over_limit") - over_limit_before;
+    let mut by_source: Vec<u64> = received.values().copied().collect();
+    by_source.sort();
+    assert_eq!(by_source.len(), 2, "{received:?}");
+    let (calm, flooded) = (by_source[0], by_source[1]);
+    let burst = LIMIT * BURST_MS / 1000 + DATA as u64;
+    let rate = (flooded.saturating_sub(burst)) as f64 / elapsed.as_secs_f64();
+    println!(
+        "offered {} and {} datagrams in {elapsed:?}: {rate:.0} bytes/s delivered of a {LIMIT} \
+         limit, {over_limit} dropped in the kernel; the calm channel {calm} bytes",
+        sent[0], sent[1]
+    );
+    assert!(
+        (rate - LIMIT as f64).abs() <= 0.05 * LIMIT as f64,
+        "{rate:.0} bytes/s is not within 5 % of {LIMIT}"
+    );
+    assert_eq!(calm, sent[1] * DATA as u64, "the calm channel lost data");
+    assert!(
+        over_limit > sent[0] / 2,
+        "the kernel dropped only {over_limit} of {}",
+        sent[0]
+    );
+    assert!(setup.daemon.stop(libc::SIGTERM).success());
 }
 
 /// The turnx counters of the relay's client-side and pod-side interfaces.

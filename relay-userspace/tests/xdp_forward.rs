@@ -13,6 +13,7 @@ use testkit::frame::{UdpFrame, channel_data};
 use turnx::xdp::{KernelBinding, XdpRelay};
 
 const XDP_PASS: u32 = 2;
+const XDP_DROP: u32 = 1;
 const CHANNEL: u16 = 0x4000;
 
 fn addr(text: &str) -> SocketAddr {
@@ -27,6 +28,7 @@ fn v4_binding() -> KernelBinding {
         relayed: addr("198.19.0.1:50002"),
         peer: addr("198.19.0.2:3480"),
         slot: 0,
+        buckets: Default::default(),
     }
 }
 
@@ -38,6 +40,7 @@ fn v6_binding() -> KernelBinding {
         relayed: addr("[fd00:19::1]:50002"),
         peer: addr("[fd00:19::2]:3480"),
         slot: 1,
+        buckets: Default::default(),
     }
 }
 
@@ -756,4 +759,65 @@ fn bindings_replaced_while_frames_run_never_mix() {
         forwarded.iter().flatten().all(|count| *count > 0),
         "{forwarded:?}"
     );
+}
+
+/// Issue 11, item 8, in the kernel: a binding's datagrams are charged to
+/// its allocation's and its user's buckets, and dropped over either. Two
+/// allocations of one user share the user's bucket: 10 000 bytes a second
+/// with a 100 ms burst lets eleven 100-byte datagrams through at once, and
+/// one more for each 10 ms the runs take, whichever binding they come
+/// from.
+#[test]
+fn over_its_buckets_a_binding_is_dropped_in_the_kernel() {
+    use relay_common::bandwidth::{Bucket, Buckets};
+    let first = KernelBinding {
+        buckets: Buckets {
+            allocation: [1, 2],
+            user: [5, 6],
+        },
+        ..v4_binding()
+    };
+    let second = KernelBinding {
+        client: addr("198.18.0.1:50001"),
+        relayed: addr("198.19.0.1:50004"),
+        slot: 1,
+        buckets: Buckets {
+            allocation: [3, 4],
+            user: [5, 6],
+        },
+        ..v4_binding()
+    };
+    let Some(mut relay) = relay(
+        "over_its_buckets_a_binding_is_dropped_in_the_kernel",
+        &[first, second],
+    ) else {
+        return;
+    };
+    for index in 1..=6 {
+        // The allocations' buckets are wider than the user's.
+        let rate = if index <= 4 { 1_000_000 } else { 10_000 };
+        relay
+            .xdp
+            .set_bucket(index, Bucket::new(rate, 100_000_000))
+            .unwrap();
+    }
+    let mut relayed = 0;
+    let started = std::time::Instant::now();
+    for i in 0..100 {
+        let binding = if i % 2 == 0 { first } else { second };
+        let frame = client_frame(&binding, &channel_data(CHANNEL, &[7; 100], false)).build();
+        match run(&relay, &frame.bytes) {
+            (XDP_PASS, _, PacketClass::ForwardedToPeer) => relayed += 1,
+            (XDP_DROP, _, PacketClass::OverLimit) => {}
+            other => panic!("datagram {i}: {other:?}"),
+        }
+    }
+    let drained = started.elapsed().as_millis() as usize / 10 + 1;
+    assert!(
+        (11..=11 + drained).contains(&relayed),
+        "{relayed} relayed, {drained} drained"
+    );
+    // The other direction has buckets of its own.
+    let back = peer_frame(&first, &[7; 100]).build();
+    assert_eq!(run(&relay, &back.bytes).2, PacketClass::ForwardedToClient);
 }

@@ -359,6 +359,7 @@ async fn run(args: Args, config: Config, logs: &Logs) -> Result<()> {
         let own_relay = [relay_ipv4, relay_ipv6].into_iter().flatten().collect();
         let rules = Eligibility::new(config.server.legacy_channel_numbers, own_relay);
         Offload::new(Box::new(Arc::clone(relay)), config.xdp.max_bindings, rules)
+            .with_bandwidth(config.bandwidth())
     });
     // Before serving, so the kernel relay can take the first bindings.
     let mut egress = EgressState::default();

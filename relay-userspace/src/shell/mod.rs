@@ -7,7 +7,7 @@
 //! happen after it is released.
 
 mod batch;
-mod framing;
+pub mod framing;
 pub mod local_addresses;
 pub mod relay_sockets;
 pub mod streams;

@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use relay_common::bandwidth::Bucket;
+
 use super::{Event, FiveTuple, policy::canonical};
 
 /// Permission lifetime (RFC 8656 section 9).
@@ -48,6 +50,8 @@ pub struct Allocation {
     peer_channels: HashMap<SocketAddr, u16>,
     /// Expired bindings still reserved: (channel, peer, until).
     cooling: Vec<(u16, SocketAddr, Instant)>,
+    /// Its bandwidth buckets by direction, if it has a limit.
+    pub meter: Option<[Bucket; 2]>,
 }
 
 impl Allocation {
@@ -68,6 +72,7 @@ impl Allocation {
             channels: HashMap::new(),
             peer_channels: HashMap::new(),
             cooling: Vec::new(),
+            meter: None,
         }
     }
 

@@ -32,6 +32,7 @@
 mod allocation;
 pub mod amplification;
 pub mod auth;
+pub mod bandwidth;
 mod challenge;
 mod outbox;
 pub mod policy;

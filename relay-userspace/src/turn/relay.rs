@@ -13,6 +13,7 @@ use turn_types::{
 
 use super::{
     FiveTuple, Now,
+    bandwidth::Direction,
     outbox::{Destination, Outbox},
     policy::canonical_transport,
     server::Server,
@@ -29,10 +30,10 @@ impl Server {
         now: Now,
         out: &mut Outbox,
     ) {
-        let Some(client) = self.by_relayed.get(&relayed) else {
+        let Some(&client) = self.by_relayed.get(&relayed) else {
             return;
         };
-        let Some(allocation) = self.allocations.get(client) else {
+        let Some(allocation) = self.allocations.get(&client) else {
             return;
         };
         // Permissions are per IP; on the relay's own addresses only other
@@ -44,8 +45,12 @@ impl Server {
             self.stats.dropped_no_permission += 1;
             return;
         }
-        let to = allocation.client;
-        match allocation.peer_channel(peer) {
+        let channel = allocation.peer_channel(peer);
+        if !self.within_limits(client, Direction::ToClient, data.len(), now.at) {
+            return;
+        }
+        let to = client;
+        match channel {
             // The hot path: a ChannelData header in front of the data.
             Some(channel) => out.push_with(Destination::Client(to), |bytes| {
                 let start = bytes.len();
@@ -141,6 +146,9 @@ impl Server {
             self.stats.dropped_no_permission += 1;
             return;
         };
+        if !self.within_limits(from, Direction::ToPeer, data.len(), now.at) {
+            return;
+        }
         self.stats.to_peer_packets += 1;
         self.stats.to_peer_bytes += data.len() as u64;
         out.push(

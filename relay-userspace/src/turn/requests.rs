@@ -134,16 +134,18 @@ impl Server {
             username: username.clone(),
             lifetime,
         });
-        self.allocations.insert(
+        let mut allocation = Allocation::new(
             from,
-            Allocation::new(
-                from,
-                username,
-                obtained.relayed,
-                expires,
-                (transaction.into(), response.clone()),
-            ),
+            username,
+            obtained.relayed,
+            expires,
+            (transaction.into(), response.clone()),
         );
+        allocation.meter = self
+            .config
+            .bandwidth
+            .buckets(self.config.bandwidth.allocation);
+        self.allocations.insert(from, allocation);
         self.note_deadline(from, expires);
         Ok(response)
     }

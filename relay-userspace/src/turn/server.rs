@@ -14,11 +14,14 @@ use std::{
 use stun_types::message::{BINDING, Message, MessageClass};
 use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
 
+use relay_common::bandwidth::Bucket;
+
 use super::{
     DeleteReason, Event, FiveTuple, Now, RelayAllocator,
     allocation::Allocation,
     amplification::{BudgetConfig, Refused, ResponseBudget},
     auth::{Authenticator, Credentials},
+    bandwidth::{Clock, Direction, Limits},
     outbox::{Destination, Outbox},
     policy::{PeerPolicy, canonical},
     refusal::Refusal,
@@ -56,6 +59,8 @@ pub struct ServerConfig {
     /// Accept the RFC 5766 channel range 0x4000-0x7FFF instead of RFC
     /// 8656's 0x4000-0x4FFF.
     pub legacy_channel_numbers: bool,
+    /// Bandwidth limits per allocation and per user.
+    pub bandwidth: Limits,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +84,7 @@ impl Default for ServerConfig {
             channels_per_allocation: 0,
             amplification: BudgetConfig::default(),
             legacy_channel_numbers: false,
+            bandwidth: Limits::default(),
         }
     }
 }
@@ -96,6 +102,8 @@ pub struct Stats {
     pub to_client_bytes: u64,
     /// Data dropped for lack of a permission or channel.
     pub dropped_no_permission: u64,
+    /// Data dropped over an allocation's or a user's bandwidth limit.
+    pub dropped_over_limit: u64,
     /// Unauthenticated responses not sent: larger than the ratio allows.
     pub refused_amplification_ratio: u64,
     /// Unauthenticated responses not sent: the source prefix, or all
@@ -134,6 +142,10 @@ pub struct Server {
     timers: BinaryHeap<Reverse<(Instant, FiveTuple)>>,
     /// When a port reservation may next expire.
     reservation_deadline: Option<Instant>,
+    /// Each username's bandwidth buckets, if users have a limit.
+    user_meters: HashMap<String, [Bucket; 2]>,
+    /// The buckets' clock.
+    clock: Clock,
     /// Allocations the timeouts have visited, for the tests.
     #[cfg(test)]
     pub(super) timer_visits: usize,
@@ -158,6 +170,8 @@ impl Server {
             events: VecDeque::new(),
             timers: BinaryHeap::new(),
             reservation_deadline: None,
+            user_meters: HashMap::new(),
+            clock: Clock::default(),
             #[cfg(test)]
             timer_visits: 0,
             stats: Stats::default(),
@@ -304,8 +318,49 @@ impl Server {
             *count -= 1;
             if *count == 0 {
                 self.per_user.remove(username);
+                self.user_meters.remove(username);
             }
         }
+    }
+
+    /// Whether `bytes` of the allocation's data may go `direction` at
+    /// `now`, within its and its user's bandwidth limits; if so they are
+    /// charged.
+    pub(super) fn within_limits(
+        &mut self,
+        client: FiveTuple,
+        direction: Direction,
+        bytes: usize,
+        now: Instant,
+    ) -> bool {
+        let limits = self.config.bandwidth;
+        if !limits.any() {
+            return true;
+        }
+        let Some(allocation) = self.allocations.get_mut(&client) else {
+            return false;
+        };
+        let (now, bytes, way) = (self.clock.nanos(now), bytes as u64, direction as usize);
+        let admitted = allocation
+            .meter
+            .as_mut()
+            .is_none_or(|meter| meter[way].admit(bytes, now))
+            && match limits.buckets(limits.user) {
+                None => true,
+                Some(full) => match self.user_meters.get_mut(&allocation.username) {
+                    Some(meter) => meter[way].admit(bytes, now),
+                    None => {
+                        let mut meter = full;
+                        let admitted = meter[way].admit(bytes, now);
+                        self.user_meters.insert(allocation.username.clone(), meter);
+                        admitted
+                    }
+                },
+            };
+        if !admitted {
+            self.stats.dropped_over_limit += 1;
+        }
+        admitted
     }
 
     pub(super) fn delete(&mut self, client: FiveTuple, reason: DeleteReason, now: Instant) {

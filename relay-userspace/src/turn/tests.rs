@@ -1229,6 +1229,60 @@ fn permission_channel_and_allocation_expiry_in_order() {
     assert!(harness.server.next_deadline().is_none());
 }
 
+/// Issue 11, item 8: bandwidth limits per allocation and per user, each
+/// direction apart. 10 000 bytes a second with a 100 ms burst: at one
+/// instant eleven 100-byte datagrams go (the burst and one), and a second
+/// later eleven more.
+#[test]
+fn bandwidth_limits_per_allocation_and_per_user() {
+    let limited = |allocation, user| {
+        let mut config = config();
+        config.bandwidth = super::bandwidth::Limits {
+            allocation,
+            user,
+            burst: Duration::from_millis(100),
+        };
+        Harness::with(config, true)
+    };
+    let data = [0x5A; 100];
+    let frame = testkit::frame::channel_data(0x4000, &data, false);
+    let bound = |harness: &mut Harness, port| {
+        let from = client(port);
+        let (signing, relayed) = allocate(harness, from);
+        let to = peer(4, 8000);
+        expect_success(harness, from, &channel_bind(&signing, 0x4000, to));
+        (from, relayed, to)
+    };
+    let to_peer = |harness: &mut Harness, from| {
+        (0..100)
+            .filter(|_| !harness.send(from, &frame).is_empty())
+            .count()
+    };
+
+    let mut harness = limited(10_000, 0);
+    let (from, relayed, to) = bound(&mut harness, 40070);
+    assert_eq!(to_peer(&mut harness, from), 11);
+    let to_client = (0..100)
+        .filter(|_| !harness.peer_sends(relayed, to, &data).is_empty())
+        .count();
+    assert_eq!(to_client, 11, "the other direction has its own bucket");
+    harness.advance(Duration::from_secs(1));
+    assert_eq!(to_peer(&mut harness, from), 11);
+    assert_eq!(harness.server.stats().dropped_over_limit, 3 * 89);
+    // Another allocation of the same user has its own.
+    let (other, _, _) = bound(&mut harness, 40071);
+    assert_eq!(to_peer(&mut harness, other), 11);
+
+    // A user's limit holds over all their allocations.
+    let mut harness = limited(0, 10_000);
+    let (first, _, _) = bound(&mut harness, 40072);
+    let (second, _, _) = bound(&mut harness, 40073);
+    assert_eq!(
+        to_peer(&mut harness, first) + to_peer(&mut harness, second),
+        11
+    );
+}
+
 /// Issue 11, item 8: a deadline visits the allocations due then, not all
 /// of them.
 #[test]

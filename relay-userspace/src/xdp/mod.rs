@@ -269,7 +269,11 @@ impl XdpRelay {
             loader
                 .map_max_entries(MAP_CHANNELS, size)
                 .map_max_entries(MAP_PEERS, size)
-                .map_max_entries(MAP_BINDING_COUNTERS, size);
+                .map_max_entries(MAP_BINDING_COUNTERS, size)
+                .map_max_entries(
+                    relay_common::bandwidth::MAP_BUCKETS,
+                    size * relay_common::bandwidth::BUCKETS_PER_BINDING + 1,
+                );
         }
         let mut pin_lock = None;
         if let Some(dir) = &options.pin_dir {
@@ -402,6 +406,22 @@ impl XdpRelay {
             return Err(err.into());
         }
         Ok(())
+    }
+
+    /// Sets entry `index` of the bandwidth buckets.
+    pub fn set_bucket(
+        &mut self,
+        index: u32,
+        bucket: relay_common::bandwidth::Bucket,
+    ) -> Result<(), XdpError> {
+        let name = relay_common::bandwidth::MAP_BUCKETS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| XdpError::Mismatch(format!("map {name}")))?;
+        aya::maps::Array::<_, relay_common::bandwidth::Bucket>::try_from(map)?
+            .set(index, bucket, 0)
+            .map_err(Into::into)
     }
 
     /// Removes a binding from both directions.
