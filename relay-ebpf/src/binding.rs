@@ -294,7 +294,8 @@ impl ToClient {
 }
 
 /// The binding of a peer's datagram (IP header `ip`), if it has one the
-/// kernel relays.
+/// kernel relays. The packet is not read; its type picks the engine's copy
+/// slot.
 #[inline(always)]
 pub fn to_client_binding<P: Packet, H: IpHeader>(_: &P, udp: &Udp, ip: &H) -> Option<ToClient> {
     if udp.udp_offset != udp.ip_offset + H::LEN
