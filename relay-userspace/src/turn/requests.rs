@@ -73,8 +73,12 @@ impl Server {
         now: Now,
     ) -> Result<Vec<u8>, StunWriteError> {
         if let Some(existing) = self.allocations.get(&from) {
-            // A retransmission gets the same answer; anything else is a
+            // A retransmission gets the same answer, signed with its user's
+            // key, so only that user may have it; anything else is a
             // mismatch (RFC 8656 section 7.2).
+            if existing.username != username {
+                return reply.refuse(Refusal::WrongCredentials);
+            }
             let transaction: u128 = request.transaction_id().into();
             if existing.created_by.0 == transaction {
                 return Ok(existing.created_by.1.clone());

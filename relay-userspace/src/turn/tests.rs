@@ -14,8 +14,9 @@ use stun_types::{
         UnknownAttributes, Username, XorMappedAddress,
     },
     message::{
-        BINDING, IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageWrite,
-        MessageWriteExt, MessageWriteVec, Method, ShortTermCredentials, TransactionId,
+        BINDING, IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageType,
+        MessageWrite, MessageWriteExt, MessageWriteVec, Method, ShortTermCredentials,
+        TransactionId,
     },
 };
 use turn_types::{
@@ -299,8 +300,21 @@ fn build(
     signing: Option<&Signing>,
     add: impl FnOnce(&mut MessageWriteVec, TransactionId),
 ) -> Vec<u8> {
-    let mut builder = Message::builder_request(method, MessageWriteVec::new());
-    let transaction = builder.transaction_id();
+    build_as(TransactionId::generate(), method, signing, add)
+}
+
+/// As [`build`], with the transaction id `transaction`.
+fn build_as(
+    transaction: TransactionId,
+    method: Method,
+    signing: Option<&Signing>,
+    add: impl FnOnce(&mut MessageWriteVec, TransactionId),
+) -> Vec<u8> {
+    let mut builder = Message::builder(
+        MessageType::from_class_method(MessageClass::Request, method),
+        transaction,
+        MessageWriteVec::new(),
+    );
     add(&mut builder, transaction);
     if let Some(signing) = signing {
         builder
@@ -900,6 +914,37 @@ fn requests_without_allocation_or_with_another_user() {
         ..signing
     };
     expect_error(&mut harness, from, &permission(&other, peer(1, 5000)), 441);
+}
+
+/// Found by the core fuzzer: an Allocate retransmission (same 5-tuple,
+/// same transaction) answered with the stored response whoever signed it.
+/// Another user gets 441, as for any request on someone else's
+/// allocation; the same user still gets the stored response.
+#[test]
+fn an_allocate_retransmission_is_answered_only_to_its_user() {
+    let mut harness = Harness::new();
+    let from = client(40022);
+    let signing = login(&mut harness, from, USER, PASSWORD);
+    let transaction = TransactionId::generate();
+    let first = expect_success(
+        &mut harness,
+        from,
+        &build_as(transaction, ALLOCATE, Some(&signing), allocate_body),
+    );
+    let again = expect_success(
+        &mut harness,
+        from,
+        &build_as(transaction, ALLOCATE, Some(&signing), allocate_body),
+    );
+    assert_eq!(again, first);
+    let rest_user = format!("{}:eve", START_UNIX + 100);
+    let other = Signing {
+        username: rest_user.clone(),
+        password: rest_password(SECRET, &rest_user),
+        ..signing
+    };
+    let forged = build_as(transaction, ALLOCATE, Some(&other), allocate_body);
+    expect_error(&mut harness, from, &forged, 441);
 }
 
 // RFC 8656 sections 9 and 10: permissions, and the peer policy.
