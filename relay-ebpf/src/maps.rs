@@ -141,31 +141,49 @@ fn sealed_copy<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T) -> u32 {
 static BUCKETS: Array<Bucket> = Array::with_max_entries(MAX_BINDINGS * BUCKETS_PER_BINDING + 1, 0);
 
 /// Whether `bytes` of a binding's data fit its allocation's and its user's
-/// buckets (`bucket`, `user_bucket`) now; if so they are charged. The
-/// buckets are updated without a lock: two CPUs relaying one binding at the
-/// same moment may each miss the other's charge, which admits a datagram
-/// more. One flow arrives on one receive queue, so that is rare.
-#[inline(always)]
+/// buckets (`bucket`, `user_bucket`) now; if so they are charged to both.
+/// Each is tried on a copy, so a datagram one refuses costs the other
+/// nothing. The buckets are updated without a lock: two CPUs relaying for
+/// one bucket at the same moment may each miss the other's charge, which
+/// admits a datagram more. One flow arrives on one receive queue, so that
+/// is rare. A function of its own, for its copies take stack room that the
+/// relaying functions do not have.
+#[inline(never)]
 pub fn within_limits(bucket: u32, user_bucket: u32, bytes: usize) -> bool {
     if bucket == NO_BUCKET && user_bucket == NO_BUCKET {
         return true;
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    charge(bucket, bytes, now) && charge(user_bucket, bytes, now)
+    let (own, user) = (bucket_ptr(bucket), bucket_ptr(user_bucket));
+    // SAFETY: array elements, valid for the program's run.
+    let (mut own_copy, mut user_copy) = unsafe { (own.map(|b| *b), user.map(|b| *b)) };
+    let admitted = own_copy.as_mut().is_none_or(|b| b.admit(bytes as u64, now))
+        && user_copy
+            .as_mut()
+            .is_none_or(|b| b.admit(bytes as u64, now));
+    if admitted {
+        // SAFETY: as above.
+        unsafe {
+            if let (Some(own), Some(copy)) = (own, own_copy) {
+                (*own).drained_ns = copy.drained_ns;
+            }
+            if let (Some(user), Some(copy)) = (user, user_copy) {
+                (*user).drained_ns = copy.drained_ns;
+            }
+        }
+    }
+    admitted
 }
 
+/// The bucket at `index`, if it is one ([`NO_BUCKET`] and an index past
+/// the array, never installed, are no limit).
 #[inline(always)]
-fn charge(index: u32, bytes: usize, now: u64) -> bool {
+fn bucket_ptr(index: u32) -> Option<*mut Bucket> {
     if index == NO_BUCKET {
-        return true;
+        return None;
     }
-    match BUCKETS.get_ptr_mut(index) {
-        // SAFETY: an array element, valid for the program's run.
-        Some(bucket) => unsafe { (*bucket).admit(bytes as u64, now) },
-        // An index past the array (never installed): no limit.
-        None => true,
-    }
+    BUCKETS.get_ptr_mut(index)
 }
 
 /// Whether UDP to `port` (network order) is TURN traffic.

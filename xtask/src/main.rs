@@ -4,6 +4,7 @@
 //! nothing but `cargo xtask run` or `cargo xtask test`.
 
 mod compile;
+mod fuzz;
 mod setup;
 mod util;
 
@@ -38,7 +39,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Build, then run every check and test: format, clippy, unit tests,
-    /// BPF_PROG_TEST_RUN and network-namespace tests, benchmark smoke run.
+    /// BPF_PROG_TEST_RUN and network-namespace tests, fuzz and benchmark
+    /// smoke runs.
     Test,
     /// Build, then run the benchmarks; arguments after `--` go to relay-bench.
     Bench {
@@ -47,6 +49,30 @@ enum Task {
         smoke: bool,
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Build and run the fuzz targets (fuzz/): at least 10 million inputs
+    /// each, then, as root, the kernel program's fuzzer; prints executions
+    /// per second and coverage, and writes target/fuzz-report.md.
+    Fuzz {
+        /// A short bounded run that only checks the targets work (CI).
+        #[arg(long)]
+        smoke: bool,
+        /// Inputs per target (default: 10 000 000, or 200 000 with --smoke).
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Seconds per target at most (default: 3600, or 15 with --smoke).
+        #[arg(long)]
+        max_time: Option<u64>,
+        /// Only this target: stun_decode, stream_framer, turn_core or
+        /// kernel_fuzz.
+        #[arg(long)]
+        target: Option<String>,
+        /// Frames the kernel fuzzer sends (default: 1 000 000).
+        #[arg(long)]
+        kernel_frames: Option<u64>,
+        /// Leave the kernel fuzzer out.
+        #[arg(long)]
+        no_kernel: bool,
     },
 }
 
@@ -90,6 +116,24 @@ fn run_task(task: Task) -> Result<()> {
             .context("starting target/release/turnxd")
         }
         Task::Test => test(&root),
+        Task::Fuzz {
+            smoke,
+            runs,
+            max_time,
+            target,
+            kernel_frames,
+            no_kernel,
+        } => fuzz::run(
+            &root,
+            &fuzz::Options {
+                smoke,
+                runs,
+                max_time,
+                target,
+                kernel_frames,
+                no_kernel,
+            },
+        ),
         Task::Bench { smoke, args } => {
             let objects = build(&root)?;
             require_root("the benchmarks load XDP programs and create network namespaces")?;
@@ -133,6 +177,10 @@ fn test(root: &Path) -> Result<()> {
             .arg(root.join(krate).join("Cargo.toml")))
         .with_context(|| format!("{krate} formatting differs; run `cargo fmt` in {krate}"))?;
     }
+    run(cargo()
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(root.join("fuzz/Cargo.toml")))
+    .context("fuzz formatting differs; run `cargo fmt --manifest-path fuzz/Cargo.toml`")?;
 
     println!("test: cargo clippy");
     run(cargo()
@@ -174,6 +222,9 @@ fn test(root: &Path) -> Result<()> {
         .env("PATH", path)
         .current_dir(root);
     run(&mut command).context("tests failed")?;
+
+    println!("test: fuzz smoke run");
+    fuzz::run(root, &fuzz::Options::smoke()).context("the fuzz smoke run failed")?;
 
     if is_root() {
         println!("test: benchmark smoke run");

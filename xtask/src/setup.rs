@@ -6,7 +6,8 @@
 //!   (no packaged LLVM here is new enough), once per nightly;
 //! - bpffs mounted at /sys/fs/bpf;
 //! - for tests, the Debian packages they drive (iproute2, ethtool, coturn's
-//!   clients, openssl, chromium) and turnhammer from crates.io.
+//!   clients, openssl, chromium) and turnhammer from crates.io;
+//! - for fuzzing, cargo-fuzz from crates.io ([`ensure_cargo_fuzz`]).
 
 use std::{
     fs,
@@ -32,6 +33,10 @@ pub const TEST_TOOLS_DIR: &str = "target/tools";
 /// third-party TURN load client.
 const TEST_CRATES: &[(&str, &str, &str)] = &[("turnhammer", "turnhammer", "0.2.0")];
 
+/// The fuzzing driver, pinned like the test tools: (binary, crate, version).
+/// It runs as a cargo subcommand of the nightly toolchain.
+const CARGO_FUZZ: (&str, &str, &str) = ("cargo-fuzz", "cargo-fuzz", "0.13.2");
+
 /// Debian packages the tests call, by the command that shows they are there.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -56,20 +61,44 @@ pub fn setup(root: &Path, for_tests: bool) -> Result<Toolchain> {
 /// Installs the crates.io test tools into `target/tools/bin` unless they
 /// are there.
 fn ensure_test_crates(root: &Path) -> Result<()> {
-    let prefix = root.join(TEST_TOOLS_DIR);
     for (binary, krate, version) in TEST_CRATES {
-        if prefix.join("bin").join(binary).is_file() {
-            continue;
-        }
-        println!("setup: installing {krate} {version} from crates.io");
-        run(Command::new("cargo")
-            .args(["install", krate, "--version", version, "--locked", "--root"])
-            .arg(&prefix)
-            .env("CARGO_TARGET_DIR", prefix.join("build"))
-            .env_remove("RUSTUP_TOOLCHAIN"))
-        .with_context(|| format!("`cargo install {krate} --version {version}` failed"))?;
-        let _ = fs::remove_dir_all(prefix.join("build"));
+        ensure_crate(root, binary, krate, version, false)?;
     }
+    Ok(())
+}
+
+/// Installs cargo-fuzz into `target/tools/bin` unless it is there, and the
+/// nightly toolchain it builds with; returns the directory to put first on
+/// PATH.
+pub fn ensure_cargo_fuzz(root: &Path) -> Result<PathBuf> {
+    ensure_nightly_rust_src()?;
+    let (binary, krate, version) = CARGO_FUZZ;
+    // A debug build: cargo-fuzz only starts cargo and the fuzzer, and a
+    // fresh clone (CI) builds it in about 20 s rather than a minute.
+    ensure_crate(root, binary, krate, version, true)?;
+    Ok(root.join(TEST_TOOLS_DIR).join("bin"))
+}
+
+/// `cargo install`s `krate` at `version` into `target/tools` unless
+/// `binary` is there; unoptimized when `debug`.
+fn ensure_crate(root: &Path, binary: &str, krate: &str, version: &str, debug: bool) -> Result<()> {
+    let prefix = root.join(TEST_TOOLS_DIR);
+    if prefix.join("bin").join(binary).is_file() {
+        return Ok(());
+    }
+    println!("setup: installing {krate} {version} from crates.io");
+    let mut command = Command::new("cargo");
+    command.args(["install", krate, "--version", version, "--locked"]);
+    if debug {
+        command.arg("--debug");
+    }
+    run(command
+        .arg("--root")
+        .arg(&prefix)
+        .env("CARGO_TARGET_DIR", prefix.join("build"))
+        .env_remove("RUSTUP_TOOLCHAIN"))
+    .with_context(|| format!("`cargo install {krate} --version {version}` failed"))?;
+    let _ = fs::remove_dir_all(prefix.join("build"));
     Ok(())
 }
 

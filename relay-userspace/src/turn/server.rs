@@ -341,22 +341,30 @@ impl Server {
             return false;
         };
         let (now, bytes, way) = (self.clock.nanos(now), bytes as u64, direction as usize);
-        let admitted = allocation
-            .meter
-            .as_mut()
-            .is_none_or(|meter| meter[way].admit(bytes, now))
-            && match limits.buckets(limits.user) {
-                None => true,
-                Some(full) => match self.user_meters.get_mut(&allocation.username) {
-                    Some(meter) => meter[way].admit(bytes, now),
-                    None => {
-                        let mut meter = full;
-                        let admitted = meter[way].admit(bytes, now);
-                        self.user_meters.insert(allocation.username.clone(), meter);
-                        admitted
-                    }
-                },
-            };
+        // Both buckets are tried on copies and charged only if both admit,
+        // so a datagram one refuses costs the other nothing.
+        let mut own = allocation.meter.map(|meter| meter[way]);
+        let user_limit = limits.buckets(limits.user);
+        if let Some(full) = user_limit
+            && !self.user_meters.contains_key(&allocation.username)
+        {
+            self.user_meters.insert(allocation.username.clone(), full);
+        }
+        let mut user = user_limit
+            .and(self.user_meters.get(&allocation.username))
+            .map(|meter| meter[way]);
+        let admitted = own.as_mut().is_none_or(|bucket| bucket.admit(bytes, now))
+            && user.as_mut().is_none_or(|bucket| bucket.admit(bytes, now));
+        if admitted {
+            if let (Some(meter), Some(bucket)) = (allocation.meter.as_mut(), own) {
+                meter[way] = bucket;
+            }
+            if let (Some(meter), Some(bucket)) =
+                (self.user_meters.get_mut(&allocation.username), user)
+            {
+                meter[way] = bucket;
+            }
+        }
         if !admitted {
             self.stats.dropped_over_limit += 1;
         }
