@@ -67,19 +67,26 @@ const DEBUG_ENV: &str = "TURNX_FUZZ_DEBUG";
 const COUNTERS_PREFIX: &str = "turnx-fuzz counters:";
 
 /// What `cargo xtask fuzz` was asked.
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct Options {
-    /// A short bounded run on a cheap build (CI).
+    /// A short bounded run that only checks the targets work (CI).
+    #[arg(long)]
     pub smoke: bool,
-    /// Inputs per target instead of the mode's default.
+    /// Inputs per target (default: 10 000 000, or 200 000 with --smoke).
+    #[arg(long)]
     pub runs: Option<u64>,
-    /// Seconds per target at most instead of the mode's default.
+    /// Seconds per target at most (default: 3600, or 15 with --smoke).
+    #[arg(long)]
     pub max_time: Option<u64>,
-    /// Only this target (one of [`TARGETS`] or [`KERNEL_TARGET`]).
+    /// Only this target: stun_decode, stream_framer, turn_core or
+    /// kernel_fuzz.
+    #[arg(long)]
     pub target: Option<String>,
-    /// Frames for the kernel fuzzer instead of [`KERNEL_FRAMES`].
+    /// Frames the kernel fuzzer sends (default: 1 000 000).
+    #[arg(long)]
     pub kernel_frames: Option<u64>,
-    /// Leave the kernel fuzzer out of a full run.
+    /// Leave the kernel fuzzer out.
+    #[arg(long)]
     pub no_kernel: bool,
 }
 

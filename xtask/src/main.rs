@@ -53,27 +53,7 @@ enum Task {
     /// Build and run the fuzz targets (fuzz/): at least 10 million inputs
     /// each, then, as root, the kernel program's fuzzer; prints executions
     /// per second and coverage, and writes target/fuzz-report.md.
-    Fuzz {
-        /// A short bounded run that only checks the targets work (CI).
-        #[arg(long)]
-        smoke: bool,
-        /// Inputs per target (default: 10 000 000, or 200 000 with --smoke).
-        #[arg(long)]
-        runs: Option<u64>,
-        /// Seconds per target at most (default: 3600, or 15 with --smoke).
-        #[arg(long)]
-        max_time: Option<u64>,
-        /// Only this target: stun_decode, stream_framer, turn_core or
-        /// kernel_fuzz.
-        #[arg(long)]
-        target: Option<String>,
-        /// Frames the kernel fuzzer sends (default: 1 000 000).
-        #[arg(long)]
-        kernel_frames: Option<u64>,
-        /// Leave the kernel fuzzer out.
-        #[arg(long)]
-        no_kernel: bool,
-    },
+    Fuzz(fuzz::Options),
 }
 
 /// Set by `cargo xtask test`: tests that need the XDP object fail instead of
@@ -116,24 +96,7 @@ fn run_task(task: Task) -> Result<()> {
             .context("starting target/release/turnxd")
         }
         Task::Test => test(&root),
-        Task::Fuzz {
-            smoke,
-            runs,
-            max_time,
-            target,
-            kernel_frames,
-            no_kernel,
-        } => fuzz::run(
-            &root,
-            &fuzz::Options {
-                smoke,
-                runs,
-                max_time,
-                target,
-                kernel_frames,
-                no_kernel,
-            },
-        ),
+        Task::Fuzz(options) => fuzz::run(&root, &options),
         Task::Bench { smoke, args } => {
             let objects = build(&root)?;
             require_root("the benchmarks load XDP programs and create network namespaces")?;
