@@ -67,17 +67,7 @@ impl IpHeader for Ipv4Hdr {
 
     #[inline(always)]
     fn intact(&self) -> bool {
-        Sum::zero()
-            .with(&[self.version_ihl, self.tos])
-            .with(&self.total_len)
-            .with(&self.id)
-            .with(&self.frag_off)
-            .with(&[self.ttl, self.protocol])
-            .with(&self.check)
-            .with(&self.src)
-            .with(&self.dst)
-            .finish()
-            == [0, 0]
+        self.sum_without_check().with(&self.check).finish() == [0, 0]
     }
 
     #[inline(always)]
@@ -98,15 +88,23 @@ impl IpHeader for Ipv4Hdr {
             (u16::from_be_bytes(self.total_len).wrapping_add_signed(delta)).to_be_bytes();
         self.ttl -= 1;
         // The header is 20 bytes: recomputing is as cheap as updating.
-        let sum = Sum::zero()
+        self.check = self.sum_without_check().finish();
+    }
+}
+
+impl Ipv4Hdr {
+    /// The sum of the header's words but its checksum field (no options:
+    /// the relay handles none).
+    #[inline(always)]
+    fn sum_without_check(&self) -> Sum {
+        Sum::zero()
             .with(&[self.version_ihl, self.tos])
             .with(&self.total_len)
             .with(&self.id)
             .with(&self.frag_off)
             .with(&[self.ttl, self.protocol])
             .with(&self.src)
-            .with(&self.dst);
-        self.check = sum.finish();
+            .with(&self.dst)
     }
 }
 
