@@ -208,7 +208,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // SAFETY: signalling the child we started, by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -267,6 +267,9 @@ interfaces = ["{}", "{}"]
 mode = "native"
 max_bindings = {max_bindings}
 pin_dir = ""
+
+[admin]
+socket = ""
 
 [log]
 level = "info"

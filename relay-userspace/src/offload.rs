@@ -87,7 +87,10 @@ pub struct OffloadStats {
     pub legacy_channel: u64,
     /// Peers that are relayed addresses of this relay.
     pub relay_to_relay: u64,
-    /// Map insertions that failed (full maps).
+    /// Bindings refused for want of a free slot: `[xdp] max_bindings`
+    /// are in the kernel.
+    pub map_full: u64,
+    /// Map updates that failed (an error of the kernel's).
     pub failed: u64,
     /// What the kernel relayed for bindings that have ended.
     pub kernel_relayed: KernelRelayed,
@@ -113,6 +116,22 @@ impl KernelRelayed {
         self.to_client_packets += counters.to_client_packets;
         self.to_client_bytes += counters.to_client_bytes;
     }
+
+    fn subtract(&mut self, counters: &relay_common::BindingCounters) {
+        self.to_peer_packets -= counters.to_peer_packets;
+        self.to_peer_bytes -= counters.to_peer_bytes;
+        self.to_client_packets -= counters.to_client_packets;
+        self.to_client_bytes -= counters.to_client_bytes;
+    }
+}
+
+/// Whether `now` counts at least what `then` did in every field: a live
+/// binding's counters only grow.
+fn grew(now: &relay_common::BindingCounters, then: &relay_common::BindingCounters) -> bool {
+    now.to_peer_packets >= then.to_peer_packets
+        && now.to_peer_bytes >= then.to_peer_bytes
+        && now.to_client_packets >= then.to_client_packets
+        && now.to_client_bytes >= then.to_client_bytes
 }
 
 /// Why a channel binding is left to the userspace relay.
@@ -184,6 +203,13 @@ pub struct Offload {
     free_slots: Vec<u32>,
     installed: HashMap<(FiveTuple, u16), KernelBinding>,
     stats: OffloadStats,
+    /// Each live binding's counters as last read, by slot, and their sum:
+    /// what the kernel relayed is read a few bindings at a time (see
+    /// [`Offload::refresh_relayed`]) and summed here, so that a scrape
+    /// never holds the offload, and the core waiting on it, for a read of
+    /// every binding.
+    seen: HashMap<u32, BindingCounters>,
+    live: KernelRelayed,
     max_bindings: u32,
     buckets: KernelBuckets,
 }
@@ -199,6 +225,8 @@ impl Offload {
             rules,
             installed: HashMap::new(),
             stats: OffloadStats::default(),
+            seen: HashMap::new(),
+            live: KernelRelayed::default(),
             max_bindings,
             buckets: KernelBuckets::new(Limits::default(), 0),
         }
@@ -216,15 +244,52 @@ impl Offload {
         self.stats
     }
 
-    /// What the kernel relayed in all, live bindings included.
+    /// Bindings in the kernel now.
+    pub fn bindings(&self) -> usize {
+        self.installed.len()
+    }
+
+    /// Bindings the kernel can hold.
+    pub fn capacity(&self) -> u32 {
+        self.max_bindings
+    }
+
+    /// What the kernel relayed in all: the bindings that ended, and the
+    /// live ones as [`Offload::refresh_relayed`] last read them. It never
+    /// goes down, as metrics counters must not.
     pub fn kernel_relayed(&self) -> KernelRelayed {
         let mut total = self.stats.kernel_relayed;
-        for binding in self.installed.values() {
-            if let Ok(counters) = self.maps.counters(binding.slot) {
-                total.add(&counters);
+        total.to_peer_packets += self.live.to_peer_packets;
+        total.to_peer_bytes += self.live.to_peer_bytes;
+        total.to_client_packets += self.live.to_client_packets;
+        total.to_client_bytes += self.live.to_client_bytes;
+        total
+    }
+
+    /// The counter slots of the live bindings, for
+    /// [`Offload::refresh_relayed`].
+    pub fn live_slots(&self) -> Vec<u32> {
+        self.seen.keys().copied().collect()
+    }
+
+    /// Reads the counters of the live bindings among `slots` into
+    /// [`Offload::kernel_relayed`]. Callers pass a few at a time, letting
+    /// go of the offload in between; a slot whose binding ended since is
+    /// skipped.
+    pub fn refresh_relayed(&mut self, slots: &[u32]) {
+        for slot in slots {
+            let Some(seen) = self.seen.get_mut(slot) else {
+                continue;
+            };
+            let Ok(now) = self.maps.counters(*slot) else {
+                continue;
+            };
+            if grew(&now, seen) {
+                self.live.subtract(seen);
+                self.live.add(&now);
+                *seen = now;
             }
         }
-        total
     }
 
     /// What the kernel relayed for one live binding.
@@ -285,6 +350,7 @@ impl Offload {
             match installed.and_then(|()| self.maps.install(&binding)) {
                 Ok(()) => {
                     self.installed.insert((client, channel), binding);
+                    self.seen.insert(slot, BindingCounters::default());
                     self.stats.installed += 1;
                     return;
                 }
@@ -303,7 +369,7 @@ impl Offload {
                  (raise [xdp] max_bindings)",
                 client.client
             );
-            &mut self.stats.failed
+            &mut self.stats.map_full
         };
         *stat += 1;
     }
@@ -318,17 +384,24 @@ impl Offload {
                 client.client
             );
         }
-        // Read after removal: no packet can count after this.
-        match self.maps.counters(binding.slot) {
-            Ok(counters) => {
-                tracing::debug!(
-                    "channel {channel:#x} of {}: the kernel relayed {counters:?}",
-                    client.client
-                );
-                self.stats.kernel_relayed.add(&counters);
+        // Read after removal: no packet can count after this. What was
+        // last seen moves from the live sum to the ended one, as the final
+        // read or, should that fail, as it was: the total never drops.
+        let seen = self.seen.remove(&binding.slot).unwrap_or_default();
+        self.live.subtract(&seen);
+        let counters = match self.maps.counters(binding.slot) {
+            Ok(counters) if grew(&counters, &seen) => counters,
+            Ok(_) => seen,
+            Err(err) => {
+                tracing::warn!("reading the counters of channel {channel:#x}: {err}");
+                seen
             }
-            Err(err) => tracing::warn!("reading the counters of channel {channel:#x}: {err}"),
-        }
+        };
+        tracing::debug!(
+            "channel {channel:#x} of {}: the kernel relayed {counters:?}",
+            client.client
+        );
+        self.stats.kernel_relayed.add(&counters);
         self.free_slots.push(binding.slot);
         self.stats.removed += 1;
     }
@@ -517,12 +590,58 @@ mod tests {
         offload.apply(&bound(c, 0x4000));
         assert_eq!(state.lock().unwrap().installed.len(), 2);
         let stats = offload.stats();
-        assert_eq!((stats.installed, stats.removed, stats.failed), (3, 1, 1));
+        assert_eq!(
+            (stats.installed, stats.removed, stats.map_full, stats.failed),
+            (3, 1, 1, 0)
+        );
         assert_eq!(stats.kernel_relayed.to_peer_packets, 7);
         assert_eq!(stats.kernel_relayed.to_client_bytes, 500);
         offload.remove_all();
         assert!(state.lock().unwrap().installed.is_empty());
         assert_eq!(offload.stats().removed, 3);
+    }
+
+    #[test]
+    fn kernel_relayed_is_read_as_refreshed_and_never_goes_down() {
+        let maps = FakeMaps::default();
+        let state = Arc::clone(&maps.state);
+        state.lock().unwrap().capacity = 4;
+        let mut offload = Offload::new(Box::new(maps), 4, Eligibility::new(false, Vec::new()));
+        let a = udp_client("198.18.0.2:3478");
+        offload.apply(&bound(a, 0x4000));
+        offload.apply(&bound(a, 0x4001));
+        let counts = |packets| BindingCounters {
+            to_peer_packets: packets,
+            to_peer_bytes: packets * 100,
+            to_client_packets: packets,
+            to_client_bytes: packets * 100,
+        };
+        let slots = offload.live_slots();
+        assert_eq!(slots.len(), 2);
+        state.lock().unwrap().counters.insert(slots[0], counts(7));
+        state.lock().unwrap().counters.insert(slots[1], counts(3));
+        // Nothing is read until a refresh, and then only the slots given.
+        assert_eq!(offload.kernel_relayed().to_peer_packets, 0);
+        offload.refresh_relayed(&slots[..1]);
+        assert_eq!(offload.kernel_relayed().to_peer_packets, 7);
+        offload.refresh_relayed(&slots);
+        assert_eq!(offload.kernel_relayed().to_peer_packets, 10);
+        // A binding that ends moves its final count to the ended sum.
+        state.lock().unwrap().counters.insert(slots[0], counts(9));
+        let ended = if state.lock().unwrap().installed[0].slot == slots[0] {
+            state.lock().unwrap().installed[0].channel
+        } else {
+            state.lock().unwrap().installed[1].channel
+        };
+        offload.apply(&expired(a, ended));
+        assert_eq!(offload.kernel_relayed().to_peer_packets, 12);
+        // A stale slot is skipped; a count that went down (a reused,
+        // reset slot) is not taken.
+        offload.refresh_relayed(&slots);
+        assert_eq!(offload.kernel_relayed().to_peer_packets, 12);
+        state.lock().unwrap().counters.insert(slots[1], counts(1));
+        offload.refresh_relayed(&slots);
+        assert_eq!(offload.kernel_relayed().to_client_bytes, 1200);
     }
 
     #[test]

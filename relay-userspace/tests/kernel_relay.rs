@@ -213,7 +213,7 @@ fn channel_traffic_crosses_the_relay_in_the_kernel(test: &str, ipv6: bool) {
         "the kernel forwarded after the allocation was deleted"
     );
 
-    let exit = setup.daemon.stop(libc::SIGTERM);
+    let exit = setup.daemon.stop(libc::SIGINT);
     assert!(exit.success(), "{}", setup.daemon.log());
     let log = setup.daemon.log();
     // The userspace relay carried at most the warm-up tries, never the
@@ -282,7 +282,7 @@ fn uclient_channels_cross_the_relay_in_the_kernel() {
         to_client >= messages - 10,
         "kernel peer->client {to_client} of {messages}"
     );
-    let exit = setup.daemon.stop(libc::SIGTERM);
+    let exit = setup.daemon.stop(libc::SIGINT);
     assert!(exit.success());
     let log = setup.daemon.log();
     assert!(
@@ -384,7 +384,7 @@ fn a_flooded_channel_is_held_to_its_bandwidth_limit_in_the_kernel() {
         "the kernel dropped only {over_limit} of {}",
         sent[0]
     );
-    assert!(setup.daemon.stop(libc::SIGTERM).success());
+    assert!(setup.daemon.stop(libc::SIGINT).success());
 }
 
 /// The turnx counters of the relay's client-side and pod-side interfaces.

@@ -1,7 +1,7 @@
 //! The XDP program on real interfaces: namespaces and a veth pair made by
 //! the test, real UDP datagrams from the client side, counters read from the
 //! kernel. Also the daemon itself: attach, kernel log, status, refusal of an
-//! occupied interface, clean detach on SIGTERM.
+//! occupied interface, clean detach on SIGINT.
 
 mod common;
 
@@ -223,7 +223,7 @@ fn daemon_attaches_counts_logs_and_detaches_on_sigterm() {
         second.log()
     );
 
-    let exit = daemon.stop(libc::SIGTERM);
+    let exit = daemon.stop(libc::SIGINT);
     assert!(
         exit.success(),
         "turnxd exited with {exit}:\n{}",
@@ -239,7 +239,7 @@ fn daemon_attaches_counts_logs_and_detaches_on_sigterm() {
             .relay
             .ip_output(&["link", "show", &link.relay_if])
             .contains("xdp"),
-        "an XDP program is still attached after SIGTERM"
+        "an XDP program is still attached after SIGINT"
     );
     assert_eq!(
         common::turnxctl_status(&link.relay, &link.relay_if)["xdp"],

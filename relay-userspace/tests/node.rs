@@ -306,7 +306,7 @@ impl Node {
     /// the kernel carried at least 95 % of all channel traffic. Returns the
     /// log.
     fn stop(&mut self) -> String {
-        let exit = self.daemon.stop(libc::SIGTERM);
+        let exit = self.daemon.stop(libc::SIGINT);
         let log = self.daemon.log();
         assert!(exit.success(), "turnxd exited with {exit}:\n{log}");
         for field in ["to_peer_packets", "to_client_packets"] {

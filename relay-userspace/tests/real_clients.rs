@@ -255,7 +255,7 @@ impl Relay {
 
     /// Stops turnxd and returns its log, which ends with its counters.
     fn stop(mut self) -> String {
-        let exit = self.daemon.stop(libc::SIGTERM);
+        let exit = self.daemon.stop(libc::SIGINT);
         let log = self.daemon.log();
         assert!(exit.success(), "turnxd exited with {exit}:\n{log}");
         log
@@ -459,7 +459,7 @@ fn built_in_configuration_serves_a_local_browser() {
     );
     let server = PageServer::start(machine, PAGE);
     browser_round_trips(machine, &server, "turn:127.0.0.1:3478", "udp", &[], &daemon);
-    let exit = daemon.stop(libc::SIGTERM);
+    let exit = daemon.stop(libc::SIGINT);
     assert!(exit.success(), "{}", daemon.log());
 }
 

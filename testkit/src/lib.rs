@@ -11,7 +11,9 @@
 //! - [`foreign`]: stand-ins for someone else's (Cilium's) XDP and tc
 //!   programs;
 //! - [`frame`]: Ethernet frames, STUN and ChannelData builders;
-//! - [`client`]: a minimal blocking TURN client.
+//! - [`client`]: a minimal blocking TURN client;
+//! - [`prometheus`]: a real Prometheus scraping a test's daemons, and a
+//!   small HTTP client for the daemons' endpoints.
 //!
 //! Everything panics on failure, with what failed: a test or benchmark
 //! cannot go on without its network.
@@ -23,6 +25,7 @@ pub mod frame;
 pub mod netns;
 pub mod node;
 pub mod process;
+pub mod prometheus;
 pub mod topology;
 
 use std::{

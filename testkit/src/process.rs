@@ -64,6 +64,9 @@ pub struct Daemon {
     pub child: Child,
     lines: mpsc::Receiver<String>,
     log: Vec<String>,
+    /// The admin socket this harness chose for it, removed on drop (a
+    /// killed daemon cannot remove it itself).
+    admin_socket: Option<std::path::PathBuf>,
 }
 
 impl Daemon {
@@ -77,6 +80,18 @@ impl Daemon {
     /// Starts `command` (in this namespace, unless it enters another),
     /// collecting its stderr.
     pub fn spawn(mut command: Command) -> Daemon {
+        // turnxd's default admin socket is one per machine: give each test
+        // daemon its own, unless the test chose one.
+        let mut admin_socket = None;
+        if !command
+            .get_envs()
+            .any(|(key, _)| key == "TURNXD_ADMIN_SOCKET")
+        {
+            let socket =
+                std::env::temp_dir().join(format!("{}.sock", crate::unique_name("turnxd")));
+            command.env("TURNXD_ADMIN_SOCKET", &socket);
+            admin_socket = Some(socket);
+        }
         let mut child = command
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
@@ -97,6 +112,7 @@ impl Daemon {
             child,
             lines,
             log: Vec::new(),
+            admin_socket,
         }
     }
 
@@ -178,6 +194,9 @@ impl Drop for Daemon {
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if let Some(socket) = &self.admin_socket {
+            let _ = std::fs::remove_file(socket);
         }
     }
 }

@@ -4,6 +4,7 @@
 //! nothing but `cargo xtask run` or `cargo xtask test`.
 
 mod compile;
+mod deploy_check;
 mod fuzz;
 mod setup;
 mod util;
@@ -54,6 +55,9 @@ enum Task {
     /// each, then, as root, the kernel program's fuzzer; prints executions
     /// per second and coverage, and writes target/fuzz-report.md.
     Fuzz(fuzz::Options),
+    /// Validate deploy/ offline: manifests against the Kubernetes API
+    /// schemas, alert rules with promtool, dashboard, Containerfile.
+    DeployCheck(deploy_check::Options),
 }
 
 /// Set by `cargo xtask test`: tests that need the XDP object fail instead of
@@ -97,6 +101,7 @@ fn run_task(task: Task) -> Result<()> {
         }
         Task::Test => test(&root),
         Task::Fuzz(options) => fuzz::run(&root, &options),
+        Task::DeployCheck(options) => deploy_check::run(&root, &options),
         Task::Bench { smoke, args } => {
             let objects = build(&root)?;
             require_root("the benchmarks load XDP programs and create network namespaces")?;
@@ -168,6 +173,10 @@ fn test(root: &Path) -> Result<()> {
         ))
         .with_context(|| format!("clippy found problems in {krate}"))?;
     }
+
+    println!("test: deploy-check");
+    deploy_check::run(root, &deploy_check::Options { update: false })
+        .context("deploy/ does not validate")?;
 
     println!("test: cargo test");
     // The tests drive the crates.io tools setup installed.

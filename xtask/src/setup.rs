@@ -7,7 +7,9 @@
 //! - bpffs mounted at /sys/fs/bpf;
 //! - for tests, the Debian packages they drive (iproute2, ethtool, coturn's
 //!   clients, openssl, chromium) and turnhammer from crates.io;
-//! - for fuzzing, cargo-fuzz from crates.io ([`ensure_cargo_fuzz`]).
+//! - for fuzzing, cargo-fuzz from crates.io ([`ensure_cargo_fuzz`]);
+//! - for `deploy-check`, promtool (Debian `prometheus`) and a Python venv
+//!   in target/tools/venv with kubernetes-validate ([`ensure_deploy_tools`]).
 
 use std::{
     fs,
@@ -45,6 +47,66 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("chromium", "chromium"),
 ];
+
+/// Debian packages `deploy-check` calls: promtool checks the alert rules,
+/// Python (with venv) runs kubernetes-validate.
+const DEPLOY_PACKAGES: &[(&str, &str)] = &[("promtool", "prometheus"), ("python3", "python3")];
+
+/// PyPI packages of the deploy-check venv, pinned: kubernetes-validate
+/// carries the Kubernetes API schemas (and brings jsonschema and PyYAML).
+const DEPLOY_PYTHON_PACKAGES: &[&str] = &["kubernetes-validate==1.37.0"];
+
+/// The venv `deploy-check` runs its Python tools from.
+pub struct DeployTools {
+    /// The venv's Python.
+    pub python: PathBuf,
+    /// The venv's kubernetes-validate.
+    pub kubernetes_validate: PathBuf,
+}
+
+/// Installs promtool and Python if missing, and the pinned Python tools
+/// into target/tools/venv unless the venv already holds those pins.
+pub fn ensure_deploy_tools(root: &Path) -> Result<DeployTools> {
+    ensure_packages(DEPLOY_PACKAGES)?;
+    let venv = root.join(TEST_TOOLS_DIR).join("venv");
+    let bin = venv.join("bin");
+    let tools = DeployTools {
+        python: bin.join("python"),
+        kubernetes_validate: bin.join("kubernetes-validate"),
+    };
+    // The stamp records what the venv was made with, so a new pin rebuilds it.
+    let stamp = venv.join("turnx-requirements.txt");
+    let wanted = DEPLOY_PYTHON_PACKAGES.join("\n") + "\n";
+    if tools.kubernetes_validate.is_file()
+        && fs::read_to_string(&stamp).is_ok_and(|pins| pins == wanted)
+    {
+        return Ok(tools);
+    }
+    println!(
+        "setup: creating {} with {}",
+        venv.display(),
+        DEPLOY_PYTHON_PACKAGES.join(" ")
+    );
+    let _ = fs::remove_dir_all(&venv);
+    if run(Command::new("python3").arg("-m").arg("venv").arg(&venv)).is_err() {
+        // Debian's python3 leaves ensurepip, which venv needs, to python3-venv.
+        apt_install(&["python3-venv"])?;
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .context("`python3 -m venv` failed even with python3-venv installed")?;
+    }
+    run(Command::new(&tools.python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(DEPLOY_PYTHON_PACKAGES))
+    .with_context(|| format!("`pip install {}` failed", DEPLOY_PYTHON_PACKAGES.join(" ")))?;
+    fs::write(&stamp, wanted)?;
+    Ok(tools)
+}
 
 /// Runs every setup step; `for_tests` also installs the test packages.
 pub fn setup(root: &Path, for_tests: bool) -> Result<Toolchain> {
@@ -285,6 +347,11 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+/// Installs `packages` with apt-get, as root.
+fn apt_install(missing: &[&str]) -> Result<()> {
     if !is_root() {
         bail!(
             "missing Debian packages {}; install them with `apt-get install {}` as root",
@@ -296,12 +363,13 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update failed")?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .with_context(|| format!("apt-get install {} failed", missing.join(" ")))
 }
 
-fn on_path(command: &str) -> bool {
+/// Whether `command` is on PATH (or in /usr/sbin, /sbin).
+pub fn on_path(command: &str) -> bool {
     std::env::var_os("PATH")
         .map(|path| {
             std::env::split_paths(&path).any(|dir| dir.join(command).is_file())

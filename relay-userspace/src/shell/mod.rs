@@ -33,7 +33,7 @@ use self::{
     streams::{Admission, Slot, StreamLimits, StreamWriter},
 };
 use crate::{
-    offload::{Offload, OffloadStats},
+    offload::{KernelRelayed, Offload, OffloadStats},
     turn::{Destination, Event, FiveTuple, Now, Outbox, Server, ServerConfig, Transport},
 };
 
@@ -57,6 +57,29 @@ pub struct ShellConfig {
     pub server: ServerConfig,
     /// Caps on concurrent TCP and TLS connections.
     pub streams: StreamLimits,
+}
+
+/// An allocation as `turnxctl allocations` shows it.
+#[derive(Clone, Debug)]
+pub struct AllocationReport {
+    /// What the core knows of it.
+    pub view: crate::turn::AllocationView,
+    /// What the kernel relayed for each of `view.channels`, in order;
+    /// `None` for a channel the kernel does not hold.
+    pub kernel: Vec<Option<KernelRelayed>>,
+}
+
+/// The kernel offload's state.
+#[derive(Clone, Copy, Debug)]
+pub struct OffloadReport {
+    /// What it did.
+    pub stats: OffloadStats,
+    /// What the kernel relayed, live bindings included.
+    pub relayed: KernelRelayed,
+    /// Bindings installed now.
+    pub bindings: usize,
+    /// Bindings the kernel can hold.
+    pub capacity: u32,
 }
 
 /// The running server's shared state.
@@ -214,6 +237,16 @@ impl TurnServer {
         self.shared.core.lock().expect("core lock").stats()
     }
 
+    /// Every counter of the core, for metrics.
+    pub fn counters(&self) -> crate::turn::counters::Counters {
+        self.shared
+            .core
+            .lock()
+            .expect("core lock")
+            .counters()
+            .clone()
+    }
+
     /// Number of live allocations.
     pub fn allocations(&self) -> usize {
         self.shared
@@ -223,10 +256,95 @@ impl TurnServer {
             .allocation_count()
     }
 
+    /// Live allocations by transport.
+    pub fn allocations_by_transport(&self) -> [(Transport, usize); 3] {
+        self.shared
+            .core
+            .lock()
+            .expect("core lock")
+            .allocations_by_transport()
+    }
+
+    /// Live allocations per user (the id of REST API usernames).
+    pub fn user_allocations(&self) -> Vec<(String, u32)> {
+        let core = self.shared.core.lock().expect("core lock");
+        let mut users: Vec<(String, u32)> = core
+            .user_allocations()
+            .map(|(user, count)| (user.to_owned(), count))
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// Every allocation, with what the kernel relayed for each channel
+    /// it holds a binding of.
+    pub fn allocation_reports(&self) -> Vec<AllocationReport> {
+        let views = self
+            .shared
+            .core
+            .lock()
+            .expect("core lock")
+            .allocations_view(Instant::now());
+        // One binding's read at a time under the offload's lock, which the
+        // core waits on when it binds or unbinds.
+        let relayed = |client, channel| {
+            let offload = self.shared.offload.lock().expect("offload lock");
+            offload.as_ref()?.binding_relayed(client, channel)
+        };
+        views
+            .into_iter()
+            .map(|view| {
+                let kernel = view
+                    .channels
+                    .iter()
+                    .map(|channel| relayed(view.client, channel.number))
+                    .collect();
+                AllocationReport { view, kernel }
+            })
+            .collect()
+    }
+
     /// What the kernel offload did so far, if there is one.
     pub fn offload_stats(&self) -> Option<OffloadStats> {
         let offload = self.shared.offload.lock().expect("offload lock");
         offload.as_ref().map(Offload::stats)
+    }
+
+    /// The kernel offload's state, if there is one, with what the kernel
+    /// relayed read afresh: a few bindings at a time, so that the core,
+    /// which waits on the offload when it binds or unbinds, never waits
+    /// for a read of every binding.
+    pub fn offload_report(&self) -> Option<OffloadReport> {
+        let slots = self
+            .shared
+            .offload
+            .lock()
+            .expect("offload lock")
+            .as_ref()?
+            .live_slots();
+        for chunk in slots.chunks(REFRESH_CHUNK) {
+            if let Some(offload) = self.shared.offload.lock().expect("offload lock").as_mut() {
+                offload.refresh_relayed(chunk);
+            }
+        }
+        let offload = self.shared.offload.lock().expect("offload lock");
+        offload.as_ref().map(|offload| OffloadReport {
+            stats: offload.stats(),
+            relayed: offload.kernel_relayed(),
+            bindings: offload.bindings(),
+            capacity: offload.capacity(),
+        })
+    }
+
+    /// Applies a reloaded protocol configuration; allocations carry on.
+    pub fn reconfigure(&self, config: ServerConfig) {
+        self.shared.run(|core| core.reconfigure(config));
+    }
+
+    /// Starts draining: new allocations are refused (or sent to
+    /// `alternate`), the others carry on.
+    pub fn drain(&self, alternate: Option<SocketAddr>) {
+        self.shared.run(|core| core.set_draining(alternate));
     }
 
     /// For tests: panics in a task of its own while holding the core's
@@ -239,7 +357,7 @@ impl TurnServer {
 
     /// Deletes every allocation, and with them every kernel binding, and
     /// stops serving; returns what the offload did.
-    pub fn shutdown(self) -> Option<OffloadStats> {
+    pub fn shutdown(&self) -> Option<OffloadStats> {
         for task in &self.tasks {
             task.abort();
         }
@@ -342,6 +460,9 @@ fn server_address(listener: SocketAddr, destination: Option<IpAddr>) -> SocketAd
         _ => listener,
     }
 }
+
+/// Bindings whose kernel counters one hold of the offload's lock reads.
+const REFRESH_CHUNK: usize = 64;
 
 /// Datagrams received per system call.
 const BATCH: usize = 32;

@@ -91,6 +91,18 @@ impl Allocation {
         self.permissions.contains_key(&canonical(peer))
     }
 
+    /// Each permission's peer IP and expiry, in no particular order.
+    pub fn permissions(&self) -> impl Iterator<Item = (IpAddr, Instant)> + '_ {
+        self.permissions.iter().map(|(ip, expires)| (*ip, *expires))
+    }
+
+    /// Each channel's number, peer and expiry, in no particular order.
+    pub fn channels(&self) -> impl Iterator<Item = (u16, SocketAddr, Instant)> + '_ {
+        self.channels
+            .iter()
+            .map(|(channel, binding)| (*channel, binding.peer, binding.expires))
+    }
+
     /// Peer IPs with a permission.
     pub fn permission_count(&self) -> usize {
         self.permissions.len()

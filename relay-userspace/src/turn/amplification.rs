@@ -131,6 +131,13 @@ impl ResponseBudget {
         }
     }
 
+    /// Applies new limits (a reload), keeping the buckets: their tokens are
+    /// capped by the new burst at their next refill, so a source gains
+    /// nothing from the change and loses no more than the new limits say.
+    pub fn set_config(&mut self, config: BudgetConfig) {
+        self.config = config;
+    }
+
     /// The largest response `request_len` bytes may draw.
     pub fn max_response(&self, request_len: usize) -> usize {
         (request_len as f64 * self.config.ratio) as usize

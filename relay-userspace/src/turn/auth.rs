@@ -87,6 +87,12 @@ impl Authenticator {
         }
     }
 
+    /// Replaces users, secrets, realm and nonce lifetime (a reload); the
+    /// nonce key stays, so nonces already handed out stay valid.
+    pub fn set_credentials(&mut self, credentials: Credentials) {
+        self.credentials = credentials;
+    }
+
     /// The realm.
     pub fn realm(&self) -> &str {
         &self.credentials.realm

@@ -12,6 +12,7 @@ use stun_types::{
 use super::{
     FiveTuple, Now,
     auth::{NonceStatus, UnknownUser},
+    counters::RefusalCause,
     refusal::Refusal,
     reply::{Reply, Signer},
     server::Server,
@@ -47,6 +48,7 @@ impl Server {
         let cookie = match self.auth.check_nonce(nonce.nonce(), &from, now.unix_secs) {
             NonceStatus::Valid { cookie } => cookie,
             NonceStatus::Stale => {
+                self.counters.refuse(RefusalCause::StaleNonce);
                 return Err(self.challenge(from, request, Refusal::StaleNonce, now));
             }
         };
@@ -56,6 +58,7 @@ impl Server {
         let passwords = match self.auth.passwords(username.username(), now.unix_secs) {
             Ok(passwords) => passwords,
             Err(UnknownUser::NoSuchUser | UnknownUser::Expired) => {
+                self.counters.refuse(RefusalCause::Auth);
                 return Err(self.challenge(from, request, Refusal::Unauthorized, now));
             }
         };
@@ -75,6 +78,7 @@ impl Server {
                 return Ok((Signer { key, algorithm }, username.username().to_owned()));
             }
         }
+        self.counters.refuse(RefusalCause::Auth);
         Err(self.challenge(from, request, Refusal::Unauthorized, now))
     }
 

@@ -16,7 +16,17 @@
 //! - `relay`: application data between clients and peers;
 //! - `allocation`: one allocation's permissions, channels and timers;
 //! - `reservation`: ports reserved by EVEN-PORT and their tokens;
-//! - `reply`: building responses.
+//! - `reply`: building responses;
+//! - [`counters`]: what the server did, for metrics;
+//! - [`public_address`]: advertised relayed addresses behind a NAT;
+//! - `reload`: a new configuration, applied live;
+//! - `view`: the state as metrics and the admin socket show it.
+//!
+//! # Draining
+//!
+//! [`Server::set_draining`] refuses new Allocates (300 Try Alternate or
+//! 508) and keeps serving everything else, until the shell has waited
+//! for the allocations to end.
 //!
 //! # Driving the core
 //!
@@ -34,25 +44,33 @@ pub mod amplification;
 pub mod auth;
 pub mod bandwidth;
 mod challenge;
+pub mod counters;
 mod outbox;
 pub mod policy;
+pub mod public_address;
 pub mod refusal;
 mod relay;
+mod reload;
 mod reply;
 mod requests;
 mod reservation;
 mod server;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
+pub use counters::Counters;
 pub use outbox::{Destination, Outbox};
+pub use public_address::PublicAddresses;
+pub use requests::DRAINING_REASON;
 pub use reservation::RESERVATION_LIFETIME;
 pub use server::{Server, ServerConfig, Stats};
+pub use view::{AllocationView, ChannelView};
 
 /// How a client reaches the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -14,8 +14,8 @@ use turn_types::{
 use super::{
     FiveTuple, Now,
     bandwidth::Direction,
+    counters::{Indication, RefusalCause},
     outbox::{Destination, Outbox},
-    policy::canonical_transport,
     server::Server,
 };
 
@@ -30,6 +30,7 @@ impl Server {
         now: Now,
         out: &mut Outbox,
     ) {
+        self.counters.received_from_peer(data.len());
         let Some(&client) = self.by_relayed.get(&relayed) else {
             return;
         };
@@ -42,7 +43,7 @@ impl Server {
             && (!self.config.policy.is_own_relayed(peer)
                 || self.config.policy.permits_transport(peer));
         if !permitted {
-            self.stats.dropped_no_permission += 1;
+            self.counters.stats.dropped_no_permission += 1;
             return;
         }
         let channel = allocation.peer_channel(peer);
@@ -62,18 +63,26 @@ impl Server {
                 }
             }),
             None => {
+                // Another allocation of this relay is shown by the address
+                // its client was given.
+                let shown = if self.config.policy.is_own_relayed(peer) {
+                    self.config.public_addresses.advertise(peer)
+                } else {
+                    peer
+                };
                 let mut builder = Message::builder_indication(DATA, MessageWriteVec::new());
                 let built = builder
-                    .add_attribute(&XorPeerAddress::new(peer, builder.transaction_id()))
+                    .add_attribute(&XorPeerAddress::new(shown, builder.transaction_id()))
                     .and_then(|()| builder.add_attribute(&DataAttr::new(data)));
                 if built.is_err() {
                     return;
                 }
                 out.push(Destination::Client(to), &builder.finish());
+                self.counters.indication(Indication::Data);
             }
         }
-        self.stats.to_client_packets += 1;
-        self.stats.to_client_bytes += data.len() as u64;
+        self.counters.stats.to_client_packets += 1;
+        self.counters.stats.to_client_bytes += data.len() as u64;
     }
 
     /// The hot path from clients: ChannelData to the bound peer (whose
@@ -86,16 +95,17 @@ impl Server {
         out: &mut Outbox,
     ) {
         let Ok(message) = ChannelData::parse(data) else {
-            self.stats.dropped_malformed += 1;
+            self.counters.stats.dropped_malformed += 1;
             return;
         };
+        self.counters.received_from_client(message.data().len());
         let peer = self
             .allocations
             .get(&from)
             .and_then(|allocation| allocation.channel_peer(message.id()));
         match peer {
             Some(peer) => self.relay_to_peer(from, peer, message.data(), now, out),
-            None => self.stats.dropped_no_permission += 1,
+            None => self.counters.stats.dropped_no_permission += 1,
         }
     }
 
@@ -112,16 +122,18 @@ impl Server {
             indication.attribute::<XorPeerAddress>(),
             indication.attribute::<DataAttr>(),
         ) else {
-            self.stats.dropped_malformed += 1;
+            self.counters.stats.dropped_malformed += 1;
             return;
         };
-        let peer = canonical_transport(peer.addr(indication.transaction_id()));
+        self.counters.received_from_client(data.data().len());
+        let peer = self.bound_peer(peer.addr(indication.transaction_id()));
         if peer.port() == 0 {
-            self.stats.dropped_malformed += 1;
+            self.counters.stats.dropped_malformed += 1;
             return;
         }
         if self.config.policy.is_own_relayed(peer) && !self.config.policy.permits_transport(peer) {
-            self.stats.denied_peers += 1;
+            self.counters.stats.denied_peers += 1;
+            self.counters.refuse(RefusalCause::Policy);
             return;
         }
         self.relay_to_peer(from, peer, data.data(), now, out);
@@ -143,14 +155,14 @@ impl Server {
             .filter(|allocation| allocation.has_permission(peer.ip(), now.at))
             .and_then(|allocation| allocation.relayed_for(peer.ip()));
         let Some(relayed) = relayed else {
-            self.stats.dropped_no_permission += 1;
+            self.counters.stats.dropped_no_permission += 1;
             return;
         };
         if !self.within_limits(from, Direction::ToPeer, data.len(), now.at) {
             return;
         }
-        self.stats.to_peer_packets += 1;
-        self.stats.to_peer_bytes += data.len() as u64;
+        self.counters.stats.to_peer_packets += 1;
+        self.counters.stats.to_peer_bytes += data.len() as u64;
         out.push(
             Destination::Peer {
                 from: relayed,

@@ -66,12 +66,19 @@ impl<'a> Reply<'a> {
         code: u16,
         add: impl FnOnce(&mut MessageWriteVec) -> Result<(), StunWriteError>,
     ) -> Result<Vec<u8>, StunWriteError> {
+        self.error_with_reason(code, ErrorCode::default_reason_for_code(code), add)
+    }
+
+    /// As [`Self::error`], with the reason phrase `reason` (dropped, like
+    /// every reason, from unauthenticated responses).
+    pub fn error_with_reason(
+        &self,
+        code: u16,
+        reason: &str,
+        add: impl FnOnce(&mut MessageWriteVec) -> Result<(), StunWriteError>,
+    ) -> Result<Vec<u8>, StunWriteError> {
         let mut builder = Message::builder_error(self.request, MessageWriteVec::new());
-        let reason = if self.signer.is_some() {
-            ErrorCode::default_reason_for_code(code)
-        } else {
-            ""
-        };
+        let reason = if self.signer.is_some() { reason } else { "" };
         builder.add_attribute(&ErrorCode::new(code, reason)?)?;
         add(&mut builder)?;
         self.finish(builder)

@@ -6,9 +6,9 @@ use std::{net::SocketAddr, time::Duration};
 use stun_types::{
     AddressFamily,
     attribute::{
-        Attribute, AttributeFromRaw, AttributeStaticType, AttributeType, MessageIntegrity,
-        MessageIntegritySha256, Nonce, PasswordAlgorithm, Realm, UnknownAttributes, Username,
-        XorMappedAddress,
+        AlternateServer, Attribute, AttributeFromRaw, AttributeStaticType, AttributeType,
+        MessageIntegrity, MessageIntegritySha256, Nonce, PasswordAlgorithm, Realm,
+        UnknownAttributes, Username, XorMappedAddress,
     },
     message::{Message, MessageWriteExt, StunWriteError},
 };
@@ -21,12 +21,17 @@ use turn_types::attribute::{
 use super::{
     AllocateError, Event, FiveTuple, Now,
     allocation::{Allocation, PERMISSION_LIFETIME},
-    policy::canonical_transport,
+    counters::RefusalCause,
+    policy::{canonical, canonical_transport},
     refusal::Refusal,
     reply::Reply,
     reservation::TokenError,
     server::Server,
 };
+
+/// The reason phrase of the 508 that refuses new Allocates while draining
+/// without an alternate server.
+pub const DRAINING_REASON: &str = "Draining: try another relay";
 
 /// Where an Allocate's relayed address comes from.
 enum Source {
@@ -85,6 +90,9 @@ impl Server {
             }
             return reply.refuse(Refusal::AllocationMismatch);
         }
+        if let Some(alternate) = self.draining {
+            return self.refuse_while_draining(from, reply, alternate, &username);
+        }
         let source = match allocate_source(request) {
             Ok(source) => source,
             Err(refusal) => return reply.refuse(refusal),
@@ -95,14 +103,24 @@ impl Server {
         let dont_fragment = request.has_attribute(DontFragment::TYPE);
         let obtained = match self.obtain(&source, &username, dont_fragment, now) {
             Ok(obtained) => obtained,
-            Err(refusal) => return reply.refuse(refusal),
+            Err(refusal) => {
+                // A token that is not valid is the client's fault, not a
+                // lack of capacity.
+                if refusal == Refusal::InsufficientCapacity
+                    && !matches!(source, Source::Reserved(_))
+                {
+                    self.counters.refuse(RefusalCause::Capacity);
+                }
+                return reply.refuse(refusal);
+            }
         };
         let lifetime = self.lifetime(request.attribute::<Lifetime>().ok().map(|l| l.seconds()));
         let token = obtained.reserved.map(|_| self.reservations.mint());
         let transaction = request.transaction_id();
         let response = reply.success(|b| {
             for address in &obtained.relayed {
-                b.add_attribute(&XorRelayedAddress::new(*address, transaction))?;
+                let advertised = self.config.public_addresses.advertise(*address);
+                b.add_attribute(&XorRelayedAddress::new(advertised, transaction))?;
             }
             if let Some(error) = obtained.family_error {
                 let code = Refusal::from(error).code();
@@ -124,7 +142,7 @@ impl Server {
         if let (Some(token), Some(reserved)) = (token, obtained.reserved) {
             self.reservations.insert(token, reserved, &username, now.at);
             self.count_user(&username);
-            self.stats.reservations_made += 1;
+            self.counters.stats.reservations_made += 1;
             self.note_reservation(now.at + super::reservation::RESERVATION_LIFETIME);
         }
         let expires = now.at + lifetime;
@@ -132,6 +150,7 @@ impl Server {
             self.by_relayed.insert(*address, from);
         }
         self.count_user(&username);
+        self.counters.created(from.transport);
         self.pending.push(Event::AllocationCreated {
             client: from,
             relayed: obtained.relayed.clone(),
@@ -154,6 +173,32 @@ impl Server {
         Ok(response)
     }
 
+    /// The answer to a new Allocate while draining: 300 Try Alternate with
+    /// ALTERNATE-SERVER (signed, as RFC 8489 section 10 requires, since this
+    /// runs after authentication), or 508 when there is no alternate of
+    /// the client's address family, which the RFC requires it to be.
+    fn refuse_while_draining(
+        &mut self,
+        from: FiveTuple,
+        reply: &Reply,
+        alternate: Option<SocketAddr>,
+        username: &str,
+    ) -> Result<Vec<u8>, StunWriteError> {
+        self.counters.refuse(RefusalCause::Draining);
+        let family = |ip| canonical(ip).is_ipv4();
+        let alternate = alternate.filter(|a| family(a.ip()) == family(from.client.ip()));
+        tracing::debug!(
+            "allocation for {username} from {} refused: draining, alternate {alternate:?}",
+            from.client
+        );
+        match alternate {
+            Some(alternate) => reply.error(300, |b| {
+                b.add_attribute(&AlternateServer::new(canonical_transport(alternate)))
+            }),
+            None => reply.error_with_reason(508, DRAINING_REASON, |_| Ok(())),
+        }
+    }
+
     /// Whether `username` and the server have room for what `source` takes:
     /// an allocation, plus a reservation for an even pair; redeeming a
     /// reservation turns one into an allocation and takes nothing more.
@@ -165,13 +210,15 @@ impl Server {
         };
         let user_quota = self.config.user_quota;
         if user_quota != 0 && self.held_by(username) + needed > user_quota {
-            self.stats.quota_refusals += 1;
+            self.counters.stats.quota_refusals += 1;
+            self.counters.refuse(RefusalCause::Quota);
             tracing::info!("allocation for {username} refused: user quota {user_quota} reached");
             return Err(Refusal::AllocationQuotaReached);
         }
         let total_quota = self.config.total_quota;
         if total_quota != 0 && self.held_in_all() + needed > total_quota {
-            self.stats.quota_refusals += 1;
+            self.counters.stats.quota_refusals += 1;
+            self.counters.refuse(RefusalCause::Capacity);
             tracing::info!("allocation for {username} refused: total quota {total_quota} reached");
             return Err(Refusal::InsufficientCapacity);
         }
@@ -207,7 +254,7 @@ impl Server {
                         })?;
                 // The reservation becomes this allocation.
                 self.uncount_user(username);
-                self.stats.reservations_redeemed += 1;
+                self.counters.stats.reservations_redeemed += 1;
                 self.allocator.adopt(reservation.relayed, dont_fragment);
                 obtained.relayed.push(reservation.relayed);
             }
@@ -298,7 +345,8 @@ impl Server {
             policy.permits(peer.ip())
         };
         if !permitted {
-            self.stats.denied_peers += 1;
+            self.counters.stats.denied_peers += 1;
+            self.counters.refuse(RefusalCause::Policy);
             tracing::info!("peer {peer} refused by policy for {}", from.client);
             return Err(Refusal::Forbidden);
         }
@@ -318,7 +366,10 @@ impl Server {
         let peers: Result<Vec<SocketAddr>, _> = request
             .iter_attributes()
             .filter(|(_, raw)| raw.get_type() == XorPeerAddress::TYPE)
-            .map(|(_, raw)| XorPeerAddress::from_raw_ref(&raw).map(|peer| peer.addr(transaction)))
+            .map(|(_, raw)| {
+                XorPeerAddress::from_raw_ref(&raw)
+                    .map(|peer| self.bound_peer(peer.addr(transaction)))
+            })
             .collect();
         let peers = match peers {
             Ok(peers) if !peers.is_empty() => peers,
@@ -347,6 +398,7 @@ impl Server {
                 "CreatePermission from {} over the cap of {cap}",
                 from.client
             );
+            self.counters.refuse(RefusalCause::Capacity);
             return reply.refuse(Refusal::InsufficientCapacity);
         }
         for peer in peers {
@@ -375,8 +427,9 @@ impl Server {
             return reply.refuse(Refusal::BadRequest);
         };
         let channel = channel.channel();
-        // One peer, one key: `[::ffff:a.b.c.d]:p` is `a.b.c.d:p`.
-        let peer = canonical_transport(peer.addr(request.transaction_id()));
+        // One peer, one key: `[::ffff:a.b.c.d]:p` is `a.b.c.d:p`, and this
+        // relay's public address is its bound one.
+        let peer = self.bound_peer(peer.addr(request.transaction_id()));
         if peer.port() == 0 {
             tracing::debug!(
                 "ChannelBind from {} to port 0 of {}",
@@ -415,6 +468,7 @@ impl Server {
             || allocation.permission_count() < self.config.permissions_per_allocation;
         if (cap != 0 && !refresh && allocation.channel_count() >= cap) || !permits {
             tracing::debug!("ChannelBind from {} over a cap", from.client);
+            self.counters.refuse(RefusalCause::Capacity);
             return reply.refuse(Refusal::InsufficientCapacity);
         }
         allocation.bind(channel, peer, now.at, &mut self.pending);

@@ -22,8 +22,10 @@ use super::{
     amplification::{BudgetConfig, Refused, ResponseBudget},
     auth::{Authenticator, Credentials},
     bandwidth::{Clock, Direction, Limits},
+    counters::{Counters, Indication, Method, RefusalCause},
     outbox::{Destination, Outbox},
-    policy::{PeerPolicy, canonical},
+    policy::{PeerPolicy, canonical, canonical_transport},
+    public_address::PublicAddresses,
     refusal::Refusal,
     reply::Reply,
     reservation::Reservations,
@@ -61,6 +63,9 @@ pub struct ServerConfig {
     pub legacy_channel_numbers: bool,
     /// Bandwidth limits per allocation and per user.
     pub bandwidth: Limits,
+    /// Public IPs advertised in XOR-RELAYED-ADDRESS instead of the bound
+    /// ones, for a relay behind a 1:1 NAT.
+    pub public_addresses: PublicAddresses,
 }
 
 impl Default for ServerConfig {
@@ -85,11 +90,13 @@ impl Default for ServerConfig {
             amplification: BudgetConfig::default(),
             legacy_channel_numbers: false,
             bandwidth: Limits::default(),
+            public_addresses: PublicAddresses::default(),
         }
     }
 }
 
-/// Counters of what the server did, for metrics and tests.
+/// Counters of what the server did, for metrics and tests; part of
+/// [`Counters`], which has the rest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Datagrams relayed from clients to peers.
@@ -149,7 +156,9 @@ pub struct Server {
     /// Allocations the timeouts have visited, for the tests.
     #[cfg(test)]
     pub(super) timer_visits: usize,
-    pub(super) stats: Stats,
+    pub(super) counters: Counters,
+    /// While draining: the alternate server to send clients to, if any.
+    pub(super) draining: Option<Option<SocketAddr>>,
     /// Scratch space for events of one operation.
     pub(super) pending: Vec<Event>,
 }
@@ -174,14 +183,33 @@ impl Server {
             clock: Clock::default(),
             #[cfg(test)]
             timer_visits: 0,
-            stats: Stats::default(),
+            counters: Counters::default(),
+            draining: None,
             pending: Vec::new(),
         }
     }
 
-    /// Counters so far.
+    /// The relay counters so far (a part of [`Self::counters`]).
     pub fn stats(&self) -> Stats {
-        self.stats
+        self.counters.stats
+    }
+
+    /// Every counter so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Starts draining (or changes the alternate server): new Allocates
+    /// are refused, with 300 Try Alternate and ALTERNATE-SERVER when
+    /// `alternate` is given (and of the client's family), else 508;
+    /// everything else, existing allocations included, keeps working.
+    pub fn set_draining(&mut self, alternate: Option<SocketAddr>) {
+        self.draining = Some(alternate);
+    }
+
+    /// Whether [`Self::set_draining`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_some()
     }
 
     /// Number of live allocations.
@@ -221,7 +249,7 @@ impl Server {
         match data.first().map(|byte| byte >> 6) {
             Some(0b01) => self.channel_data_from_client(from, data, now, out),
             Some(0b00) => self.stun_from_client(from, data, now, out),
-            _ => self.stats.dropped_malformed += 1,
+            _ => self.counters.stats.dropped_malformed += 1,
         }
         self.flush_events();
     }
@@ -256,7 +284,7 @@ impl Server {
         }
         if self.reservation_deadline.is_some_and(|at| at <= now.at) {
             for reservation in self.reservations.expire(now.at) {
-                self.stats.reservations_expired += 1;
+                self.counters.stats.reservations_expired += 1;
                 self.allocator.release(reservation.relayed);
                 self.uncount_user(&reservation.username);
             }
@@ -297,6 +325,19 @@ impl Server {
     /// A port reservation expires at `at`.
     pub(super) fn note_reservation(&mut self, at: Instant) {
         self.reservation_deadline = Some(self.reservation_deadline.map_or(at, |d| d.min(at)));
+    }
+
+    /// The bound relayed address a client means by the peer address it
+    /// gave (XOR-PEER-ADDRESS), in canonical form: a public address of this
+    /// relay is the matching bound relayed address (see
+    /// [`PublicAddresses::to_bound`]).
+    pub(super) fn bound_peer(&self, peer: SocketAddr) -> SocketAddr {
+        let peer = canonical_transport(peer);
+        self.config
+            .public_addresses
+            .to_bound(peer, &self.config.policy.own.relay, |candidate| {
+                self.by_relayed.contains_key(&candidate)
+            })
     }
 
     /// Allocations and reservations held by `username`.
@@ -366,7 +407,7 @@ impl Server {
             }
         }
         if !admitted {
-            self.stats.dropped_over_limit += 1;
+            self.counters.stats.dropped_over_limit += 1;
         }
         admitted
     }
@@ -381,6 +422,7 @@ impl Server {
             self.allocator.release(*relayed);
         }
         self.uncount_user(&allocation.username);
+        self.counters.deleted(reason);
         self.pending.push(Event::AllocationDeleted {
             client,
             relayed: allocation.relayed,
@@ -390,12 +432,19 @@ impl Server {
 
     fn stun_from_client(&mut self, from: FiveTuple, data: &[u8], now: Now, out: &mut Outbox) {
         let Ok(message) = Message::from_bytes(data) else {
-            self.stats.dropped_malformed += 1;
+            self.counters.stats.dropped_malformed += 1;
             return;
         };
         match message.class() {
             MessageClass::Request => {
+                let method = Method::of(message.method());
+                if let Some(method) = method {
+                    self.counters.request(method);
+                }
                 let (response, authenticated) = self.request(from, &message, now);
+                if !authenticated {
+                    self.counters.unauthenticated_requests += 1;
+                }
                 let Some(response) = response else {
                     return;
                 };
@@ -406,18 +455,27 @@ impl Server {
                     match charge {
                         Ok(()) => {}
                         Err(Refused::Ratio) => {
-                            self.stats.refused_amplification_ratio += 1;
+                            self.counters.stats.refused_amplification_ratio += 1;
+                            self.counters.refuse(RefusalCause::AmplificationRatio);
                             return;
                         }
                         Err(Refused::Budget) => {
-                            self.stats.refused_response_budget += 1;
+                            self.counters.stats.refused_response_budget += 1;
+                            self.counters.refuse(RefusalCause::ResponseBudget);
                             return;
                         }
                     }
                 }
+                if !authenticated {
+                    self.counters.unauthenticated_responses += 1;
+                }
+                if let Some(method) = method {
+                    self.counters.response(method, &response);
+                }
                 out.push(Destination::Client(from), &response);
             }
             MessageClass::Indication if message.method() == SEND => {
+                self.counters.indication(Indication::Send);
                 self.send_indication(from, &message, now, out)
             }
             _ => {}

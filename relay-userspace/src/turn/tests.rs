@@ -27,9 +27,11 @@ use turn_types::{
     message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND},
 };
 
+mod operations;
+
 use super::{
-    AllocateError, DeleteReason, Event, FiveTuple, Now, Outbox, RelayAllocator, Server,
-    ServerConfig, Transmit, Transport,
+    AllocateError, ChannelView, DeleteReason, Event, FiveTuple, Now, Outbox, RelayAllocator,
+    Server, ServerConfig, Transmit, Transport,
     auth::{Credentials, rest_password},
     policy::{OwnAddresses, PeerPolicy, default_denied},
 };

@@ -521,6 +521,11 @@ impl XdpRelay {
         Ok(mode)
     }
 
+    /// The interfaces whose tc ingress runs the tc program.
+    pub fn tc_interfaces(&self) -> impl Iterator<Item = &str> {
+        self.tc_attachments.iter().map(|(name, _)| name.as_str())
+    }
+
     /// The interfaces the program is attached to.
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments

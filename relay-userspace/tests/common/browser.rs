@@ -167,3 +167,124 @@ impl Drop for Browser {
         }
     }
 }
+
+impl PageServer {
+    /// As [`PageServer::start`], and GET requests whose path starts with
+    /// `prefix` are passed on, as they came, to `upstream` (from inside
+    /// `ns`), whose answer goes back to the browser unchanged: an
+    /// application server in front of an internal service, such as the
+    /// credential service, which the page then reaches on its own origin.
+    pub fn start_proxying(
+        ns: &Netns,
+        page: &'static str,
+        prefix: &'static str,
+        upstream: std::net::SocketAddr,
+    ) -> PageServer {
+        let listener =
+            ns.run(|| TcpListener::bind("127.0.0.1:0").expect("binding the page server"));
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (sender, results) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let namespace = format!("/var/run/netns/{}", ns.name);
+        std::thread::spawn(move || {
+            // Connections to `upstream` must start in the namespace.
+            let Ok(file) = std::fs::File::open(&namespace) else {
+                return;
+            };
+            // SAFETY: setns on a namespace fd we hold open; only this
+            // thread changes namespace.
+            let entered =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            if entered != 0 {
+                return;
+            }
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if proxied(&stream, prefix) {
+                            proxy(stream, upstream);
+                        } else if let Some(body) = answer(stream, page) {
+                            let _ = sender.send(body);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        PageServer {
+            port,
+            results,
+            stop,
+        }
+    }
+}
+
+/// Whether the request waiting on `stream` is a GET of a path starting
+/// with `prefix` (looked at without reading it).
+fn proxied(stream: &TcpStream, prefix: &str) -> bool {
+    if stream.set_nonblocking(false).is_err()
+        || stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .is_err()
+    {
+        return false;
+    }
+    let wanted = format!("GET {prefix}");
+    let mut buffer = [0u8; 256];
+    // Bounded: each peek waits at most the read timeout, and ten tries
+    // cover a request line sent in pieces.
+    for _ in 0..10 {
+        let Ok(len) = stream.peek(&mut buffer) else {
+            return false;
+        };
+        if len >= wanted.len() || len == 0 || buffer[..len].contains(&b'\n') {
+            return buffer[..len].starts_with(wanted.as_bytes());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Passes the request on `stream` to `upstream` and its answer back.
+fn proxy(stream: TcpStream, upstream: std::net::SocketAddr) {
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    // The rest of the head (no body comes with a GET).
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
+            break;
+        }
+    }
+    let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let answer = (|| -> std::io::Result<Vec<u8>> {
+        let mut upstream_stream = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
+        upstream_stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            upstream_stream,
+            "GET {target} HTTP/1.1\r\nHost: {upstream}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = Vec::new();
+        upstream_stream.read_to_end(&mut answer)?;
+        Ok(answer)
+    })();
+    let mut stream = reader.into_inner();
+    match answer {
+        Ok(answer) => {
+            let _ = stream.write_all(&answer);
+        }
+        Err(err) => {
+            let body = format!("{{\"error\":\"proxy: {err}\"}}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    }
+}

@@ -68,7 +68,8 @@ impl Drop for PinDir {
     }
 }
 
-/// `turnxctl status --json` for one interface, run in `ns`: its report.
+/// `turnxctl status --json` for one interface, run in `ns`: the
+/// interface's report (`["interfaces"][0]`; no daemon need answer).
 pub fn turnxctl_status(ns: &Netns, interface: &str) -> serde_json::Value {
     let output = ns
         .command(env!("CARGO_BIN_EXE_turnxctl"))
@@ -81,7 +82,7 @@ pub fn turnxctl_status(ns: &Netns, interface: &str) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    report[0].clone()
+    report["interfaces"][0].clone()
 }
 
 /// A program that passes every frame, attached (native XDP) to `dev` in

@@ -1,8 +1,13 @@
 //! turnxd's configuration: a TOML file, with an embedded default.
 //!
-//! Precedence, lowest first: the built-in defaults (`config/default.toml`),
-//! the file given with `--config`, then command-line flags and `TURNXD_*`
-//! environment variables (applied by the binary).
+//! Precedence, lowest first: the built-in defaults (`config/default.toml`,
+//! the only place they are written down), the file given with `--config`,
+//! then command-line flags and `TURNXD_*` environment variables
+//! ([`overrides`]). What a running daemon may change on a reload is in
+//! [`reload`].
+
+pub mod overrides;
+pub mod reload;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -17,11 +22,13 @@ use crate::turn::policy::Cidr;
 
 /// The configuration turnxd runs with when given no file; also the reference
 /// for every key and its default.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/default.toml");
 
-/// Everything turnxd can be configured with.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+/// Everything turnxd can be configured with. Every field is required in
+/// the merged document: a file's missing keys come from
+/// [`DEFAULT_CONFIG_TOML`] (see [`Config::from_toml`]).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// TURN listeners and relaying.
     pub server: ServerConfig,
@@ -35,13 +42,21 @@ pub struct Config {
     pub offload: OffloadConfig,
     /// The XDP program.
     pub xdp: XdpConfig,
+    /// Prometheus metrics and health checks.
+    pub metrics: MetricsConfig,
+    /// The credential service for applications.
+    pub credentials: CredentialsConfig,
+    /// The local admin socket for turnxctl.
+    pub admin: AdminConfig,
+    /// Graceful shutdown.
+    pub drain: DrainConfig,
     /// Logging and counters.
     pub log: LogConfig,
 }
 
 /// `[server]`
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Addresses the TURN server listens on.
     pub listen: Vec<SocketAddr>,
@@ -61,23 +76,52 @@ pub struct ServerConfig {
     pub software: String,
     /// Accept RFC 5766 channel numbers up to 0x7FFF.
     pub legacy_channel_numbers: bool,
+    /// Relayed addresses advertised to clients instead of the bound ones
+    /// (a NATed node's public addresses), at most one per family.
+    pub public_addresses: Vec<IpAddr>,
+    /// A STUN server asked at start for the public address of the relay
+    /// address, as "host:port"; `None` asks none.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub public_address_stun: Option<String>,
+    /// Sent as ALTERNATE-SERVER to new allocations while draining.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub alternate_server: Option<SocketAddr>,
 }
 
-/// `[auth]`
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+/// `[auth]`. Its `Debug` shows user names and how many secrets there
+/// are, never a password or a secret.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Static users: name to password.
     pub users: BTreeMap<String, String>,
     /// TURN REST API shared secrets.
     pub secrets: Vec<String>,
+    /// A file of further secrets, one a line (a mounted Kubernetes
+    /// Secret); read at start and on every reload.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub secrets_file: Option<PathBuf>,
     /// Nonce lifetime in seconds.
     pub nonce_lifetime_secs: u64,
 }
 
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
+            .field("secrets_file", &self.secrets_file)
+            .field("nonce_lifetime_secs", &self.nonce_lifetime_secs)
+            .finish()
+    }
+}
+
 /// `[limits]`
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Longest allocation lifetime, seconds.
     pub max_lifetime_secs: u64,
@@ -114,7 +158,7 @@ pub struct LimitsConfig {
 
 /// `[peers]`
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct PeersConfig {
     /// Allowed peer blocks; empty allows any peer not denied.
     pub allowed: Vec<Cidr>,
@@ -128,22 +172,13 @@ pub struct PeersConfig {
 
 /// `[offload]`
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct OffloadConfig {
     /// The kernel engines used.
     pub engine: Engine,
     /// Name patterns of pods' host-side veths, which the tc engine follows
     /// (see [`crate::pod_interfaces`]).
     pub pod_interfaces: Vec<String>,
-}
-
-impl Default for OffloadConfig {
-    fn default() -> Self {
-        OffloadConfig {
-            engine: Engine::Auto,
-            pod_interfaces: vec!["lxc*".into(), "cali*".into()],
-        }
-    }
 }
 
 /// Which kernel programs relay bound channels.
@@ -164,7 +199,7 @@ pub enum Engine {
 
 /// `[xdp]`
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct XdpConfig {
     /// Whether to load and attach the XDP program at all.
     pub enabled: bool,
@@ -194,117 +229,108 @@ pub enum XdpMode {
     Generic,
 }
 
+/// `[metrics]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the metrics and health server; `None`: off.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Label allocations with their user (unbounded cardinality with REST
+    /// usernames).
+    pub per_user: bool,
+}
+
+/// `[credentials]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// Address of the credential service; `None`: off.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub listen: Option<SocketAddr>,
+    /// TURN URIs handed out; empty: derived from the relay's addresses.
+    pub uris: Vec<String>,
+    /// Lifetime of credentials when the request names none, seconds.
+    pub default_ttl_secs: u64,
+    /// Longest lifetime handed out, seconds.
+    pub max_ttl_secs: u64,
+    /// The `iceTransportPolicy` of `/ice` answers.
+    pub ice_transport_policy: crate::credentials::IcePolicy,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Path of the admin socket; `None`: off.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+/// `[drain]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Longest wait on SIGTERM for allocations to end, seconds.
+    pub timeout_secs: u64,
+}
+
 /// `[log]`
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// error, warn, info, debug or trace.
     pub level: String,
+    /// Text for people, or JSON lines for log collectors.
+    pub format: LogFormat,
     /// Seconds between counter log lines; 0 disables them.
     pub stats_interval_secs: u64,
 }
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: vec![
-                SocketAddr::from(([0, 0, 0, 0], 3478)),
-                SocketAddr::from(([0u16; 8], 3478)),
-            ],
-            tls_listen: Vec::new(),
-            tls_cert: None,
-            tls_key: None,
-            realm: "turnx".into(),
-            relay_addresses: Vec::new(),
-            relay_ports: [49152, 65535],
-            software: "turnx".into(),
-            legacy_channel_numbers: true,
-        }
-    }
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            users: BTreeMap::new(),
-            secrets: Vec::new(),
-            nonce_lifetime_secs: 600,
-        }
+/// Reads a string where "" means "none" and anything else parses as `T`.
+fn empty_is_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() {
+        return Ok(None);
     }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_lifetime_secs: 3600,
-            user_quota: 4096,
-            total_quota: 16_384,
-            permissions_per_allocation: 1024,
-            channels_per_allocation: 1024,
-            amplification_limit: 3.0,
-            unauthenticated_bytes_per_sec: 16_384,
-            unauthenticated_burst_bytes: 65_536,
-            unauthenticated_total_bytes_per_sec: 4_194_304,
-            stream_connections: 16_384,
-            stream_connections_per_address: 256,
-            allocation_bytes_per_sec: 0,
-            user_bytes_per_sec: 0,
-            bandwidth_burst_ms: 500,
-        }
-    }
-}
-
-impl Default for PeersConfig {
-    fn default() -> Self {
-        PeersConfig {
-            allowed: Vec::new(),
-            denied: Vec::new(),
-            deny_defaults: true,
-            relay_to_relay: true,
-        }
-    }
-}
-
-impl Default for XdpConfig {
-    fn default() -> Self {
-        XdpConfig {
-            enabled: true,
-            interfaces: Vec::new(),
-            mode: XdpMode::Auto,
-            route_in_stack: false,
-            max_bindings: 16384,
-            pin_dir: "/sys/fs/bpf/turnx/default".into(),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".to_owned(),
-            stats_interval_secs: 10,
-        }
-    }
+    text.parse()
+        .map(Some)
+        .map_err(|err| serde::de::Error::custom(format!("{text:?}: {err}")))
 }
 
 /// Why a configuration could not be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read configuration file {path}: {source}")]
+    #[error("cannot read configuration file {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
+        /// What the OS said (not a `source`: the message carries it).
+        reason: std::io::Error,
     },
     /// The file is not valid TOML or has unknown or mistyped keys.
-    #[error("invalid configuration in {origin}: {source}")]
+    #[error("invalid configuration in {origin}: {reason}")]
     Parse {
         /// The file, or "built-in defaults".
         origin: String,
-        /// What the parser said, with line and column.
-        source: Box<toml::de::Error>,
+        /// What the parser said (with line and column for syntax errors).
+        reason: Box<toml::de::Error>,
     },
     /// The values parse but cannot work together.
     #[error("invalid configuration: {0}")]
@@ -318,27 +344,92 @@ const MIN_BURST_BYTES: u32 = 512;
 /// The log levels the `[log] level` key accepts.
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
+impl Default for Config {
+    /// The built-in configuration, [`DEFAULT_CONFIG_TOML`].
+    fn default() -> Self {
+        defaults_table()
+            .try_into()
+            .expect("the built-in config/default.toml deserializes (a unit test checks)")
+    }
+}
+
+/// The built-in configuration as a TOML table.
+fn defaults_table() -> toml::Table {
+    DEFAULT_CONFIG_TOML
+        .parse()
+        .expect("the built-in config/default.toml parses (a unit test checks)")
+}
+
+/// Lays `over` onto `base`: tables merge key by key, anything else
+/// replaces. A file thereby only names the keys it changes.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 impl Config {
     /// Reads `path`, or returns the built-in defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
-            None => Config::from_toml(DEFAULT_CONFIG_TOML, "built-in defaults"),
+            None => Ok(Config::default()),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    reason,
                 })?;
-                Config::from_toml(&text, &path.display().to_string())
+                let mut config = Config::from_toml(&text, &path.display().to_string())?;
+                config.read_secrets_file()?;
+                Ok(config)
             }
         }
     }
 
-    /// Parses and validates TOML text; `origin` names it in errors.
-    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            origin: origin.to_owned(),
-            source: Box::new(source),
+    /// Adds the secrets of `[auth] secrets_file`, if set, after those of
+    /// `[auth] secrets`: one a line; blank lines and lines starting with
+    /// `#` are skipped. ([`Config::load`] does this; text parsed with
+    /// [`Config::from_toml`] needs it called.)
+    pub fn read_secrets_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.auth.secrets_file else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
+            path: path.clone(),
+            reason,
         })?;
+        let secrets = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(str::to_owned);
+        self.auth.secrets.extend(secrets);
+        Ok(())
+    }
+
+    /// The files besides the configuration file itself that a reload
+    /// reads, and whose change should trigger one.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        self.auth.secrets_file.iter().cloned().collect()
+    }
+
+    /// Parses TOML text over the built-in defaults and validates the
+    /// result; `origin` names the text in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let parse_error = |reason| ConfigError::Parse {
+            origin: origin.to_owned(),
+            reason: Box::new(reason),
+        };
+        let mut merged = defaults_table();
+        merge(
+            &mut merged,
+            text.parse::<toml::Table>().map_err(parse_error)?,
+        );
+        let config: Config = merged.try_into().map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -362,17 +453,38 @@ impl Config {
                 "[server] relay_ports [{first}, {last}] is not a range of non-zero ports"
             )));
         }
-        let families = |v4: bool| {
-            self.server
-                .relay_addresses
-                .iter()
-                .filter(|a| a.is_ipv4() == v4)
-                .count()
-        };
-        if families(true) > 1 || families(false) > 1 {
+        let families =
+            |addresses: &[IpAddr], v4: bool| addresses.iter().filter(|a| a.is_ipv4() == v4).count();
+        if families(&self.server.relay_addresses, true) > 1
+            || families(&self.server.relay_addresses, false) > 1
+        {
             return Err(ConfigError::Invalid(
                 "[server] relay_addresses holds at most one IPv4 and one IPv6 address".into(),
             ));
+        }
+        if families(&self.server.public_addresses, true) > 1
+            || families(&self.server.public_addresses, false) > 1
+        {
+            return Err(ConfigError::Invalid(
+                "[server] public_addresses holds at most one IPv4 and one IPv6 address".into(),
+            ));
+        }
+        let credentials = &self.credentials;
+        if credentials.default_ttl_secs == 0
+            || credentials.default_ttl_secs > credentials.max_ttl_secs
+        {
+            return Err(ConfigError::Invalid(
+                "[credentials] default_ttl_secs must be at least 1 and at most max_ttl_secs".into(),
+            ));
+        }
+        if let Some(uri) = credentials
+            .uris
+            .iter()
+            .find(|uri| !(uri.starts_with("turn:") || uri.starts_with("turns:")))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[credentials] uris entry {uri:?} is not a turn: or turns: URI"
+            )));
         }
         let has_tls_files = self.server.tls_cert.is_some() && self.server.tls_key.is_some();
         if !self.server.tls_listen.is_empty() && !has_tls_files {
@@ -471,6 +583,8 @@ impl Config {
             },
             legacy_channel_numbers: self.server.legacy_channel_numbers,
             bandwidth: self.bandwidth(),
+            // Discovered at start (crate::addresses), then set by the daemon.
+            public_addresses: crate::turn::PublicAddresses::default(),
         }
     }
 
@@ -481,28 +595,6 @@ impl Config {
             user: self.limits.user_bytes_per_sec,
             burst: std::time::Duration::from_millis(self.limits.bandwidth_burst_ms),
         }
-    }
-
-    /// The relay's IPv4 and IPv6 address: configured, else the specific
-    /// listen addresses, else those of the default-route interfaces.
-    pub fn relay_addresses(&self) -> (Option<IpAddr>, Option<IpAddr>) {
-        let mut candidates = self.server.relay_addresses.clone();
-        if candidates.is_empty() {
-            candidates = self
-                .server
-                .listen
-                .iter()
-                .map(SocketAddr::ip)
-                .filter(|ip| !ip.is_unspecified())
-                .collect();
-        }
-        if candidates.is_empty() {
-            let names = crate::interfaces::default_route_interfaces().unwrap_or_default();
-            candidates = crate::interfaces::addresses_of(&names).unwrap_or_default();
-        }
-        let v4 = candidates.iter().copied().find(IpAddr::is_ipv4);
-        let v6 = candidates.iter().copied().find(IpAddr::is_ipv6);
-        (v4, v6)
     }
 
     /// The distinct UDP ports of the listen addresses.
@@ -516,13 +608,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_file_matches_defaults() {
-        assert_eq!(Config::load(None).unwrap(), Config::default());
+    fn the_built_in_defaults_are_valid_and_an_empty_file_keeps_them() {
+        let defaults = Config::default();
+        defaults.validate().unwrap();
+        assert_eq!(Config::from_toml("", "empty").unwrap(), defaults);
+        assert_eq!(Config::load(None).unwrap(), defaults);
+        assert_eq!(defaults.server.realm, "turnx");
+        assert_eq!(defaults.metrics.listen, None);
+    }
+
+    #[test]
+    fn a_file_replaces_only_the_keys_it_names() {
+        let config = Config::from_toml("[metrics]\nlisten = \"127.0.0.1:9641\"\n", "test").unwrap();
+        assert_eq!(
+            config.metrics.listen,
+            Some("127.0.0.1:9641".parse().unwrap())
+        );
+        assert_eq!(config.metrics.per_user, Config::default().metrics.per_user);
+        assert_eq!(config.server, Config::default().server);
     }
 
     #[test]
     fn readme_shows_the_embedded_defaults_verbatim() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         assert!(
             readme.contains(DEFAULT_CONFIG_TOML),
             "README.md must contain config/default.toml verbatim"
@@ -531,7 +639,7 @@ mod tests {
 
     #[test]
     fn example_configuration_is_valid() {
-        let text = include_str!("../config/example.toml");
+        let text = include_str!("../../config/example.toml");
         let config = Config::from_toml(text, "example.toml").unwrap();
         assert_eq!(config.limits.user_quota, 10);
         assert!(config.tls_files().is_some());
@@ -543,7 +651,7 @@ mod tests {
         let config = Config::from_toml("[xdp]\ninterfaces = [\"eth1\"]\n", "test").unwrap();
         assert_eq!(config.xdp.interfaces, vec!["eth1".to_owned()]);
         assert_eq!(config.xdp.mode, XdpMode::Auto);
-        assert_eq!(config.server, ServerConfig::default());
+        assert_eq!(config.server, Config::default().server);
     }
 
     #[test]
@@ -581,6 +689,17 @@ mod tests {
             ("[server]\nlisten = [\"0.0.0.0:0\"]\n", "port 0"),
             ("[log]\nlevel = \"loud\"\n", "loud"),
             ("[xdp]\nmode = \"fast\"\n", "fast"),
+            (
+                "[server]\npublic_addresses = [\"198.18.0.1\", \"198.18.0.2\"]\n",
+                "public_addresses",
+            ),
+            ("[metrics]\nlisten = \"nowhere\"\n", "nowhere"),
+            (
+                "[credentials]\ndefault_ttl_secs = 100\nmax_ttl_secs = 10\n",
+                "default_ttl_secs",
+            ),
+            ("[credentials]\nuris = [\"http://x\"]\n", "http://x"),
+            ("[log]\nformat = \"xml\"\n", "xml"),
         ] {
             let message = Config::from_toml(text, "test").unwrap_err().to_string();
             assert!(message.contains(needle), "{text}: {message}");
@@ -598,6 +717,50 @@ mod tests {
             config.listen_ports().into_iter().collect::<Vec<_>>(),
             [3478, 5349]
         );
+    }
+
+    #[test]
+    fn debug_output_shows_no_password_or_secret() {
+        let mut config = Config::default();
+        config
+            .auth
+            .users
+            .insert("alice".into(), "wonderland".into());
+        config.auth.secrets.push("hunter2".into());
+        let shown = format!("{config:?}");
+        assert!(shown.contains("alice"), "{shown}");
+        assert!(
+            !shown.contains("wonderland") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_secrets_file_adds_one_secret_a_line() {
+        let dir = std::env::temp_dir().join(format!("turnx-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secrets = dir.join("static-auth-secret");
+        std::fs::write(
+            &secrets,
+            "# rotated 2026-12-01\nnew-secret\n\n  old-secret  \n",
+        )
+        .unwrap();
+        let file = dir.join("turnxd.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[auth]\nsecrets = [\"inline\"]\nsecrets_file = {:?}\n",
+                secrets.display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(config.auth.secrets, ["inline", "new-secret", "old-secret"]);
+        assert_eq!(config.watched_files(), std::slice::from_ref(&secrets));
+        std::fs::remove_file(&secrets).unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("static-auth-secret"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
