@@ -97,9 +97,12 @@ pub enum RefusalCause {
     Policy,
     /// 486: the user's allocation quota.
     Quota,
-    /// 508: the total quota, no free port, or a per-allocation cap on
-    /// permissions or channels (not an invalid reservation token).
+    /// 508 to an Allocate: the total quota, or no free port (not an
+    /// invalid reservation token).
     Capacity,
+    /// 508 to CreatePermission or ChannelBind: the allocation holds as
+    /// many permissions or channels as `[limits]` allow it.
+    AllocationCaps,
     /// An unauthenticated response not sent: larger than the ratio allows.
     AmplificationRatio,
     /// An unauthenticated response not sent: the response budget is spent.
@@ -110,12 +113,13 @@ pub enum RefusalCause {
 
 impl RefusalCause {
     /// Every cause, in label order.
-    pub const ALL: [RefusalCause; 8] = [
+    pub const ALL: [RefusalCause; 9] = [
         RefusalCause::Auth,
         RefusalCause::StaleNonce,
         RefusalCause::Policy,
         RefusalCause::Quota,
         RefusalCause::Capacity,
+        RefusalCause::AllocationCaps,
         RefusalCause::AmplificationRatio,
         RefusalCause::ResponseBudget,
         RefusalCause::Draining,
@@ -129,6 +133,7 @@ impl RefusalCause {
             RefusalCause::Policy => "policy",
             RefusalCause::Quota => "quota",
             RefusalCause::Capacity => "capacity",
+            RefusalCause::AllocationCaps => "allocation_caps",
             RefusalCause::AmplificationRatio => "amplification_ratio",
             RefusalCause::ResponseBudget => "response_budget",
             RefusalCause::Draining => "draining",
@@ -210,7 +215,7 @@ pub struct Counters {
     pub unauthenticated_responses: u64,
     requests: [u64; 5],
     indications: [u64; 2],
-    refused: [u64; 8],
+    refused: [u64; 9],
     allocations_created: [u64; 3],
     allocations_deleted: [u64; 4],
     /// Responses sent by method and error code (0 for success). Bounded:

@@ -398,7 +398,7 @@ impl Server {
                 "CreatePermission from {} over the cap of {cap}",
                 from.client
             );
-            self.counters.refuse(RefusalCause::Capacity);
+            self.counters.refuse(RefusalCause::AllocationCaps);
             return reply.refuse(Refusal::InsufficientCapacity);
         }
         for peer in peers {
@@ -468,7 +468,7 @@ impl Server {
             || allocation.permission_count() < self.config.permissions_per_allocation;
         if (cap != 0 && !refresh && allocation.channel_count() >= cap) || !permits {
             tracing::debug!("ChannelBind from {} over a cap", from.client);
-            self.counters.refuse(RefusalCause::Capacity);
+            self.counters.refuse(RefusalCause::AllocationCaps);
             return reply.refuse(Refusal::InsufficientCapacity);
         }
         allocation.bind(channel, peer, now.at, &mut self.pending);

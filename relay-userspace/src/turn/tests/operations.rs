@@ -165,7 +165,8 @@ fn quota_capacity_and_amplification_refusals_are_counted() {
     );
     let counters = harness.server.counters();
     assert_eq!(counters.refused(RefusalCause::Quota), 1);
-    assert_eq!(counters.refused(RefusalCause::Capacity), 2);
+    assert_eq!(counters.refused(RefusalCause::Capacity), 1);
+    assert_eq!(counters.refused(RefusalCause::AllocationCaps), 1);
     assert_eq!(counters.stats.quota_refusals, 2);
 
     let mut config = self::config();
