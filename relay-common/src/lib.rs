@@ -19,11 +19,21 @@ pub mod binding;
 pub mod checksum;
 pub mod seal;
 
-/// Name of the hash map of UDP ports the TURN server listens on.
-/// Key: [`ListenPortKey`], value: [`ListenPortValue`].
+/// Name of the array of UDP ports the TURN server listens on: a bitmap of
+/// all 65536 ports in [`LISTEN_PORT_WORDS`] words, which
+/// [`listen_port_bit`] addresses. An array lookup, unlike a hash lookup, is
+/// a few instructions the verifier inlines, and every UDP frame takes one.
 pub const MAP_LISTEN_PORTS: &str = "LISTEN_PORTS";
-/// Maximum number of TURN listen ports the kernel program knows about.
+/// Maximum number of TURN listen ports turnxd configures.
 pub const MAX_LISTEN_PORTS: u32 = 64;
+/// Words of the listen port bitmap.
+pub const LISTEN_PORT_WORDS: u32 = 65536 / 64;
+
+/// The word of the listen port bitmap that holds `port`, and its bit.
+#[inline(always)]
+pub const fn listen_port_bit(port: u16) -> (u32, u64) {
+    ((port / 64) as u32, 1 << (port % 64))
+}
 
 /// Name of the per-CPU array of packet counters, indexed by [`PacketClass`].
 pub const MAP_CLASS_COUNTERS: &str = "CLASS_COUNTERS";
@@ -33,18 +43,6 @@ pub const PROGRAM_NAME: &str = "turnx_xdp";
 /// Name of the tc (sched_cls) program in the object file: the engine for
 /// what XDP cannot deliver.
 pub const TC_PROGRAM_NAME: &str = "turnx_tc";
-
-/// A UDP destination port in network byte order, as it appears in the header.
-pub type ListenPortKey = [u8; 2];
-
-/// What the kernel knows about a listen port. Only presence matters for now;
-/// the struct leaves room for per-listener flags without changing the key.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ListenPortValue {
-    /// Reserved, zero.
-    pub flags: u32,
-}
 
 /// How the XDP program classified a frame. The discriminant is the index into
 /// the [`MAP_CLASS_COUNTERS`] array.
@@ -153,7 +151,7 @@ pub const EGRESS_PEER: u8 = 4;
 /// Version of the map layouts (keys, values, names). Pinned maps live in a
 /// directory named after it, so a daemon never reopens maps of another
 /// layout. Bump it with any change to the types above.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// An IP address in the maps: IPv6 as is, IPv4 as IPv4-mapped IPv6
 /// (`::ffff:a.b.c.d`), so one key layout serves both families.
@@ -305,7 +303,6 @@ pub const STUN_MAGIC_COOKIE: u32 = 0x2112_A442;
 mod pod {
     // SAFETY: plain `#[repr(C)]` data of integer fields, no padding, every bit
     // pattern valid.
-    unsafe impl aya::Pod for super::ListenPortValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counter {}
     // SAFETY: byte arrays only, no padding (sizes checked in the tests).
@@ -329,7 +326,6 @@ mod tests {
 
     #[test]
     fn map_values_have_no_padding() {
-        assert_eq!(size_of::<ListenPortValue>(), 4);
         assert_eq!(size_of::<Counter>(), 16);
         // Byte arrays only: the size is the sum of the fields.
         assert_eq!(size_of::<ChannelKey>(), 16 + 16 + 2 + 2 + 2 + 2);
@@ -339,6 +335,18 @@ mod tests {
         assert_eq!(size_of::<PeerTarget>(), target);
         assert_eq!(size_of::<BindingCounters>(), 32);
         assert_eq!(size_of::<bandwidth::Bucket>(), 24);
+    }
+
+    #[test]
+    fn every_port_has_one_bit_of_its_own() {
+        let mut seen = [0u64; LISTEN_PORT_WORDS as usize];
+        for port in 0..=u16::MAX {
+            let (word, bit) = listen_port_bit(port);
+            assert_eq!(bit.count_ones(), 1);
+            assert_eq!(seen[word as usize] & bit, 0, "port {port}");
+            seen[word as usize] |= bit;
+        }
+        assert!(seen.iter().all(|word| *word == u64::MAX));
     }
 
     #[test]

@@ -7,16 +7,17 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use relay_common::{
-    BindingCounters, ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue,
-    MAX_BINDINGS, MAX_EGRESS_INTERFACES, MAX_LISTEN_PORTS, PacketClass, PeerKey, PeerTarget,
+    BindingCounters, ChannelKey, ChannelTarget, Counter, LISTEN_PORT_WORDS, MAX_BINDINGS,
+    MAX_EGRESS_INTERFACES, PacketClass, PeerKey, PeerTarget,
     bandwidth::{BUCKETS_PER_BINDING, Bucket, NO_BUCKET},
+    listen_port_bit,
     seal::Sealed,
 };
 
-/// UDP ports the TURN server listens on (`relay_common::MAP_LISTEN_PORTS`).
+/// UDP ports the TURN server listens on, a bitmap
+/// (`relay_common::MAP_LISTEN_PORTS`).
 #[map]
-static LISTEN_PORTS: HashMap<ListenPortKey, ListenPortValue> =
-    HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
+static LISTEN_PORTS: Array<u64> = Array::with_max_entries(LISTEN_PORT_WORDS, 0);
 
 /// Per-CPU packet counters by class (`relay_common::MAP_CLASS_COUNTERS`).
 #[map]
@@ -147,12 +148,17 @@ static BUCKETS: Array<Bucket> = Array::with_max_entries(MAX_BINDINGS * BUCKETS_P
 /// one bucket at the same moment may each miss the other's charge, which
 /// admits a datagram more. One flow arrives on one receive queue, so that
 /// is rare. A function of its own, for its copies take stack room that the
-/// relaying functions do not have.
-#[inline(never)]
+/// relaying functions do not have; the test for no limit at all stays
+/// inline, so that a relay without limits makes no call for it.
+#[inline(always)]
 pub fn within_limits(bucket: u32, user_bucket: u32, bytes: usize) -> bool {
-    if bucket == NO_BUCKET && user_bucket == NO_BUCKET {
-        return true;
-    }
+    (bucket == NO_BUCKET && user_bucket == NO_BUCKET) || charge(bucket, user_bucket, bytes) != 0
+}
+
+/// [`within_limits`] for a binding with a bucket: 1 if admitted and
+/// charged, 0 if not (an integer result: see `forward::NOT_HANDLED`).
+#[inline(never)]
+fn charge(bucket: u32, user_bucket: u32, bytes: usize) -> u32 {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let (own, user) = (bucket_ptr(bucket), bucket_ptr(user_bucket));
@@ -173,7 +179,7 @@ pub fn within_limits(bucket: u32, user_bucket: u32, bytes: usize) -> bool {
             }
         }
     }
-    admitted
+    u32::from(admitted)
 }
 
 /// The bucket at `index`, if it is one ([`NO_BUCKET`] and an index past
@@ -186,10 +192,12 @@ fn bucket_ptr(index: u32) -> Option<*mut Bucket> {
     BUCKETS.get_ptr_mut(index)
 }
 
-/// Whether UDP to `port` (network order) is TURN traffic.
+/// Whether UDP to `port` (network order, as in the header) is TURN
+/// traffic.
 #[inline(always)]
-pub fn is_listen_port(port: ListenPortKey) -> bool {
-    LISTEN_PORTS.get_ptr(port).is_some()
+pub fn is_listen_port(port: [u8; 2]) -> bool {
+    let (word, bit) = listen_port_bit(u16::from_be_bytes(port));
+    LISTEN_PORTS.get(word).is_some_and(|word| word & bit != 0)
 }
 
 /// Counts one frame of `len` bytes in `class` on this CPU.

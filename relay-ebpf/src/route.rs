@@ -15,7 +15,10 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::{TcContext, XdpContext},
 };
-use core::mem::{size_of, zeroed};
+use core::{
+    mem::{MaybeUninit, size_of},
+    ptr::addr_of_mut,
+};
 use relay_common::{EGRESS_PEER, EGRESS_REDIRECT, EGRESS_TX, IPPROTO_UDP, MapIp};
 
 use crate::maps;
@@ -82,15 +85,18 @@ pub struct Flow<'a> {
 /// userspace.
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, flow: &Flow) -> Option<NextHop> {
-    let mut hop = NextHop::STACK;
     if ROUTE_IN_STACK.load() != 0 {
-        return Some(hop);
+        return Some(NextHop::STACK);
     }
     // SAFETY: reading a field of the context the kernel passed in.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    // Not zeroed first (a `memset` call): `lookup` writes every field.
+    let mut hop = MaybeUninit::uninit();
     if lookup(ctx.ctx.cast(), ingress, flow, &mut hop) != 0 {
         return None;
     }
+    // SAFETY: `lookup` wrote it, as it does when it returns 0.
+    let hop = unsafe { hop.assume_init() };
     let how = if hop.ifindex == ingress {
         EGRESS_TX
     } else {
@@ -106,43 +112,86 @@ pub fn next_hop(ctx: &XdpContext, flow: &Flow) -> Option<NextHop> {
 /// frame straight into the pod ([`NextHop::to_peer_ingress`]).
 #[inline(always)]
 pub fn tc_next_hop(ctx: &TcContext, flow: &Flow) -> Option<NextHop> {
-    let mut hop = NextHop::STACK;
     if ROUTE_IN_STACK.load() != 0 {
-        return Some(hop);
+        return Some(NextHop::STACK);
     }
     // SAFETY: reading a field of the context the kernel passed in.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let mut hop = MaybeUninit::uninit();
     if lookup(ctx.skb.skb.cast(), ingress, flow, &mut hop) != 0 {
         return None;
     }
+    // SAFETY: `lookup` wrote it, as it does when it returns 0.
+    let mut hop = unsafe { hop.assume_init() };
     hop.to_peer_ingress = maps::egress_allows(hop.ifindex, EGRESS_PEER);
     Some(hop)
 }
 
-/// Fills `hop` and returns 0 on success. `ctx` is the program's context
+/// The helper's parameter block, aligned for word stores.
+#[repr(C, align(8))]
+struct FibBlock(MaybeUninit<bpf_fib_lookup>);
+
+const _: () = assert!(size_of::<bpf_fib_lookup>().is_multiple_of(size_of::<u64>()));
+
+/// Writes all of `hop` and returns 0 on success. `ctx` is the program's context
 /// (XDP or skb), `ingress` the interface the packet arrived on. Not
 /// inlined: its 64-byte parameter block gets a stack frame of its own.
 #[inline(never)]
-fn lookup(ctx: *mut aya_ebpf::cty::c_void, ingress: u32, flow: &Flow, hop: &mut NextHop) -> u32 {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid input before the fields
-    // below are set.
-    let mut params: bpf_fib_lookup = unsafe { zeroed() };
-    params.l4_protocol = IPPROTO_UDP;
-    params.sport = u16::from_ne_bytes(flow.src_port);
-    params.dport = u16::from_ne_bytes(flow.dst_port);
-    params.__bindgen_anon_1.tot_len = flow.ip_len;
-    params.ifindex = ingress;
-    if flow.ipv4 {
-        params.family = AF_INET;
-        let (s, d) = (flow.src, flow.dst);
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([s[12], s[13], s[14], s[15]]);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([d[12], d[13], d[14], d[15]]);
-    } else {
-        params.family = AF_INET6;
-        // SAFETY: plain byte copies into the 16-byte address arrays.
-        unsafe {
-            params.__bindgen_anon_3.ipv6_src = core::mem::transmute::<MapIp, [u32; 4]>(*flow.src);
-            params.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<MapIp, [u32; 4]>(*flow.dst);
+fn lookup(
+    ctx: *mut aya_ebpf::cty::c_void,
+    ingress: u32,
+    flow: &Flow,
+    hop: &mut MaybeUninit<NextHop>,
+) -> u32 {
+    let mut block = FibBlock(MaybeUninit::uninit());
+    let params = block.0.as_mut_ptr();
+    // Zeroed a word at a time and then filled, all with volatile stores:
+    // `zeroed()` becomes a call to `memset`, a loop of 64 byte stores, on
+    // every relayed frame, and volatile stores are neither merged back
+    // into it nor reordered among themselves (the fields land after the
+    // zeros).
+    let words = params.cast::<u64>();
+    // SAFETY: every store is within the block, which FibBlock aligns to 8;
+    // the field pointers come from `addr_of_mut!` on it.
+    unsafe {
+        for word in 0..size_of::<bpf_fib_lookup>() / size_of::<u64>() {
+            words.add(word).write_volatile(0);
+        }
+        addr_of_mut!((*params).l4_protocol).write_volatile(IPPROTO_UDP);
+        addr_of_mut!((*params).sport).write_volatile(u16::from_ne_bytes(flow.src_port));
+        addr_of_mut!((*params).dport).write_volatile(u16::from_ne_bytes(flow.dst_port));
+        addr_of_mut!((*params).__bindgen_anon_1.tot_len).write_volatile(flow.ip_len);
+        addr_of_mut!((*params).ifindex).write_volatile(ingress);
+        if flow.ipv4 {
+            let (s, d) = (flow.src, flow.dst);
+            addr_of_mut!((*params).family).write_volatile(AF_INET);
+            addr_of_mut!((*params).__bindgen_anon_3.ipv4_src)
+                .write_volatile(u32::from_ne_bytes([s[12], s[13], s[14], s[15]]));
+            addr_of_mut!((*params).__bindgen_anon_4.ipv4_dst)
+                .write_volatile(u32::from_ne_bytes([d[12], d[13], d[14], d[15]]));
+        } else {
+            addr_of_mut!((*params).family).write_volatile(AF_INET6);
+            // Word by word from the bytes: a whole-array copy would pass
+            // through a stack temporary, and this frame's stack counts
+            // towards the 512 bytes of the calls it is nested in.
+            let src = addr_of_mut!((*params).__bindgen_anon_3.ipv6_src).cast::<u32>();
+            let dst = addr_of_mut!((*params).__bindgen_anon_4.ipv6_dst).cast::<u32>();
+            for word in 0..4 {
+                let at = word * 4;
+                let (s, d) = (flow.src, flow.dst);
+                src.add(word).write_volatile(u32::from_ne_bytes([
+                    s[at],
+                    s[at + 1],
+                    s[at + 2],
+                    s[at + 3],
+                ]));
+                dst.add(word).write_volatile(u32::from_ne_bytes([
+                    d[at],
+                    d[at + 1],
+                    d[at + 2],
+                    d[at + 3],
+                ]));
+            }
         }
     }
     // An ingress lookup, as for a forwarded packet: it needs IP forwarding
@@ -150,12 +199,17 @@ fn lookup(ctx: *mut aya_ebpf::cty::c_void, ingress: u32, flow: &Flow, hop: &mut 
     // lookup would take the ingress index as the required output
     // interface.)
     // SAFETY: the helper reads and writes `params`, whose size we pass.
-    let result = unsafe { fib_lookup(ctx, &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
+    let result = unsafe { fib_lookup(ctx, params, size_of::<bpf_fib_lookup>() as i32, 0) };
     if result != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return 1;
     }
-    hop.ifindex = params.ifindex;
-    hop.src_mac = params.smac;
-    hop.dst_mac = params.dmac;
+    // SAFETY: every byte was written above, and the helper wrote the rest.
+    let params = unsafe { block.0.assume_init_ref() };
+    hop.write(NextHop {
+        ifindex: params.ifindex,
+        src_mac: params.smac,
+        dst_mac: params.dmac,
+        to_peer_ingress: false,
+    });
     0
 }

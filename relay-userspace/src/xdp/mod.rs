@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, MapInfo, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
         tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
@@ -22,9 +22,9 @@ use aya::{
     },
 };
 use relay_common::{
-    BindingCounters, ChannelKey, ChannelTarget, Counter, ListenPortKey, ListenPortValue,
-    MAP_BINDING_COUNTERS, MAP_CHANNELS, MAP_CLASS_COUNTERS, MAP_EGRESS, MAP_LISTEN_PORTS,
-    MAP_PEERS, MAX_LISTEN_PORTS, PROGRAM_NAME, PeerKey, PeerTarget, TC_PROGRAM_NAME,
+    BindingCounters, ChannelKey, ChannelTarget, Counter, LISTEN_PORT_WORDS, MAP_BINDING_COUNTERS,
+    MAP_CHANNELS, MAP_CLASS_COUNTERS, MAP_EGRESS, MAP_LISTEN_PORTS, MAP_PEERS, MAX_LISTEN_PORTS,
+    PROGRAM_NAME, PeerKey, PeerTarget, TC_PROGRAM_NAME, listen_port_bit,
 };
 use thiserror::Error;
 
@@ -370,21 +370,35 @@ impl XdpRelay {
     }
 
     /// Replaces the set of UDP ports the program treats as TURN traffic.
+    /// The new ports are set before the old ones are cleared, so a port in
+    /// both sets never drops out.
     pub fn set_listen_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
         if ports.len() > MAX_LISTEN_PORTS as usize {
             return Err(XdpError::TooManyPorts(ports.len()));
         }
-        let mut map = self.hash_map::<ListenPortKey, ListenPortValue>(MAP_LISTEN_PORTS)?;
-        let stale: Vec<ListenPortKey> = map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| !ports.contains(&u16::from_be_bytes(*key)))
-            .collect();
-        for key in stale {
-            map.remove(&key)?;
-        }
+        let mut wanted = vec![0u64; LISTEN_PORT_WORDS as usize];
         for port in ports {
-            map.insert(port.to_be_bytes(), ListenPortValue::default(), 0)?;
+            let (word, bit) = listen_port_bit(*port);
+            wanted[word as usize] |= bit;
+        }
+        let map = self
+            .ebpf
+            .map_mut(MAP_LISTEN_PORTS)
+            .ok_or_else(|| XdpError::Mismatch(format!("map {MAP_LISTEN_PORTS}")))?;
+        let mut map: Array<_, u64> = Array::try_from(map)?;
+        let mut now = Vec::with_capacity(wanted.len());
+        for word in 0..LISTEN_PORT_WORDS {
+            now.push(map.get(&word, 0)?);
+        }
+        for (word, (now, wanted)) in (0..).zip(now.iter().zip(&wanted)) {
+            if now | wanted != *now {
+                map.set(word, now | wanted, 0)?;
+            }
+        }
+        for (word, (now, wanted)) in (0..).zip(now.iter().zip(&wanted)) {
+            if now | wanted != *wanted {
+                map.set(word, *wanted, 0)?;
+            }
         }
         Ok(())
     }
