@@ -14,6 +14,7 @@ mod cpu;
 mod flows;
 mod latency;
 mod plots;
+mod prog_stats;
 mod programs;
 mod relays;
 mod report;
@@ -264,12 +265,20 @@ fn measure_relay(
                     );
                     samples.push(sample);
                 }
+                let program_ns = if relay.relays_in_bpf() {
+                    Some(program_ns_per_packet(
+                        programs, topology, &traffic, direction, duration,
+                    )?)
+                } else {
+                    None
+                };
                 let row = ThroughputRow {
                     relay,
                     direction,
                     size,
                     bindings: count,
                     samples,
+                    program_ns,
                 };
                 println!("{}", row.summary());
                 report.throughput.push(row);
@@ -285,6 +294,34 @@ fn measure_relay(
         programs.pod_end_engineered(topology)?;
     }
     Ok(())
+}
+
+/// The relay's BPF programs' mean run time (`run_time_ns / run_cnt`), in
+/// place: one more run at full offered load with the kernel's run-time
+/// statistics on. Frames the egress then drops ran too, so the runs
+/// outnumber the packets relayed at full load.
+fn program_ns_per_packet(
+    programs: &mut BenchPrograms,
+    topology: &Topology,
+    traffic: &flows::Traffic,
+    direction: Direction,
+    duration: Duration,
+) -> Result<f64> {
+    let interfaces = [
+        topology.relay_client_if.name.as_str(),
+        topology.relay_pod_if.name.as_str(),
+    ];
+    let ids = prog_stats::attached(&topology.relay, &interfaces)?;
+    let _enabled = prog_stats::Enabled::new()?;
+    let before = prog_stats::read(&ids);
+    let sample = throughput::run(programs, topology, traffic, direction, duration, None)?;
+    let spent = prog_stats::read(&ids).since(&before);
+    let per_run = spent.run_ns as f64 / spent.runs.max(1) as f64;
+    println!(
+        "  BPF in place: {} runs for {} relayed, {per_run:.0} ns per run",
+        spent.runs, sample.received
+    );
+    Ok(per_run)
 }
 
 fn measure_latency(

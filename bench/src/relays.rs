@@ -62,6 +62,15 @@ pub enum Relay {
 }
 
 impl Relay {
+    /// Whether BPF programs on the relay's interfaces relay the packets
+    /// (and their own cost can be measured in place).
+    pub fn relays_in_bpf(self) -> bool {
+        matches!(
+            self,
+            Relay::XdpOffload | Relay::TcOffload | Relay::NodeTurnx | Relay::XdpRedirect
+        )
+    }
+
     /// Every configuration, in table order.
     pub const ALL: [Relay; 8] = [
         Relay::XdpOffload,
