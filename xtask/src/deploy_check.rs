@@ -51,42 +51,6 @@ pub struct Options {
 /// with `securityContext.appArmorProfile`.
 pub const KUBERNETES_VERSION: &str = "1.31";
 
-/// The metric families turnxd exports (without `_bucket`-style suffixes;
-/// there are no histograms). This list must match relay-userspace's
-/// metrics module (relay-userspace/src/metrics.rs) and the issue's spec;
-/// the check also looks each used name up in that module's source.
-pub const METRIC_FAMILIES: &[&str] = &[
-    "turnx_build_info",
-    "turnx_start_time_seconds",
-    "turnx_ready",
-    "turnx_draining",
-    "turnx_allocations",
-    "turnx_allocations_created_total",
-    "turnx_allocations_deleted_total",
-    "turnx_packets_total",
-    "turnx_bytes_total",
-    "turnx_dropped_packets_total",
-    "turnx_stun_requests_total",
-    "turnx_stun_responses_total",
-    "turnx_stun_indications_total",
-    "turnx_unauthenticated_requests_total",
-    "turnx_unauthenticated_responses_total",
-    "turnx_refused_total",
-    "turnx_kernel_bindings",
-    "turnx_kernel_binding_capacity",
-    "turnx_kernel_bindings_installed_total",
-    "turnx_kernel_bindings_removed_total",
-    "turnx_kernel_bindings_refused_total",
-    "turnx_kernel_packets_total",
-    "turnx_kernel_errors_total",
-    "turnx_driver_xdp_errors_total",
-    "turnx_user_allocations",
-    "turnx_config_reloads_total",
-    "turnx_config_last_reload_success",
-    "turnx_tls_certificate_expiry_timestamp_seconds",
-    "turnx_admission_refused_total",
-];
-
 /// Where the module that exports the metrics lives.
 const METRICS_MODULE: &str = "relay-userspace/src/metrics.rs";
 
@@ -341,25 +305,37 @@ fn turnx_names(text: &str) -> Vec<&str> {
     names
 }
 
+/// The families listed in `FAMILIES` of the metrics module's source, the
+/// one list of what turnxd exports (its unit tests hold the list to what
+/// it renders).
+fn exported_families(module: &str) -> Option<Vec<&str>> {
+    let start = module.find("pub const FAMILIES")?;
+    let list = &module[start..];
+    let list = &list[list.find('[')?..list.find("];")?];
+    // The first bracket opens the type, `[&str; N]`; the names follow `=`.
+    let names = &list[list.find('=')?..];
+    Some(names.split('"').skip(1).step_by(2).collect::<Vec<_>>())
+}
+
 fn metric_names(root: &Path, problems: &mut Vec<String>) -> Result<()> {
-    let exported = fs::read_to_string(root.join(METRICS_MODULE)).ok();
+    let module = read(root, METRICS_MODULE)?;
+    let Some(families) = exported_families(&module) else {
+        problems.push(format!(
+            "{METRICS_MODULE}: no `pub const FAMILIES` list of metric names found; \
+             deploy-check reads the exported families from it"
+        ));
+        return Ok(());
+    };
     for path in [ALERTS, ALERTS_TEST, DASHBOARD] {
         let text = read(root, path)?;
         let mut seen: Vec<&str> = turnx_names(&text);
         seen.sort_unstable();
         seen.dedup();
         for name in seen {
-            if !METRIC_FAMILIES.contains(&name) {
+            if !families.contains(&name) {
                 problems.push(format!(
-                    "{path}: {name} is not a turnx metric family (see METRIC_FAMILIES in \
-                     xtask/src/deploy_check.rs, which follows {METRICS_MODULE})"
-                ));
-            } else if let Some(module) = &exported
-                && !module.contains(&format!("\"{name}\""))
-            {
-                problems.push(format!(
-                    "{path}: {name} is not exported by {METRICS_MODULE}; use an exported \
-                     family, or export it there"
+                    "{path}: {name} is not a family turnxd exports (FAMILIES in \
+                     {METRICS_MODULE}); use an exported family, or export it there"
                 ));
             }
         }
@@ -674,6 +650,20 @@ mod tests {
         let expr =
             r#"sum(rate(turnx_packets_total{path="kernel"}[5m])) / x_turnx_no + turnx_ready"#;
         assert_eq!(turnx_names(expr), ["turnx_packets_total", "turnx_ready"]);
+    }
+
+    #[test]
+    fn the_exported_families_are_read_from_the_metrics_module() {
+        let module = include_str!("../../relay-userspace/src/metrics.rs");
+        let families = exported_families(module).unwrap();
+        assert!(families.contains(&"turnx_packets_total"), "{families:?}");
+        assert!(families.iter().all(|name| name.starts_with("turnx_")));
+        let declared = module
+            .split("pub const FAMILIES: [&str; ")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .and_then(|count| count.parse::<usize>().ok());
+        assert_eq!(Some(families.len()), declared);
     }
 
     #[test]
