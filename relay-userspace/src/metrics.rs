@@ -136,7 +136,7 @@ fn render_allocations(out: &mut Exposition, snapshot: &Snapshot) {
         "Live allocations, by client transport.",
     );
     for (transport, count) in snapshot.by_transport {
-        family.sample(&[("transport", transport_label(transport))], count as u64);
+        family.sample(&[("transport", transport.label())], count as u64);
     }
     let mut family = out.counter(
         "turnx_allocations_created_total",
@@ -144,7 +144,7 @@ fn render_allocations(out: &mut Exposition, snapshot: &Snapshot) {
     );
     for transport in Transport::ALL {
         family.sample(
-            &[("transport", transport_label(transport))],
+            &[("transport", transport.label())],
             core.allocations_created(transport),
         );
     }
@@ -367,14 +367,6 @@ fn render_kernel(out: &mut Exposition, snapshot: &Snapshot) {
         for (interface, counter, value) in &snapshot.driver_errors {
             family.sample(&[("interface", interface), ("counter", counter)], *value);
         }
-    }
-}
-
-fn transport_label(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
     }
 }
 

@@ -26,30 +26,7 @@ pub struct PageServer {
 
 impl PageServer {
     pub fn start(ns: &Netns, page: &'static str) -> PageServer {
-        let listener =
-            ns.run(|| TcpListener::bind("127.0.0.1:0").expect("binding the page server"));
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (sender, results) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        if let Some(body) = answer(stream, page) {
-                            let _ = sender.send(body);
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        PageServer {
-            port,
-            results,
-            stop,
-        }
+        PageServer::serve(ns, page, None)
     }
 
     /// The next POSTed body, waiting at most `limit`.
@@ -180,6 +157,16 @@ impl PageServer {
         prefix: &'static str,
         upstream: std::net::SocketAddr,
     ) -> PageServer {
+        PageServer::serve(ns, page, Some((prefix, upstream)))
+    }
+
+    /// Serves `page` on a port of its own in `ns`, and passes requests
+    /// under `proxy`'s prefix on to its upstream.
+    fn serve(
+        ns: &Netns,
+        page: &'static str,
+        proxy: Option<(&'static str, std::net::SocketAddr)>,
+    ) -> PageServer {
         let listener =
             ns.run(|| TcpListener::bind("127.0.0.1:0").expect("binding the page server"));
         listener.set_nonblocking(true).unwrap();
@@ -189,26 +176,32 @@ impl PageServer {
         let stopped = Arc::clone(&stop);
         let namespace = format!("/var/run/netns/{}", ns.name);
         std::thread::spawn(move || {
-            // Connections to `upstream` must start in the namespace.
-            let Ok(file) = std::fs::File::open(&namespace) else {
-                return;
-            };
-            // SAFETY: setns on a namespace fd we hold open; only this
-            // thread changes namespace.
-            let entered =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            if entered != 0 {
-                return;
+            // Connections to the upstream must start in the namespace.
+            if proxy.is_some() {
+                let Ok(file) = std::fs::File::open(&namespace) else {
+                    return;
+                };
+                // SAFETY: setns on a namespace fd we hold open; only this
+                // thread changes namespace.
+                let entered = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                };
+                if entered != 0 {
+                    return;
+                }
             }
             while !stopped.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((stream, _)) => {
-                        if proxied(&stream, prefix) {
-                            proxy(stream, upstream);
-                        } else if let Some(body) = answer(stream, page) {
-                            let _ = sender.send(body);
+                    Ok((stream, _)) => match proxy {
+                        Some((prefix, upstream)) if proxied(&stream, prefix) => {
+                            proxy_to(stream, upstream)
                         }
-                    }
+                        _ => {
+                            if let Some(body) = answer(stream, page) {
+                                let _ = sender.send(body);
+                            }
+                        }
+                    },
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
@@ -248,7 +241,7 @@ fn proxied(stream: &TcpStream, prefix: &str) -> bool {
 }
 
 /// Passes the request on `stream` to `upstream` and its answer back.
-fn proxy(stream: TcpStream, upstream: std::net::SocketAddr) {
+fn proxy_to(stream: TcpStream, upstream: std::net::SocketAddr) {
     let mut reader = BufReader::new(stream);
     let mut request_line = String::new();
     if reader.read_line(&mut request_line).is_err() {

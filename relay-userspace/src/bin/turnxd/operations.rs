@@ -21,7 +21,6 @@ use turnx::{
     metrics::{self, ReloadCounts, Snapshot},
     offload::KernelRelayed,
     shell::TurnServer,
-    turn::Transport,
     xdp::XdpRelay,
 };
 
@@ -211,7 +210,7 @@ impl AdminSource for DaemonState {
             .turn
             .allocations_by_transport()
             .into_iter()
-            .map(|(transport, count)| (transport_name(transport).to_owned(), json!(count)))
+            .map(|(transport, count)| (transport.label().to_owned(), json!(count)))
             .collect();
         // Before the XDP lock: the offload takes it to read the bindings'
         // counters (the lock order is core, offload, XDP).
@@ -292,7 +291,7 @@ impl AdminSource for DaemonState {
                         .collect();
                     json!({
                         "username": view.username,
-                        "transport": transport_name(view.client.transport),
+                        "transport": view.client.transport.label(),
                         "client": view.client.client,
                         "server": view.client.server,
                         "relayed": view.relayed,
@@ -410,21 +409,11 @@ fn relayed_json(relayed: &KernelRelayed) -> Value {
     })
 }
 
-fn transport_name(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
-    }
-}
-
-fn engine_name(config: &Config) -> &'static str {
-    match config.offload.engine {
-        turnx::config::Engine::Auto => "auto",
-        turnx::config::Engine::Xdp => "xdp",
-        turnx::config::Engine::Tc => "tc",
-        turnx::config::Engine::Off => "off",
-    }
+/// The engine's name as the configuration spells it.
+fn engine_name(config: &Config) -> Option<String> {
+    use clap::ValueEnum as _;
+    let value = config.offload.engine.to_possible_value()?;
+    Some(value.get_name().to_owned())
 }
 
 fn unix_now() -> u64 {
