@@ -17,6 +17,7 @@ pub mod bandwidth;
 pub mod bench;
 pub mod binding;
 pub mod checksum;
+pub mod next_hop;
 pub mod seal;
 
 /// Name of the array of UDP ports the TURN server listens on: a bitmap of

@@ -30,13 +30,10 @@ const _: () = {
 /// The seal of a key's words and a value's words before its seal.
 #[inline(always)]
 fn seal(key: &[u64; KEY_WORDS], value: &[u64; VALUE_WORDS]) -> u64 {
-    // Multiply-rotate mixing (as in FxHash and its kin): cheap in BPF, and
-    // every input bit reaches the result. Indexed loops over references:
-    // the compiler unrolls them into what the verifier takes (an iterator
-    // chain became a pointer loop it refuses), and the words stay where
-    // they are, off the small BPF stack.
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mix = |hash: u64, word: u64| (hash ^ word).wrapping_mul(K).rotate_left(29);
+    // Indexed loops over references: the compiler unrolls them into what
+    // the verifier takes (an iterator chain became a pointer loop it
+    // refuses), and the words stay where they are, off the small BPF
+    // stack.
     let mut hash = 0u64;
     #[allow(clippy::needless_range_loop)]
     for i in 0..KEY_WORDS {
@@ -47,6 +44,14 @@ fn seal(key: &[u64; KEY_WORDS], value: &[u64; VALUE_WORDS]) -> u64 {
         hash = mix(hash, value[i]);
     }
     hash ^ (hash >> 32)
+}
+
+/// One step of the seals' multiply-rotate mixing (as in FxHash and its
+/// kin): cheap in BPF, and every input bit reaches the result.
+#[inline(always)]
+pub(crate) fn mix(hash: u64, word: u64) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    (hash ^ word).wrapping_mul(K).rotate_left(29)
 }
 
 /// The words of a plain-data map type of `N` words.

@@ -9,6 +9,7 @@ use relay_common::{
     ChannelKey, ChannelTarget, MapIp, PeerKey, PeerTarget,
     binding::{is_v4_mapped, mapped_v4},
     checksum::{self, Sum},
+    next_hop::cache_index,
 };
 
 use crate::{
@@ -221,6 +222,8 @@ impl ToPeer {
             src_port: self.target.relayed_port,
             dst_port: self.target.peer_port,
             ip_len: (H::LEN + size_of::<UdpHdr>() + self.data_len) as u16,
+            cache: cache_index(self.target.slot, false),
+            binding: self.target.seal,
         }
     }
 }
@@ -287,6 +290,8 @@ impl ToClient {
             src_port: self.target.server_port,
             dst_port: self.target.client_port,
             ip_len: (H::LEN + size_of::<UdpHdr>() + CHANNEL_HEADER + payload_len) as u16,
+            cache: cache_index(self.target.slot, true),
+            binding: self.target.seal,
         }
     }
 }

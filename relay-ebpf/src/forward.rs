@@ -147,8 +147,7 @@ fn to_peer_via<H: IpHeader>(ctx: &XdpContext, udp: &Udp) -> Option<u32> {
 #[inline(always)]
 fn set_macs(ctx: &XdpContext, hop: &route::NextHop) -> Option<()> {
     if hop.ifindex != 0 {
-        write(ctx, 0, hop.dst_mac).ok()?;
-        write(ctx, 6, hop.src_mac).ok()?;
+        write(ctx, 0, hop.macs).ok()?;
     }
     Some(())
 }

@@ -11,6 +11,7 @@ use relay_common::{
     MAX_EGRESS_INTERFACES, PacketClass, PeerKey, PeerTarget,
     bandwidth::{BUCKETS_PER_BINDING, Bucket, NO_BUCKET},
     listen_port_bit,
+    next_hop::HOP_WORDS,
     seal::Sealed,
 };
 
@@ -49,14 +50,59 @@ pub fn scratch() -> Option<*mut [u8; SCRATCH_LEN]> {
     SCRATCH.get_ptr_mut(0)
 }
 
-/// Whether a relayed frame may leave by `ifindex` as `how` (one of the
-/// `relay_common::EGRESS_*` bits).
+/// The egress interface's bits, 0 for an interface not in the map. By
+/// reference: the key is read where it is, in the caller's frame.
 #[inline(always)]
-pub fn egress_allows(ifindex: u32, how: u8) -> bool {
+pub fn egress_bits(ifindex: &u32) -> u8 {
     // SAFETY: a hash map value stays valid for the rest of this program run.
-    EGRESS
-        .get_ptr(ifindex)
-        .is_some_and(|bits| unsafe { *bits } & how != 0)
+    EGRESS.get_ptr(ifindex).map_or(0, |bits| unsafe { *bits })
+}
+
+/// Each binding's next hop in each direction
+/// (`relay_common::next_hop::MAP_NEXT_HOPS`), shared by all CPUs.
+#[map]
+static NEXT_HOPS: Array<[u64; HOP_WORDS]> = Array::with_max_entries(MAX_BINDINGS * 2, 0);
+
+/// Which routing the cached next hops must be of
+/// (`relay_common::next_hop::MAP_ROUTE_GENERATION`).
+#[map]
+static ROUTE_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The current route generation (see `relay_common::next_hop`).
+#[inline(always)]
+pub fn route_generation() -> Option<u64> {
+    ROUTE_GENERATION.get(0).copied()
+}
+
+/// The words of the cached next hop at `index`, each read once (another
+/// CPU may be writing them: the caller checks their seal).
+#[inline(always)]
+pub fn cached_hop(index: u32) -> Option<[u64; HOP_WORDS]> {
+    let entry = NEXT_HOPS.get_ptr(index)?.cast::<u64>();
+    // SAFETY: an array element of HOP_WORDS words, valid for the program's
+    // run; volatile, so that each word is read here, once.
+    Some(core::array::from_fn(|i| unsafe {
+        entry.add(i).read_volatile()
+    }))
+}
+
+/// The cached next hop at `index`, to write with [`store_hop`].
+#[inline(always)]
+pub fn hop_entry(index: u32) -> Option<*mut [u64; HOP_WORDS]> {
+    NEXT_HOPS.get_ptr_mut(index)
+}
+
+/// Stores a next hop in `entry`, its seal (the last word) last, so that a
+/// reader between the stores finds a seal that does not hold.
+#[inline(always)]
+pub fn store_hop(entry: *mut [u64; HOP_WORDS], words: &[u64; HOP_WORDS]) {
+    let entry = entry.cast::<u64>();
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..HOP_WORDS {
+        // SAFETY: an array element of HOP_WORDS words, valid for the
+        // program's run; volatile keeps the order.
+        unsafe { entry.add(i).write_volatile(words[i]) };
+    }
 }
 
 /// Per-binding traffic (`relay_common::MAP_BINDING_COUNTERS`).

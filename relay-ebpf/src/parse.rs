@@ -17,16 +17,19 @@ const MAX_VLAN_TAGS: usize = 2;
 /// traffic rarely carries more than one; the bound keeps the loop verifiable.
 const MAX_IPV6_EXT_HEADERS: usize = 4;
 
-/// Where a UDP datagram sits in the frame.
+/// Where a UDP datagram sits in the frame. The header comes first, at an
+/// aligned offset: its byte arrays are read as words, and the verifier
+/// refuses misaligned stack access.
+#[repr(C, align(8))]
 pub struct Udp {
+    /// The UDP header, copied out of the frame.
+    pub header: UdpHdr,
     /// Offset of the IP header.
     pub ip_offset: usize,
     /// Whether the IP header is IPv6.
     pub ipv6: bool,
     /// Offset of the UDP header.
     pub udp_offset: usize,
-    /// The UDP header, copied out of the frame.
-    pub header: UdpHdr,
     /// Offset of the first payload byte.
     pub payload_offset: usize,
     /// Payload length according to the UDP header, checked against the IP

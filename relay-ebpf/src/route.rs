@@ -8,6 +8,10 @@
 //! for the userspace relay, whose sending also resolves the neighbour.
 //! With stack routing (so that Cilium's policy, netfilter and the kernel's
 //! routing apply) the rewritten frame goes on to the stack instead.
+//!
+//! Each binding's result is cached (`relay_common::next_hop`): the lookup
+//! runs again only after routing may have changed, for a longer datagram,
+//! or for a frame from another interface.
 
 use aya_ebpf::{
     Global,
@@ -19,7 +23,9 @@ use core::{
     mem::{MaybeUninit, size_of},
     ptr::addr_of_mut,
 };
-use relay_common::{EGRESS_PEER, EGRESS_REDIRECT, EGRESS_TX, IPPROTO_UDP, MapIp};
+use relay_common::{
+    EGRESS_PEER, EGRESS_REDIRECT, EGRESS_TX, IPPROTO_UDP, MapIp, next_hop::CachedHop,
+};
 
 use crate::maps;
 
@@ -31,28 +37,38 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// How a rewritten frame leaves.
+///
+/// Laid out so that its fields sit at aligned offsets: the program is built
+/// with misaligned access allowed (header fields are byte arrays, which
+/// become word accesses), and the verifier refuses misaligned stack
+/// access.
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct NextHop {
+    /// The Ethernet header's MAC addresses as they are to be written: the
+    /// next hop's, then the egress interface's (unused for the stack).
+    pub macs: [u8; 12],
     /// Egress interface; 0 for the stack.
     pub ifindex: u32,
-    /// MAC addresses to write (unused for the stack).
-    pub src_mac: [u8; 6],
-    /// The next hop's MAC address.
-    pub dst_mac: [u8; 6],
-    /// For the tc engine: the egress is a veth whose peer is in another
-    /// namespace, so the frame goes straight to the peer's ingress.
-    pub to_peer_ingress: bool,
+    /// Its `relay_common::EGRESS_*` bits: how frames may leave by it.
+    pub egress_bits: u8,
 }
 
 impl NextHop {
     /// The stack routes the rewritten frame (stack routing), or nothing
     /// has been looked up yet.
     const STACK: NextHop = NextHop {
+        macs: [0; 12],
         ifindex: 0,
-        src_mac: [0; 6],
-        dst_mac: [0; 6],
-        to_peer_ingress: false,
+        egress_bits: 0,
     };
+
+    /// For the tc engine: the egress is a veth whose peer is in another
+    /// namespace, so the frame goes straight to the peer's ingress.
+    #[inline(always)]
+    pub fn to_peer_ingress(self) -> bool {
+        self.egress_bits & EGRESS_PEER != 0
+    }
 
     /// The XDP action that sends the (rewritten) frame to this next hop.
     #[inline(always)]
@@ -79,6 +95,10 @@ pub struct Flow<'a> {
     pub dst_port: [u8; 2],
     /// IP total length (IPv4) or payload length plus header (IPv6).
     pub ip_len: u16,
+    /// The binding's entry in the next-hop cache.
+    pub cache: u32,
+    /// The binding's seal, which its cache entry must carry.
+    pub binding: u64,
 }
 
 /// The next hop of `flow`, or `None` when the frame should be left to
@@ -90,19 +110,13 @@ pub fn next_hop(ctx: &XdpContext, flow: &Flow) -> Option<NextHop> {
     }
     // SAFETY: reading a field of the context the kernel passed in.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    // Not zeroed first (a `memset` call): `lookup` writes every field.
-    let mut hop = MaybeUninit::uninit();
-    if lookup(ctx.ctx.cast(), ingress, flow, &mut hop) != 0 {
-        return None;
-    }
-    // SAFETY: `lookup` wrote it, as it does when it returns 0.
-    let hop = unsafe { hop.assume_init() };
+    let hop = find(ctx.ctx.cast(), ingress, flow)?;
     let how = if hop.ifindex == ingress {
         EGRESS_TX
     } else {
         EGRESS_REDIRECT
     };
-    maps::egress_allows(hop.ifindex, how).then_some(hop)
+    (hop.egress_bits & how != 0).then_some(hop)
 }
 
 /// The next hop of `flow` for the tc engine, or `None` when the frame
@@ -117,14 +131,70 @@ pub fn tc_next_hop(ctx: &TcContext, flow: &Flow) -> Option<NextHop> {
     }
     // SAFETY: reading a field of the context the kernel passed in.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    find(ctx.skb.skb.cast(), ingress, flow)
+}
+
+/// The next hop of `flow` from the cache, or else from a FIB lookup
+/// (whose result is cached); `None` if there is none.
+#[inline(always)]
+fn find(ctx: *mut aya_ebpf::cty::c_void, ingress: u32, flow: &Flow) -> Option<NextHop> {
+    // Read before the lookup: a change after this read makes the entry
+    // stale once the daemon counts it. Zero: the daemon does not follow
+    // routing, so nothing is cached.
+    let generation = maps::route_generation()?;
+    // Not zeroed first (a `memset` call): each writes every field.
     let mut hop = MaybeUninit::uninit();
-    if lookup(ctx.skb.skb.cast(), ingress, flow, &mut hop) != 0 {
-        return None;
+    if generation == 0 || cached(generation, ingress, flow, &mut hop) != 0 {
+        if lookup(ctx, ingress, flow, &mut hop) != 0 {
+            return None;
+        }
+        if generation != 0 {
+            // SAFETY: `lookup` wrote it, as it does when it returns 0.
+            remember(generation, ingress, flow, unsafe { hop.assume_init_ref() });
+        }
     }
-    // SAFETY: `lookup` wrote it, as it does when it returns 0.
-    let mut hop = unsafe { hop.assume_init() };
-    hop.to_peer_ingress = maps::egress_allows(hop.ifindex, EGRESS_PEER);
-    Some(hop)
+    // SAFETY: `cached` or `lookup` wrote it, as they do when they return 0.
+    Some(unsafe { hop.assume_init() })
+}
+
+/// Writes all of `hop` from the cache and returns 0, if the binding's entry
+/// serves this frame in `generation`; else 1. A function of its own (an
+/// integer result: see `forward::NOT_HANDLED`), so that the entry's words
+/// take no room in the relaying functions' frames.
+#[inline(never)]
+fn cached(generation: u64, ingress: u32, flow: &Flow, hop: &mut MaybeUninit<NextHop>) -> u32 {
+    let Some(words) = maps::cached_hop(flow.cache) else {
+        return 1;
+    };
+    match CachedHop::from_words(&words) {
+        Some(entry) if entry.serves(flow.binding, ingress, flow.ip_len, generation) => {
+            hop.write(NextHop {
+                macs: entry.macs,
+                ifindex: entry.ifindex,
+                egress_bits: entry.egress_bits,
+            });
+            0
+        }
+        _ => 1,
+    }
+}
+
+/// Caches `hop`, just looked up for `flow` in `generation`. A function of
+/// its own, for the same reason as [`cached`].
+#[inline(never)]
+fn remember(generation: u64, ingress: u32, flow: &Flow, hop: &NextHop) {
+    if let Some(entry) = maps::hop_entry(flow.cache) {
+        let cached = CachedHop {
+            macs: hop.macs,
+            ifindex: hop.ifindex,
+            ingress,
+            egress_bits: hop.egress_bits,
+            max_len: flow.ip_len,
+            binding: flow.binding,
+            generation,
+        };
+        maps::store_hop(entry, &cached.to_words());
+    }
 }
 
 /// The helper's parameter block, aligned for word stores.
@@ -133,9 +203,10 @@ struct FibBlock(MaybeUninit<bpf_fib_lookup>);
 
 const _: () = assert!(size_of::<bpf_fib_lookup>().is_multiple_of(size_of::<u64>()));
 
-/// Writes all of `hop` and returns 0 on success. `ctx` is the program's context
-/// (XDP or skb), `ingress` the interface the packet arrived on. Not
-/// inlined: its 64-byte parameter block gets a stack frame of its own.
+/// Looks `flow` up in the FIB, writes all of `hop` and returns 0 on
+/// success. `ctx` is the program's context (XDP or
+/// skb), `ingress` the interface the packet arrived on. Not inlined: its
+/// 64-byte parameter block gets a stack frame of its own.
 #[inline(never)]
 fn lookup(
     ctx: *mut aya_ebpf::cty::c_void,
@@ -205,11 +276,19 @@ fn lookup(
     }
     // SAFETY: every byte was written above, and the helper wrote the rest.
     let params = unsafe { block.0.assume_init_ref() };
-    hop.write(NextHop {
-        ifindex: params.ifindex,
-        src_mac: params.smac,
-        dst_mac: params.dmac,
-        to_peer_ingress: false,
-    });
+    let ifindex = params.ifindex;
+    // The key where it is, in the block: a copy would take another slot.
+    let egress_bits = maps::egress_bits(&params.ifindex);
+    let hop = hop.as_mut_ptr();
+    // SAFETY: field pointers into `hop`, which the caller owns; the MAC
+    // addresses go straight in, not through a stack temporary (this
+    // frame's stack counts towards the nested calls' 512 bytes).
+    unsafe {
+        let macs = addr_of_mut!((*hop).macs).cast::<u8>();
+        core::ptr::copy_nonoverlapping(params.dmac.as_ptr(), macs, 6);
+        core::ptr::copy_nonoverlapping(params.smac.as_ptr(), macs.add(6), 6);
+        addr_of_mut!((*hop).ifindex).write(ifindex);
+        addr_of_mut!((*hop).egress_bits).write(egress_bits);
+    }
     0
 }

@@ -259,8 +259,7 @@ fn send(
 ) -> Option<i32> {
     let skb = ctx.skb.skb;
     if hop.ifindex != 0 {
-        store(skb, 0, &hop.dst_mac)?;
-        store(skb, 6, &hop.src_mac)?;
+        store(skb, 0, &hop.macs)?;
     }
     maps::count_binding(slot, to_peer, data_len);
     let class = if to_peer {
@@ -276,7 +275,7 @@ fn send(
     // redirect is for tc ingress, where this program runs, and a veth whose
     // peer is in another namespace, which the EGRESS map says it is.
     Some(unsafe {
-        if hop.to_peer_ingress {
+        if hop.to_peer_ingress() {
             bpf_redirect_peer(hop.ifindex, 0)
         } else {
             bpf_redirect(hop.ifindex, 0)

@@ -471,6 +471,64 @@ fn relayed_frames_go_to_the_next_hop_or_stay_for_userspace() {
         &expected.build().bytes[12..],
         "the rest as in stack mode"
     );
+
+    // The next hop is cached now. A neighbour that changes its MAC address
+    // gets frames at the new one as soon as the relay has seen the change.
+    let seen = relay.xdp.route_generation();
+    relay.ns.ip(&[
+        "neigh",
+        "replace",
+        "198.19.0.2",
+        "lladdr",
+        "02:00:00:00:00:98",
+        "dev",
+        &out,
+        "nud",
+        "permanent",
+    ]);
+    wait_for_routing_change(&relay, seen);
+    let (action, output, class) = run(&relay, &input.bytes);
+    assert_eq!(
+        (action, class),
+        (XDP_REDIRECT, PacketClass::ForwardedToPeer)
+    );
+    assert_eq!(&output[..6], &[0x02, 0, 0, 0, 0, 0x98], "the new MAC");
+
+    // The MTU check holds for what the cache has not seen: a frame longer
+    // than the ones looked up so far, over the new MTU, stays for userspace.
+    let seen = relay.xdp.route_generation();
+    relay.ns.ip(&["link", "set", &out, "mtu", "600"]);
+    wait_for_routing_change(&relay, seen);
+    let (action, _, class) = run(&relay, &input.bytes);
+    assert_eq!(
+        (action, class),
+        (XDP_REDIRECT, PacketClass::ForwardedToPeer)
+    );
+    let long = client_frame(&binding, &channel_data(CHANNEL, &[7; 700], false)).build();
+    let (action, output, class) = run(&relay, &long.bytes);
+    assert_eq!((action, class), (XDP_PASS, PacketClass::ChannelData));
+    assert_eq!(output, long.bytes);
+
+    // Without the route the frame stays for userspace again.
+    let seen = relay.xdp.route_generation();
+    relay.ns.ip(&["addr", "del", "198.19.0.1/24", "dev", &out]);
+    wait_for_routing_change(&relay, seen);
+    let (action, output, class) = run(&relay, &input.bytes);
+    assert_eq!((action, class), (XDP_PASS, PacketClass::ChannelData));
+    assert_eq!(output, input.bytes);
+}
+
+/// Waits until the relay has counted a routing change after `seen`, as
+/// its rtnetlink thread does for every change (at most 5 s).
+fn wait_for_routing_change(relay: &Relay, seen: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while relay.xdp.route_generation() <= seen {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay did not see the routing change"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 #[test]

@@ -68,8 +68,18 @@ pub fn ebpf_command(
     ))
     .expect("PATH entries contain no separator");
     // -C debuginfo=2 and --btf: the object carries BTF, which aya needs for
-    // maps and which makes verifier messages readable.
-    let rustflags = ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
+    // maps and which makes verifier messages readable. Misaligned access
+    // allowed: header fields are byte arrays (packet headers sit at any
+    // offset), and without it every multi-byte field is read and written a
+    // byte at a time. The kernel takes misaligned packet and map access on
+    // the machines it runs on (x86-64, arm64), not misaligned stack access:
+    // the kernel crate keeps its stack structs aligned.
+    let rustflags = [
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+        "-Clink-arg=--cpu-features=+allows-misaligned-mem-access",
+    ]
+    .join("\x1f");
     let mut command = Command::new("rustup");
     command
         .args(["run", "nightly", "cargo"])

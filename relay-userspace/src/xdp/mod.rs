@@ -8,6 +8,7 @@ pub mod driver_stats;
 pub mod egress;
 pub mod kernel_log;
 pub mod netlink;
+pub mod route_watch;
 pub mod stack_routing;
 
 use std::time::Duration;
@@ -25,9 +26,11 @@ use relay_common::{
     BindingCounters, ChannelKey, ChannelTarget, Counter, LISTEN_PORT_WORDS, MAP_BINDING_COUNTERS,
     MAP_CHANNELS, MAP_CLASS_COUNTERS, MAP_EGRESS, MAP_LISTEN_PORTS, MAP_PEERS, MAX_LISTEN_PORTS,
     PROGRAM_NAME, PeerKey, PeerTarget, TC_PROGRAM_NAME, listen_port_bit,
+    next_hop::{MAP_NEXT_HOPS, MAP_ROUTE_GENERATION},
 };
 use thiserror::Error;
 
+use self::route_watch::{RouteGeneration, RouteWatches};
 pub use self::{
     attach::if_index, bpffs::ensure_bpffs, counters::ClassCounters, netlink::AttachMode,
 };
@@ -212,6 +215,10 @@ pub struct XdpRelay {
     _pin_lock: Option<std::fs::File>,
     /// With stack routing: the interfaces set to accept local sources.
     accept_local: Option<stack_routing::AcceptLocal>,
+    /// The kernel's route generation, which invalidates its cached next
+    /// hops, and the threads that advance it; `None` with stack routing,
+    /// which caches none.
+    routing: Option<RouteWatches>,
 }
 
 /// Locks `dir` for this process, or fails if another holds it.
@@ -270,6 +277,7 @@ impl XdpRelay {
                 .map_max_entries(MAP_CHANNELS, size)
                 .map_max_entries(MAP_PEERS, size)
                 .map_max_entries(MAP_BINDING_COUNTERS, size)
+                .map_max_entries(MAP_NEXT_HOPS, size * 2)
                 .map_max_entries(
                     relay_common::bandwidth::MAP_BUCKETS,
                     size * relay_common::bandwidth::BUCKETS_PER_BINDING + 1,
@@ -290,6 +298,16 @@ impl XdpRelay {
         let mut ebpf = loader.load(object)?;
         program_mut(&mut ebpf)?.load()?;
         tc_program_mut(&mut ebpf)?.load()?;
+        let routing = if options.route_in_stack {
+            None
+        } else {
+            let map = ebpf
+                .take_map(MAP_ROUTE_GENERATION)
+                .ok_or_else(|| XdpError::Mismatch(format!("map {MAP_ROUTE_GENERATION}")))?;
+            Some(RouteWatches::new(RouteGeneration::new(Array::try_from(
+                map,
+            )?)))
+        };
         let mut relay = XdpRelay {
             ebpf,
             attachments: Vec::new(),
@@ -298,6 +316,7 @@ impl XdpRelay {
             accept_local: options
                 .route_in_stack
                 .then(stack_routing::AcceptLocal::default),
+            routing,
         };
         if options.pin_dir.is_some() {
             let stale = relay.clear_bindings()?;
@@ -312,8 +331,10 @@ impl XdpRelay {
     /// current namespace's interfaces (see [`egress`]); returns the
     /// interfaces relayed frames may leave by, with their bits.
     /// When the kernel cannot be asked, the map is emptied: relayed frames
-    /// then all go to userspace.
+    /// then all go to userspace. Routing changes in this namespace are
+    /// followed from now on (as after [`Self::attach`]).
     pub fn refresh_egress(&mut self) -> Result<Vec<(u32, u8)>, XdpError> {
+        self.follow_routing_here()?;
         let interfaces = match egress::interfaces() {
             Ok(interfaces) => interfaces,
             Err(err) => {
@@ -322,6 +343,7 @@ impl XdpRelay {
                 for ifindex in known {
                     map.remove(&ifindex)?;
                 }
+                self.advance_route_generation()?;
                 return Err(XdpError::Netlink(err));
             }
         };
@@ -336,15 +358,47 @@ impl XdpRelay {
             .filter_map(Result::ok)
             .filter(|ifindex| !allowed.iter().any(|(allowed, _)| allowed == ifindex))
             .collect();
+        let mut changed = !stale.is_empty();
         // Remove first: a frame must never find an interface that stopped
         // delivering.
         for ifindex in stale {
             map.remove(&ifindex)?;
         }
         for (ifindex, bits) in &allowed {
-            map.insert(ifindex, bits, 0)?;
+            if map.get(ifindex, 0).ok() != Some(*bits) {
+                changed = true;
+                map.insert(ifindex, bits, 0)?;
+            }
+        }
+        // The cached next hops carry their interface's bits.
+        if changed {
+            self.advance_route_generation()?;
         }
         Ok(allowed)
+    }
+
+    /// Counts a routing change: the kernel programs look every binding's
+    /// next hop up again.
+    pub fn advance_route_generation(&mut self) -> Result<(), XdpError> {
+        match &mut self.routing {
+            Some(routing) => routing.advance(),
+            None => Ok(()),
+        }
+    }
+
+    /// The route generation the kernel's cached next hops must carry: it
+    /// grows with every routing change seen; 0 when nothing is cached.
+    pub fn route_generation(&self) -> u64 {
+        self.routing.as_ref().map_or(0, RouteWatches::value)
+    }
+
+    /// Follows routing changes in the calling thread's network namespace
+    /// (once per namespace), where the programs are about to relay.
+    fn follow_routing_here(&mut self) -> Result<(), XdpError> {
+        match &mut self.routing {
+            Some(routing) => routing.follow_here(),
+            None => Ok(()),
+        }
     }
 
     /// Removes every binding from the kernel maps; returns how many there
@@ -465,8 +519,10 @@ impl XdpRelay {
     /// Attaches the tc program to `interface`'s ingress, before any other
     /// tc program there (tcx, Linux 6.6+; clsact before), so that it takes
     /// the packets of its bindings that XDP left and hands every other one
-    /// on to the programs after it (Cilium's) unchanged.
+    /// on to the programs after it (Cilium's) unchanged. Routing changes in
+    /// this namespace are followed from now on (as after [`Self::attach`]).
     pub fn attach_tc(&mut self, interface: &str) -> Result<(), XdpError> {
+        self.follow_routing_here()?;
         if let Some(accept_local) = &mut self.accept_local {
             accept_local.enable(interface)?;
         }
@@ -516,7 +572,12 @@ impl XdpRelay {
     /// exits, however it exits. aya falls back to a netlink attachment on
     /// kernels without XDP links; that would outlive a crash, so it is
     /// undone and refused.
+    ///
+    /// From now on the relay follows routing changes in the calling
+    /// thread's network namespace (`route_watch`): the programs cache each
+    /// binding's next hop for as long as nothing changes.
     pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<AttachMode, XdpError> {
+        self.follow_routing_here()?;
         if let Some(accept_local) = &mut self.accept_local {
             accept_local.enable(interface)?;
         }
