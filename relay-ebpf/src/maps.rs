@@ -130,12 +130,12 @@ pub fn count_binding(slot: u32, to_peer: bool, bytes: usize) {
 }
 
 /// Where a client's ChannelData goes, if its channel is bound: a copy, in
-/// this CPU's slot for `engine` (see [`sealed_copy`]).
+/// this CPU's slot for `engine` (see [`checked_copy`]).
 #[inline(always)]
 pub fn channel_target(key: &ChannelKey, engine: u32) -> Option<&'static ChannelTarget> {
     let copy = CHANNEL_COPIES.get_ptr_mut(engine)?;
     // SAFETY: this CPU's slot, valid as long as the program.
-    (sealed_copy(CHANNELS.get_ptr(key)?, key, copy) != 0).then(|| unsafe { &*copy })
+    checked_copy(CHANNELS.get_ptr(key)?, key, copy, engine).then(|| unsafe { &*copy })
 }
 
 /// Where a peer's datagram goes, if it has a bound channel: a copy, as
@@ -144,7 +144,7 @@ pub fn channel_target(key: &ChannelKey, engine: u32) -> Option<&'static ChannelT
 pub fn peer_target(key: &PeerKey, engine: u32) -> Option<&'static PeerTarget> {
     let copy = PEER_COPIES.get_ptr_mut(engine)?;
     // SAFETY: as above.
-    (sealed_copy(PEERS.get_ptr(key)?, key, copy) != 0).then(|| unsafe { &*copy })
+    checked_copy(PEERS.get_ptr(key)?, key, copy, engine).then(|| unsafe { &*copy })
 }
 
 /// Each engine's copy of the binding it relays by, on each CPU: off the
@@ -158,14 +158,34 @@ static CHANNEL_COPIES: PerCpuArray<ChannelTarget> = PerCpuArray::with_max_entrie
 #[map]
 static PEER_COPIES: PerCpuArray<PeerTarget> = PerCpuArray::with_max_entries(2, 0);
 
-/// Copies the map value at `value` into `copy`, and returns 1 if the copy
-/// is whole and `key`'s, 0 if not. The maps are preallocated: a deleted
-/// element can be reused for another binding while this program reads it
-/// (see `relay_common::seal`), so the value is read once, and used only if
-/// its seal holds. A function of its own, so that its temporaries take no
-/// room in the relaying function's frame (an integer result: see
+/// Copies the map value at `value` into `copy`, and returns whether the
+/// copy is whole and `key`'s. The maps are preallocated: a deleted element
+/// can be reused for another binding while this program reads it (see
+/// `relay_common::seal`), so the value is read once, and used only if its
+/// seal holds.
+///
+/// Inline for the XDP engine, whose relaying functions have room for its
+/// temporaries: a call costs a mispredicted return on CPUs with return
+/// mitigations. A function of its own for the tc engine, whose frames do
+/// not.
+#[inline(always)]
+fn checked_copy<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T, engine: u32) -> bool {
+    if engine == <aya_ebpf::programs::XdpContext as crate::packet::Packet>::ENGINE {
+        sealed_copy(value, key, copy) != 0
+    } else {
+        sealed_copy_apart(value, key, copy) != 0
+    }
+}
+
+/// [`sealed_copy`] in a stack frame of its own (an integer result: see
 /// `forward::NOT_HANDLED`).
 #[inline(never)]
+fn sealed_copy_apart<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T) -> u32 {
+    sealed_copy(value, key, copy)
+}
+
+/// See [`checked_copy`]: 1 if the copy holds, 0 if not.
+#[inline(always)]
 fn sealed_copy<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T) -> u32 {
     const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() == 8) };
     let (from, to) = (value.cast::<u64>(), copy.cast::<u64>());
