@@ -242,12 +242,12 @@ fn measure_relay(
             &[Direction::ToPod]
         };
         for &direction in directions {
-            if relay == Relay::XdpRedirect {
+            if let Some(program) = relay.ceiling_program() {
                 let (from, to) = match direction {
                     Direction::ToPod => (&topology.relay_client_if, &topology.relay_pod_if),
                     Direction::ToClient => (&topology.relay_pod_if, &topology.relay_client_if),
                 };
-                programs.attach_redirect(&topology.relay, from, to)?;
+                programs.attach_redirect(program, &topology.relay, from, to)?;
             }
             for &size in sizes {
                 let traffic = flows::traffic(topology, &bindings, direction, size, relay.is_turn());
@@ -285,7 +285,7 @@ fn measure_relay(
             }
         }
         programs.detach_relay_side()?;
-        if first && relay != Relay::XdpRedirect {
+        if first && relay.ceiling_program().is_none() {
             measure_latency(args, topology, programs, relay, &bindings, report)?;
         }
         drop(server);

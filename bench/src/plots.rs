@@ -23,6 +23,7 @@ fn colour(relay: Relay) -> RGBColor {
         Relay::NodeCoturn => RGBColor(0xe3, 0x77, 0xc2),
         Relay::KernelForwarding => RGBColor(0x2c, 0xa0, 0x2c),
         Relay::XdpRedirect => RGBColor(0x7f, 0x7f, 0x7f),
+        Relay::XdpForward => RGBColor(0xbc, 0xbd, 0x22),
     }
 }
 

@@ -14,9 +14,9 @@ use aya::{
     },
 };
 use relay_common::bench::{
-    GEN_PROGRAM, GenConfig, GenFlow, MAP_GEN_CONFIG, MAP_GEN_FLOWS, MAP_REDIRECT_TO,
-    MAP_SINK_CONFIG, MAP_SINK_COUNTERS, MAX_GEN_FLOWS, PASS_PROGRAM, REDIRECT_PROGRAM,
-    SINK_PROGRAM, SinkConfig, SinkCounters, TC_SINK_PROGRAM,
+    FORWARD_PROGRAM, GEN_PROGRAM, GenConfig, GenFlow, MAP_GEN_CONFIG, MAP_GEN_FLOWS,
+    MAP_REDIRECT_TO, MAP_SINK_CONFIG, MAP_SINK_COUNTERS, MAX_GEN_FLOWS, PASS_PROGRAM,
+    REDIRECT_PROGRAM, SINK_PROGRAM, SinkConfig, SinkCounters, TC_SINK_PROGRAM,
 };
 
 use testkit::{Netns, Veth};
@@ -55,7 +55,13 @@ impl BenchPrograms {
             )
         })?;
         let mut ebpf = Ebpf::load(&object).context("loading the benchmark's XDP programs")?;
-        for name in [GEN_PROGRAM, SINK_PROGRAM, REDIRECT_PROGRAM, PASS_PROGRAM] {
+        for name in [
+            GEN_PROGRAM,
+            SINK_PROGRAM,
+            REDIRECT_PROGRAM,
+            FORWARD_PROGRAM,
+            PASS_PROGRAM,
+        ] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("no program {name} in the object"))?
@@ -110,9 +116,16 @@ impl BenchPrograms {
             .with_context(|| format!("attaching {name} to {} (native)", dev.name))
     }
 
-    /// Attaches the do-nothing redirect to `from`, sending every frame out
-    /// of `to` unchanged (both in the relay namespace).
-    pub fn attach_redirect(&mut self, relay: &Netns, from: &Veth, to: &Veth) -> Result<()> {
+    /// Attaches a ceiling program (`program`: the do-nothing redirect or
+    /// the minimal forwarder) to `from`, sending every frame out of `to`
+    /// (both in the relay namespace).
+    pub fn attach_redirect(
+        &mut self,
+        program: &'static str,
+        relay: &Netns,
+        from: &Veth,
+        to: &Veth,
+    ) -> Result<()> {
         self.detach_relay_side()?;
         let target = relay.ifindex(&to.name);
         let mut map: Array<_, u32> = Array::try_from(
@@ -121,8 +134,8 @@ impl BenchPrograms {
                 .context("no redirect map")?,
         )?;
         map.set(0, target, 0)?;
-        let link = self.attach(REDIRECT_PROGRAM, relay, from)?;
-        self.relay_links.push((link, REDIRECT_PROGRAM));
+        let link = self.attach(program, relay, from)?;
+        self.relay_links.push((link, program));
         Ok(())
     }
 

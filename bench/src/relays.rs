@@ -59,6 +59,11 @@ pub enum Relay {
     /// No TURN: an XDP program redirects frames between the relay's veths
     /// unchanged, the most any XDP forwarder can do here.
     XdpRedirect,
+    /// No TURN: a minimal XDP forwarder between the relay's veths (reads
+    /// the headers, swaps the MACs, decrements the TTL with an incremental
+    /// checksum update, redirects): the fair ceiling of a relay that
+    /// rewrites headers.
+    XdpForward,
 }
 
 impl Relay {
@@ -67,12 +72,26 @@ impl Relay {
     pub fn relays_in_bpf(self) -> bool {
         matches!(
             self,
-            Relay::XdpOffload | Relay::TcOffload | Relay::NodeTurnx | Relay::XdpRedirect
+            Relay::XdpOffload
+                | Relay::TcOffload
+                | Relay::NodeTurnx
+                | Relay::XdpRedirect
+                | Relay::XdpForward
         )
     }
 
+    /// The benchmark's ceiling program this configuration attaches, if it
+    /// is one of the ceilings.
+    pub fn ceiling_program(self) -> Option<&'static str> {
+        match self {
+            Relay::XdpRedirect => Some(relay_common::bench::REDIRECT_PROGRAM),
+            Relay::XdpForward => Some(relay_common::bench::FORWARD_PROGRAM),
+            _ => None,
+        }
+    }
+
     /// Every configuration, in table order.
-    pub const ALL: [Relay; 8] = [
+    pub const ALL: [Relay; 9] = [
         Relay::XdpOffload,
         Relay::TcOffload,
         Relay::Userspace,
@@ -81,6 +100,7 @@ impl Relay {
         Relay::NodeCoturn,
         Relay::KernelForwarding,
         Relay::XdpRedirect,
+        Relay::XdpForward,
     ];
 
     /// Name in tables and plots.
@@ -94,12 +114,16 @@ impl Relay {
             Relay::NodeCoturn => "coturn, pod veth as on a node",
             Relay::KernelForwarding => "kernel forwarding",
             Relay::XdpRedirect => "XDP redirect (ceiling)",
+            Relay::XdpForward => "XDP forward (fair ceiling)",
         }
     }
 
     /// Whether it is a TURN server (else no bindings are set up).
     pub fn is_turn(self) -> bool {
-        !matches!(self, Relay::KernelForwarding | Relay::XdpRedirect)
+        !matches!(
+            self,
+            Relay::KernelForwarding | Relay::XdpRedirect | Relay::XdpForward
+        )
     }
 
     /// Whether the pod's veth is as a node has it (else it is engineered:
@@ -143,7 +167,7 @@ impl Server {
                 command.args(coturn_args(workdir));
                 command
             }
-            Relay::KernelForwarding | Relay::XdpRedirect => return Ok(None),
+            Relay::KernelForwarding | Relay::XdpRedirect | Relay::XdpForward => return Ok(None),
         };
         let log = workdir.join(format!("{relay:?}.log"));
         let output = File::create(&log)?;

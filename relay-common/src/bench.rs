@@ -1,7 +1,8 @@
 //! Map types of the benchmark's own XDP programs (`bench/ebpf`): a traffic
 //! generator run with BPF_PROG_RUN in live-frames mode, a sink that counts
-//! and checks what arrives, and a do-nothing redirect (the machine's
-//! ceiling). They are not part of the relay.
+//! and checks what arrives, a do-nothing redirect (the machine's ceiling)
+//! and a minimal forwarder (the fair ceiling). They are not part of the
+//! relay.
 
 /// Name of the generator program.
 pub const GEN_PROGRAM: &str = "turnx_bench_gen";
@@ -11,6 +12,9 @@ pub const SINK_PROGRAM: &str = "turnx_bench_sink";
 pub const TC_SINK_PROGRAM: &str = "turnx_bench_tc_sink";
 /// Name of the redirect program.
 pub const REDIRECT_PROGRAM: &str = "turnx_bench_redirect";
+/// Name of the minimal forwarder (the fair ceiling), which redirects as
+/// the redirect program does.
+pub const FORWARD_PROGRAM: &str = "turnx_bench_forward";
 
 /// Name of the pass-everything program.
 pub const PASS_PROGRAM: &str = "turnx_bench_pass";
