@@ -4,6 +4,31 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+/// Cores kept from halting while this lives: a PM QoS request of zero
+/// wake-up latency (`/dev/cpu_dma_latency`, as latency tuning does), so
+/// that an idle core polls instead of sleeping. In a virtual machine a
+/// halted core takes long to wake, and a veth's 256-frame receive ring
+/// overflows meanwhile. The request ends when the file closes, on drop.
+pub struct AwakeCores {
+    _request: std::fs::File,
+}
+
+impl AwakeCores {
+    /// Makes the request.
+    pub fn new() -> Result<AwakeCores> {
+        use std::io::Write;
+        const PATH: &str = "/dev/cpu_dma_latency";
+        let mut request = std::fs::OpenOptions::new()
+            .write(true)
+            .open(PATH)
+            .with_context(|| format!("opening {PATH}"))?;
+        request
+            .write_all(&0i32.to_ne_bytes())
+            .with_context(|| format!("writing {PATH}"))?;
+        Ok(AwakeCores { _request: request })
+    }
+}
+
 /// The cores this process may run on, in order.
 pub fn online_cores() -> Result<Vec<usize>> {
     // SAFETY: a zeroed cpu_set_t is valid; the kernel fills it in.
@@ -55,6 +80,7 @@ pub fn napi_threads(dev: &str) -> Result<Vec<i32>> {
 #[derive(Clone, Copy, Debug)]
 pub struct CoreTimes {
     busy: u64,
+    steal: u64,
 }
 
 impl CoreTimes {
@@ -75,16 +101,27 @@ impl CoreTimes {
         // the core is user, nice, system, irq and softirq (guest time is
         // inside user; steal is the hypervisor's, not ours).
         let busy = [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum();
-        Ok(CoreTimes { busy })
+        let steal = fields.get(7).copied().unwrap_or(0);
+        Ok(CoreTimes { busy, steal })
     }
 
     /// Busy time on the core between `earlier` and `self`.
     pub fn busy_since(&self, earlier: &CoreTimes) -> Duration {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        let ticks = self.busy.saturating_sub(earlier.busy);
-        Duration::from_nanos(ticks * 1_000_000_000 / hz)
+        ticks(self.busy.saturating_sub(earlier.busy))
     }
+
+    /// Time the hypervisor ran something else instead of this virtual
+    /// core, between `earlier` and `self`.
+    pub fn steal_since(&self, earlier: &CoreTimes) -> Duration {
+        ticks(self.steal.saturating_sub(earlier.steal))
+    }
+}
+
+/// `count` clock ticks as a duration.
+fn ticks(count: u64) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(count * 1_000_000_000 / hz)
 }
 
 /// Resident memory of process `pid`, in bytes.

@@ -32,7 +32,7 @@ use crate::{
     flows::{Binding, Direction},
     programs::BenchPrograms,
     relays::{Relay, Server},
-    report::{AllocationRow, LatencyRow, Report, ThroughputRow},
+    report::{AllocationRow, LatencyRow, PacedRow, Report, ThroughputRow},
     topology::Topology,
 };
 
@@ -58,6 +58,10 @@ struct Args {
     /// Fixed offered load for latency under load, frames per second.
     #[arg(long, default_value_t = 20_000)]
     load_rate: u64,
+    /// Moderate offered loads, frames per second, at which loss is
+    /// measured (below saturation there should be none).
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000, 150_000])]
+    paced_rates: Vec<u64>,
     /// Pings per latency series.
     #[arg(long, default_value_t = 20_000)]
     pings: usize,
@@ -90,6 +94,7 @@ impl Args {
         self.bindings = vec![1, 1000];
         self.pings = 200;
         self.allocations = vec![300];
+        self.paced_rates = vec![100_000];
         self.repeat = 10_000;
         self.output = PathBuf::from("target/bench-smoke");
         self
@@ -282,6 +287,44 @@ fn measure_relay(
                 };
                 println!("{}", row.summary());
                 report.throughput.push(row);
+                if first && direction == Direction::ToPod && size == report::HEADLINE_SIZE {
+                    for (&rate, awake) in args
+                        .paced_rates
+                        .iter()
+                        .flat_map(|rate| [(rate, false), (rate, true)])
+                    {
+                        let _awake = awake.then(cpu::AwakeCores::new).transpose()?;
+                        let mut samples = Vec::new();
+                        let before = topology.drop_counters()?;
+                        for _ in 0..args.runs {
+                            samples.push(throughput::run(
+                                programs,
+                                topology,
+                                &traffic,
+                                direction,
+                                duration / 2,
+                                Some(rate),
+                            )?);
+                        }
+                        let drops = topology
+                            .drop_counters()?
+                            .into_iter()
+                            .filter_map(|(name, after)| {
+                                let grew = after.saturating_sub(*before.get(&name).unwrap_or(&0));
+                                (grew > 0).then_some((name, grew))
+                            })
+                            .collect();
+                        let row = PacedRow {
+                            relay,
+                            rate,
+                            awake,
+                            samples,
+                            drops,
+                        };
+                        println!("{}", row.summary());
+                        report.paced.push(row);
+                    }
+                }
             }
         }
         programs.detach_relay_side()?;

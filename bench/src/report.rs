@@ -23,7 +23,7 @@ use crate::{
 const README_BEGIN: &str = "<!-- bench:begin -->";
 const README_END: &str = "<!-- bench:end -->";
 /// The payload and direction of the headline comparison.
-const HEADLINE_SIZE: usize = 64;
+pub const HEADLINE_SIZE: usize = 64;
 
 /// Repeated throughput runs of one configuration and traffic.
 pub struct ThroughputRow {
@@ -71,6 +71,73 @@ impl ThroughputRow {
             si(self.offered().median),
             si(self.pps_per_cpu().median)
         )
+    }
+}
+
+/// Loss at a moderate, paced load: 64-byte media, client→pod, one binding.
+pub struct PacedRow {
+    pub relay: Relay,
+    /// Offered frames per second.
+    pub rate: u64,
+    /// Whether the cores were kept from halting (`cpu::AwakeCores`).
+    pub awake: bool,
+    pub samples: Vec<Sample>,
+    /// The link ends' drop and error counters that grew over the runs.
+    pub drops: Vec<(String, u64)>,
+}
+
+impl PacedRow {
+    /// Share of the offered frames lost: median and range over the runs.
+    pub fn loss(&self) -> Spread {
+        Spread::of(self.samples.iter().map(Sample::loss))
+    }
+
+    /// Share of the time the hypervisor took the relay core away.
+    pub fn steal(&self) -> Spread {
+        Spread::of(
+            self.samples
+                .iter()
+                .map(|s| s.relay_steal.as_secs_f64() / s.duration.as_secs_f64()),
+        )
+    }
+
+    /// Share of the time the relay core was busy.
+    pub fn busy(&self) -> Spread {
+        Spread::of(
+            self.samples
+                .iter()
+                .map(|s| s.relay_busy.as_secs_f64() / s.duration.as_secs_f64()),
+        )
+    }
+
+    pub fn summary(&self) -> String {
+        let (loss, busy) = (self.loss(), self.busy());
+        format!(
+            "{:<24} paced at {} pps{}: loss {:.3} % [{:.3}–{:.3} %], relay core {:.0} % busy, \
+             {:.1} % stolen; counted drops: {}",
+            self.relay.label(),
+            si(self.rate as f64),
+            if self.awake { ", cores awake" } else { "" },
+            100.0 * loss.median,
+            100.0 * loss.min,
+            100.0 * loss.max,
+            100.0 * busy.median,
+            100.0 * self.steal().median,
+            self.drops_text(),
+        )
+    }
+
+    /// The drop counters that grew, or "none".
+    fn drops_text(&self) -> String {
+        if self.drops.is_empty() {
+            return "none".into();
+        }
+        let drops: Vec<String> = self
+            .drops
+            .iter()
+            .map(|(name, grew)| format!("`{name}` +{grew}"))
+            .collect();
+        drops.join(", ")
     }
 }
 
@@ -128,6 +195,7 @@ pub struct Report {
     pub xdp_costs: Vec<Cost>,
     pub throughput: Vec<ThroughputRow>,
     pub latency: Vec<LatencyRow>,
+    pub paced: Vec<PacedRow>,
     pub allocations: Vec<AllocationRow>,
     /// Measurements that could not be made, and why.
     pub notes: Vec<String>,
@@ -143,6 +211,7 @@ impl Report {
             xdp_costs: Vec::new(),
             throughput: Vec::new(),
             latency: Vec::new(),
+            paced: Vec::new(),
             allocations: Vec::new(),
             notes: Vec::new(),
         })
@@ -217,6 +286,7 @@ impl Report {
         text += "\n## Targets\n\n";
         text += &self.targets();
         text += &self.throughput_table();
+        text += &self.paced_table();
         text += &self.latency_table();
         text += &self.bindings_table();
         text += &self.allocation_table();
@@ -345,6 +415,36 @@ impl Report {
                 |v| v >= 0.95,
             );
         }
+        for awake in [false, true] {
+            let xdp_paced: Vec<&PacedRow> = self
+                .paced
+                .iter()
+                .filter(|row| row.relay == Relay::XdpOffload && row.awake == awake)
+                .collect();
+            row(
+                if awake {
+                    "no loss on the XDP path at moderate load, cores kept awake (every run)"
+                } else {
+                    "no loss on the XDP path at moderate load, cores as they idle (every run)"
+                },
+                (!xdp_paced.is_empty()).then(|| {
+                    let worst = xdp_paced
+                        .iter()
+                        .map(|row| row.loss().max)
+                        .fold(0.0, f64::max);
+                    let rates: Vec<String> = xdp_paced.iter().map(|r| si(r.rate as f64)).collect();
+                    (
+                        worst,
+                        format!(
+                            "worst {:.3} % at {} pps",
+                            100.0 * worst,
+                            rates.join(" and ")
+                        ),
+                    )
+                }),
+                |v| v == 0.0,
+            );
+        }
         row(
             "XDP program ≤ 150 ns per packet, in place (bpf_stats run time / runs, client→pod)",
             self.headline(Relay::XdpOffload)
@@ -425,6 +525,45 @@ impl Report {
              (`run_time_ns / run_cnt` of the kernel's `bpf_stats_enabled` accounting), in one \
              more run at full load with the statistics on.\n",
         );
+        text
+    }
+
+    fn paced_table(&self) -> String {
+        let mut text = String::from(
+            "\n## Loss at moderate load\n\n\
+             64-byte media, client→pod, one binding, offered at a fixed rate below the XDP \
+             path's saturation: the share of the offered frames that did not arrive, and how \
+             busy the relay core was; median [min–max] of the runs. Each rate twice: as the \
+             machine idles, and with its cores kept from halting (a zero PM QoS wake-up \
+             latency request, `/dev/cpu_dma_latency`; polling idle time still counts as \
+             idle). The last column: the link ends' drop and error counters (`ethtool -S`) that \
+             grew over the runs; `xdp_xmit_errors` on a sender's end are frames its peer's \
+             256-frame veth ring had no room for. Stolen: time the hypervisor ran something \
+             else on the relay's virtual core (/proc/stat steal).\n\n\
+             | relay | offered | cores | loss | relay core busy | stolen by the host | counted drops |\n\
+             |---|---:|---|---:|---:|---:|---|\n",
+        );
+        for row in &self.paced {
+            let (loss, busy) = (row.loss(), row.busy());
+            writeln!(
+                text,
+                "| {} | {} pps | {} | {:.3} [{:.3}–{:.3}] % | {:.0} [{:.0}–{:.0}] % | {:.1} [{:.1}–{:.1}] % | {} |",
+                row.relay.label(),
+                si(row.rate as f64),
+                if row.awake { "kept awake" } else { "as they idle" },
+                100.0 * loss.median,
+                100.0 * loss.min,
+                100.0 * loss.max,
+                100.0 * busy.median,
+                100.0 * busy.min,
+                100.0 * busy.max,
+                100.0 * row.steal().median,
+                100.0 * row.steal().min,
+                100.0 * row.steal().max,
+                row.drops_text(),
+            )
+            .expect("writing to a String");
+        }
         text
     }
 

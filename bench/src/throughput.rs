@@ -16,8 +16,13 @@ use crate::{
 
 /// Frames per BPF_PROG_RUN call at full speed.
 const FULL_SPEED_CHUNK: u32 = 8192;
+/// Most frames per call at a fixed rate. A veth's receive ring holds 256
+/// frames, and the generator fills it faster than one core empties it: a
+/// larger burst (after a sleep that overran, say) would overflow the ring
+/// before the relay saw it, the generator's loss rather than the relay's.
+const PACED_CHUNK: u64 = 64;
 /// How long the generator sleeps between chunks at a fixed rate.
-const PACING_TICK: Duration = Duration::from_millis(1);
+const PACING_TICK: Duration = Duration::from_micros(100);
 /// Time for frames still in queues to arrive after the generator stops.
 const DRAIN: Duration = Duration::from_millis(200);
 
@@ -34,6 +39,8 @@ pub struct Sample {
     pub duration: Duration,
     /// Busy time of the relay core from start to the end of the drain.
     pub relay_busy: Duration,
+    /// Time the hypervisor took the relay core away meanwhile.
+    pub relay_steal: Duration,
 }
 
 impl Sample {
@@ -95,6 +102,7 @@ pub fn run(
         bad: count.bad,
         duration: elapsed,
         relay_busy: after.busy_since(&before),
+        relay_steal: after.steal_since(&before),
     })
 }
 
@@ -116,12 +124,12 @@ fn send_for(
             }
         }
         Some(rate) => {
-            // Catch up to the schedule every tick, so short sleeps that
-            // overrun do not lower the rate.
+            // Catch up to the schedule in small bursts, a tick apart, so
+            // that sleeps which overrun do not lower the rate.
             while start.elapsed() < duration {
                 let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
                 if due > sent {
-                    let chunk = (due - sent).min(u64::from(FULL_SPEED_CHUNK)) as u32;
+                    let chunk = (due - sent).min(PACED_CHUNK) as u32;
                     generator.send(template, ifindex, chunk)?;
                     sent += u64::from(chunk);
                 }

@@ -182,6 +182,32 @@ impl Topology {
     /// recreate the threads, so this runs before every measurement. A pod
     /// end as a node has it has no NAPI at all (see
     /// [`Topology::pod_end_as_on_a_node`]).
+    /// Every drop and error counter of the four link ends (what `ethtool
+    /// -S` shows), by `interface:counter`, to find where frames went.
+    pub fn drop_counters(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut counters = std::collections::BTreeMap::new();
+        for (ns, dev, end) in [
+            (&self.client, &self.client_if, "client"),
+            (&self.relay, &self.relay_client_if, "relay-client"),
+            (&self.relay, &self.relay_pod_if, "relay-pod"),
+            (&self.pod, &self.pod_if, "pod"),
+        ] {
+            let statistics = ns.run(|| turnx::xdp::driver_stats::statistics(&dev.name))?;
+            for (name, value) in statistics {
+                let lower = name.to_ascii_lowercase();
+                // Receive-side XDP drops are XDP_DROP verdicts (the sinks'),
+                // not losses.
+                let verdict = lower.starts_with("rx_queue") && lower.ends_with("xdp_drops");
+                if !verdict
+                    && (lower.contains("drop") || lower.contains("err") || lower.contains("full"))
+                {
+                    counters.insert(format!("{end}:{name}"), value);
+                }
+            }
+        }
+        Ok(counters)
+    }
+
     pub fn pin_napi_threads(&self) -> Result<()> {
         for (dev, core, required) in [
             (&self.relay_client_if, self.relay_core, true),

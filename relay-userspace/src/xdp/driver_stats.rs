@@ -38,6 +38,15 @@ pub fn is_xdp_error(name: &str) -> bool {
 /// The XDP error and drop counters of `interface`, by name. Empty when the
 /// driver reports no statistics (loopback, some virtual devices).
 pub fn xdp_errors(interface: &str) -> io::Result<Vec<(String, u64)>> {
+    Ok(statistics(interface)?
+        .into_iter()
+        .filter(|(name, _)| is_xdp_error(name))
+        .collect())
+}
+
+/// Every statistic the driver of `interface` reports, by name (what
+/// `ethtool -S` shows). Empty when it reports none.
+pub fn statistics(interface: &str) -> io::Result<Vec<(String, u64)>> {
     let socket = Socket::new()?;
     // struct ethtool_sset_info: cmd, reserved, sset_mask (u64), then one
     // u32 per set asked for: the statistics' count.
@@ -76,9 +85,7 @@ pub fn xdp_errors(interface: &str) -> io::Result<Vec<(String, u64)>> {
         .map(|value| u64::from_ne_bytes(value.try_into().expect("8 bytes")))
         .collect();
 
-    Ok(named_values(&strings[12..], &values)
-        .filter(|(name, _)| is_xdp_error(name))
-        .collect())
+    Ok(named_values(&strings[12..], &values).collect())
 }
 
 /// Pairs the NUL-padded names with their values.
