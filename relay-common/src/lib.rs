@@ -36,6 +36,11 @@ pub const fn listen_port_bit(port: u16) -> (u32, u64) {
     ((port / 64) as u32, 1 << (port % 64))
 }
 
+/// Name of the array of relayed ports that have a binding in the kernel: a
+/// bitmap laid out as [`MAP_LISTEN_PORTS`]. A UDP datagram to neither
+/// kind of port is none of the relay's, and costs no binding lookup.
+pub const MAP_RELAYED_PORTS: &str = "RELAYED_PORTS";
+
 /// Name of the per-CPU array of packet counters, indexed by [`PacketClass`].
 pub const MAP_CLASS_COUNTERS: &str = "CLASS_COUNTERS";
 

@@ -38,7 +38,8 @@ pub enum Error {
     NotIp,
     /// IP, but not UDP (or behind more extension headers than we skip).
     NotUdp,
-    /// UDP to a port the TURN server does not listen on.
+    /// UDP to a port the TURN server does not listen on (nor a relayed
+    /// port the kernel relays for).
     NotListenPort,
 }
 
@@ -71,6 +72,9 @@ pub fn turnx_xdp(ctx: XdpContext) -> u32 {
 fn handle(ctx: &XdpContext) -> Result<(PacketClass, u32), Error> {
     let udp = parse::udp(ctx)?;
     if !maps::is_listen_port(udp.header.dst_port) {
+        if !maps::is_relayed_port(udp.header.dst_port) {
+            return Err(Error::NotListenPort);
+        }
         return forward::to_client(ctx, &udp).ok_or(Error::NotListenPort);
     }
     let class = classify::payload(ctx, &udp);

@@ -20,6 +20,11 @@ use relay_common::{
 #[map]
 static LISTEN_PORTS: Array<u64> = Array::with_max_entries(LISTEN_PORT_WORDS, 0);
 
+/// Relayed ports with a binding in the kernel, a bitmap
+/// (`relay_common::MAP_RELAYED_PORTS`).
+#[map]
+static RELAYED_PORTS: Array<u64> = Array::with_max_entries(LISTEN_PORT_WORDS, 0);
+
 /// Per-CPU packet counters by class (`relay_common::MAP_CLASS_COUNTERS`).
 #[map]
 static CLASS_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(PacketClass::COUNT, 0);
@@ -262,8 +267,20 @@ fn bucket_ptr(index: u32) -> Option<*mut Bucket> {
 /// traffic.
 #[inline(always)]
 pub fn is_listen_port(port: [u8; 2]) -> bool {
+    has_port(&LISTEN_PORTS, port)
+}
+
+/// Whether UDP to `port` (network order) may be a peer's datagram with a
+/// binding in the kernel.
+#[inline(always)]
+pub fn is_relayed_port(port: [u8; 2]) -> bool {
+    has_port(&RELAYED_PORTS, port)
+}
+
+#[inline(always)]
+fn has_port(bitmap: &Array<u64>, port: [u8; 2]) -> bool {
     let (word, bit) = listen_port_bit(u16::from_be_bytes(port));
-    LISTEN_PORTS.get(word).is_some_and(|word| word & bit != 0)
+    bitmap.get(word).is_some_and(|word| word & bit != 0)
 }
 
 /// Counts one frame of `len` bytes in `class` on this CPU.

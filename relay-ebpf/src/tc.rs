@@ -72,6 +72,8 @@ fn relay(ctx: &TcContext) -> Option<i32> {
         } else {
             to_peer::<Ipv4Hdr>(ctx, &udp)
         }
+    } else if !maps::is_relayed_port(udp.header.dst_port) {
+        return None;
     } else if udp.ipv6 {
         to_client::<Ipv6Hdr>(ctx, &udp)
     } else {

@@ -365,7 +365,18 @@ fn what_the_kernel_does_not_relay_passes_unchanged() {
 #[test]
 fn removing_a_binding_stops_the_kernel_relay() {
     let binding = v4_binding();
-    let Some(mut relay) = relay("removing_a_binding_stops_the_kernel_relay", &[binding]) else {
+    // Another channel of the same allocation: same relayed port, another
+    // peer. The port stays marked for the kernel while either is bound.
+    let sibling = KernelBinding {
+        channel: CHANNEL + 1,
+        peer: addr("198.19.0.3:3480"),
+        slot: 1,
+        ..binding
+    };
+    let Some(mut relay) = relay(
+        "removing_a_binding_stops_the_kernel_relay",
+        &[binding, sibling],
+    ) else {
         return;
     };
     let input = client_frame(&binding, &channel_data(CHANNEL, b"media", false)).build();
@@ -378,6 +389,13 @@ fn removing_a_binding_stops_the_kernel_relay() {
     );
     let back = peer_frame(&binding, b"media").build();
     assert_eq!(run(&relay, &back.bytes).2, PacketClass::Unrelated);
+    let sibling_back = peer_frame(&sibling, b"media").build();
+    assert_eq!(
+        run(&relay, &sibling_back.bytes).2,
+        PacketClass::ForwardedToClient
+    );
+    relay.xdp.remove(&sibling).unwrap();
+    assert_eq!(run(&relay, &sibling_back.bytes).2, PacketClass::Unrelated);
 }
 
 #[test]
@@ -749,6 +767,10 @@ fn bindings_replaced_while_frames_run_never_mix() {
         sent(z.server, z.client, &channel_data(z.channel, &data, false)),
     ];
 
+    // Installed once through the relay, which marks its relayed port (the
+    // peers send to x's); the writer below then replaces the entries
+    // behind the relay's back.
+    xdp.install(&x).unwrap();
     let dir = pins
         .0
         .join(format!("v{}", relay_common::MAP_LAYOUT_VERSION));

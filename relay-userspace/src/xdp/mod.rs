@@ -24,8 +24,8 @@ use aya::{
 };
 use relay_common::{
     BindingCounters, ChannelKey, ChannelTarget, Counter, LISTEN_PORT_WORDS, MAP_BINDING_COUNTERS,
-    MAP_CHANNELS, MAP_CLASS_COUNTERS, MAP_EGRESS, MAP_LISTEN_PORTS, MAP_PEERS, MAX_LISTEN_PORTS,
-    PROGRAM_NAME, PeerKey, PeerTarget, TC_PROGRAM_NAME, listen_port_bit,
+    MAP_CHANNELS, MAP_CLASS_COUNTERS, MAP_EGRESS, MAP_LISTEN_PORTS, MAP_PEERS, MAP_RELAYED_PORTS,
+    MAX_LISTEN_PORTS, PROGRAM_NAME, PeerKey, PeerTarget, TC_PROGRAM_NAME, listen_port_bit,
     next_hop::{MAP_NEXT_HOPS, MAP_ROUTE_GENERATION},
 };
 use thiserror::Error;
@@ -219,6 +219,9 @@ pub struct XdpRelay {
     /// hops, and the threads that advance it; `None` with stack routing,
     /// which caches none.
     routing: Option<RouteWatches>,
+    /// Installed bindings per relayed port: a port's bit in
+    /// `RELAYED_PORTS` is set while it has one.
+    relayed_ports: std::collections::HashMap<u16, u32>,
 }
 
 /// Locks `dir` for this process, or fails if another holds it.
@@ -317,6 +320,7 @@ impl XdpRelay {
                 .route_in_stack
                 .then(stack_routing::AcceptLocal::default),
             routing,
+            relayed_ports: std::collections::HashMap::new(),
         };
         if options.pin_dir.is_some() {
             let stale = relay.clear_bindings()?;
@@ -414,6 +418,9 @@ impl XdpRelay {
         for key in &peer_keys {
             peers.remove(key)?;
         }
+        for port in std::mem::take(&mut self.relayed_ports).into_keys() {
+            self.set_relayed_port(port, false)?;
+        }
         Ok(keys.len().max(peer_keys.len()))
     }
 
@@ -461,6 +468,31 @@ impl XdpRelay {
     pub fn install(&mut self, binding: &KernelBinding) -> Result<(), XdpError> {
         let (channel_key, channel_target) = binding.channel_entry();
         let (peer_key, peer_target) = binding.peer_entry();
+        let port = binding.relayed.port();
+        // The port's bit before the binding: a peer's datagram with a
+        // binding is never taken for one to another port.
+        if !self.relayed_ports.contains_key(&port) {
+            self.set_relayed_port(port, true)?;
+        }
+        let installed = self.insert_binding(channel_key, channel_target, peer_key, peer_target);
+        match installed {
+            Ok(()) => *self.relayed_ports.entry(port).or_insert(0) += 1,
+            Err(_) if !self.relayed_ports.contains_key(&port) => {
+                let _ = self.set_relayed_port(port, false);
+            }
+            Err(_) => {}
+        }
+        installed
+    }
+
+    /// Inserts both entries of a binding, or neither.
+    fn insert_binding(
+        &mut self,
+        channel_key: ChannelKey,
+        channel_target: ChannelTarget,
+        peer_key: PeerKey,
+        peer_target: PeerTarget,
+    ) -> Result<(), XdpError> {
         self.hash_map::<ChannelKey, ChannelTarget>(MAP_CHANNELS)?
             .insert(channel_key, channel_target, 0)?;
         if let Err(err) =
@@ -473,6 +505,19 @@ impl XdpRelay {
                 .remove(&channel_key);
             return Err(err.into());
         }
+        Ok(())
+    }
+
+    /// Sets or clears `port`'s bit in `RELAYED_PORTS`.
+    fn set_relayed_port(&mut self, port: u16, set: bool) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_RELAYED_PORTS)
+            .ok_or_else(|| XdpError::Mismatch(format!("map {MAP_RELAYED_PORTS}")))?;
+        let mut map: Array<_, u64> = Array::try_from(map)?;
+        let (word, bit) = listen_port_bit(port);
+        let now = map.get(&word, 0)?;
+        map.set(word, if set { now | bit } else { now & !bit }, 0)?;
         Ok(())
     }
 
@@ -502,6 +547,14 @@ impl XdpRelay {
         let second = self
             .hash_map::<PeerKey, PeerTarget>(MAP_PEERS)?
             .remove(&peer_key);
+        let port = binding.relayed.port();
+        if let Some(count) = self.relayed_ports.get_mut(&port) {
+            *count -= 1;
+            if *count == 0 {
+                self.relayed_ports.remove(&port);
+                self.set_relayed_port(port, false)?;
+            }
+        }
         first.and(second).map_err(Into::into)
     }
 
