@@ -26,10 +26,14 @@ use crate::{
 
 /// The echo's port in the pod, outside the sink's port ranges.
 const ECHO_PORT: u16 = 9000;
-/// The latency client's ports, outside the measured bindings' ports: one
-/// for the idle series, one for the loaded (coturn keeps a deleted
-/// allocation's 5-tuple for a while and answers 437 to a new Allocate).
-const CLIENT_PORTS: [u16; 2] = [19_999, 19_998];
+/// The latency client's first port; each series takes the next one down,
+/// below the measured bindings' ports. A port is never used twice: coturn
+/// keeps a deleted allocation's 5-tuple for a while and answers 437 to a
+/// new Allocate from it.
+const FIRST_CLIENT_PORT: u16 = 19_999;
+/// The port the next series uses.
+static NEXT_CLIENT_PORT: std::sync::atomic::AtomicU16 =
+    std::sync::atomic::AtomicU16::new(FIRST_CLIENT_PORT);
 /// How long one ping waits for its echo.
 const PING_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -73,7 +77,9 @@ pub fn measure(
     let stop = Arc::new(AtomicBool::new(false));
     let echo = start_echo(topology, Arc::clone(&stop))?;
     let result = (|| {
-        let port = CLIENT_PORTS[usize::from(load.is_some())];
+        // A benchmark runs a few dozen series: the ports stay far above
+        // the ephemeral and well-known ranges' ends.
+        let port = NEXT_CLIENT_PORT.fetch_sub(1, Ordering::Relaxed);
         let path = topology
             .client
             .run(|| connect(turn, port))

@@ -205,6 +205,17 @@ impl Topology {
                 }
             }
         }
+        // Datagrams a socket had no room for: the userspace servers' loss.
+        for (ns, name) in [
+            (&self.client, "client"),
+            (&self.relay, "relay"),
+            (&self.pod, "pod"),
+        ] {
+            let snmp = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))?;
+            for (counter, value) in udp_errors(&snmp) {
+                counters.insert(format!("{name}:Udp {counter}"), value);
+            }
+        }
         Ok(counters)
     }
 
@@ -250,4 +261,20 @@ impl Topology {
              echo 1 > /sys/class/net/{dev}/threaded"
         ));
     }
+}
+
+/// The UDP error counters of a /proc/net/snmp text (its two `Udp:` lines:
+/// names, then values).
+fn udp_errors(snmp: &str) -> Vec<(String, u64)> {
+    let mut lines = snmp.lines().filter(|line| line.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return Vec::new();
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter(|(name, _)| name.contains("Errors"))
+        .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+        .collect()
 }

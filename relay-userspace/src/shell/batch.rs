@@ -1,6 +1,6 @@
 //! Receiving many UDP datagrams per system call (`recvmmsg`), so a burst
 //! costs one wake-up, one syscall and one lock of the core instead of one
-//! each per datagram. The buffers are per worker thread, not per socket: a
+//! each per datagram, and sending many the same way (`sendmmsg`). The buffers are per worker thread, not per socket: a
 //! relayed socket costs no receive memory while it waits.
 
 use std::{
@@ -216,6 +216,70 @@ pub fn send_from(fd: i32, data: &[u8], to: SocketAddr, from: IpAddr) -> io::Resu
     Ok(())
 }
 
+/// Most datagrams [`send_many`] hands the kernel per call.
+const SEND_BATCH: usize = 32;
+
+/// Sends each `(data, to)` on the socket `fd` without blocking, as many per
+/// system call as fit in a batch. A datagram the kernel refuses is dropped
+/// (as the network would drop it) and the rest still go, except after a
+/// full socket buffer (`WouldBlock`), which drops the rest too. Returns the
+/// first error.
+pub fn send_many(fd: i32, datagrams: &[(&[u8], SocketAddr)]) -> io::Result<()> {
+    let mut first_error = None;
+    let mut rest = datagrams;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(SEND_BATCH)];
+        let mut names: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
+            chunk.iter().map(|(_, to)| sockaddr(*to)).collect();
+        let mut iovecs: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|(data, _)| libc::iovec {
+                iov_base: data.as_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            })
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = names
+            .iter_mut()
+            .zip(iovecs.iter_mut())
+            .map(|((name, name_len), iov)| {
+                // SAFETY: all-zero msghdr is valid; the pointers set here
+                // point into `names` and `iovecs`, which outlive the call.
+                let mut header: libc::msghdr = unsafe { zeroed() };
+                header.msg_name = (name as *mut libc::sockaddr_storage).cast();
+                header.msg_namelen = *name_len;
+                header.msg_iov = iov;
+                header.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: header,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        // SAFETY: `headers` holds `chunk.len()` valid mmsghdrs whose
+        // pointers are live for the call.
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                headers.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                return Err(first_error.unwrap_or(err));
+            }
+            // This datagram failed (too large, unreachable): skip it.
+            first_error.get_or_insert(err);
+            rest = &rest[1..];
+        } else {
+            rest = &rest[sent as usize..];
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
 /// A socket address as the C API takes it.
 fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero sockaddr_storage is valid; the writes below fill
@@ -289,6 +353,30 @@ mod tests {
         receiver.set_nonblocking(true).unwrap();
         let err = batch.recv_now(receiver.as_raw_fd()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn sends_many_per_call_in_order_and_skips_what_the_kernel_refuses() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        // More than one call's batch, with one datagram over UDP's limit
+        // in the middle, which alone is refused.
+        let payloads: Vec<Vec<u8>> = (0..SEND_BATCH as u8 + 8).map(|i| vec![i; 20]).collect();
+        let oversized = vec![0xEE; 70_000];
+        let mut datagrams: Vec<(&[u8], SocketAddr)> =
+            payloads.iter().map(|p| (p.as_slice(), to)).collect();
+        datagrams.insert(5, (oversized.as_slice(), to));
+        let err = send_many(sender.as_raw_fd(), &datagrams).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE));
+        receiver.set_nonblocking(true).unwrap();
+        let mut buffer = [0u8; 64];
+        let mut received = Vec::new();
+        while let Ok((len, from)) = receiver.recv_from(&mut buffer) {
+            assert_eq!(from, sender.local_addr().unwrap());
+            received.push(buffer[..len].to_vec());
+        }
+        assert_eq!(received, payloads);
     }
 
     #[test]

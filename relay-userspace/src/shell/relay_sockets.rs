@@ -94,6 +94,7 @@ impl UdpRelayAllocator {
     fn bind(ip: IpAddr, port: u16, dont_fragment: bool) -> std::io::Result<UdpSocket> {
         let socket = StdUdpSocket::bind(SocketAddr::new(ip, port))?;
         socket.set_nonblocking(true)?;
+        super::set_udp_buffers(socket.as_raw_fd(), super::RELAYED_RECEIVE_BUFFER);
         if dont_fragment {
             set_dont_fragment(socket.as_raw_fd(), ip.is_ipv6())?;
         }
