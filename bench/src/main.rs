@@ -293,7 +293,19 @@ fn measure_relay(
                         .iter()
                         .flat_map(|rate| [(rate, false), (rate, true)])
                     {
-                        let _awake = awake.then(cpu::AwakeCores::new).transpose()?;
+                        let _awake = match awake.then(cpu::AwakeCores::new).transpose() {
+                            Ok(request) => request,
+                            Err(err) => {
+                                let note = format!(
+                                    "{} at {} pps with the cores kept awake: {err:#}",
+                                    relay.label(),
+                                    rate
+                                );
+                                println!("skipped: {note}");
+                                report.notes.push(note);
+                                continue;
+                            }
+                        };
                         let mut samples = Vec::new();
                         let before = topology.drop_counters()?;
                         for _ in 0..args.runs {
