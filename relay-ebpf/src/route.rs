@@ -220,9 +220,9 @@ struct FibBlock(MaybeUninit<bpf_fib_lookup>);
 const _: () = assert!(size_of::<bpf_fib_lookup>().is_multiple_of(size_of::<u64>()));
 
 /// Looks `flow` up in the FIB, writes all of `hop` and returns 0 on
-/// success. `ctx` is the program's context (XDP or
-/// skb), `ingress` the interface the packet arrived on. Not inlined: its
-/// 64-byte parameter block gets a stack frame of its own.
+/// success. `ctx` is the program's context (XDP or skb), `ingress` the
+/// interface the packet arrived on. Not inlined: its 64-byte parameter
+/// block gets a stack frame of its own.
 #[inline(never)]
 fn lookup(
     ctx: *mut aya_ebpf::cty::c_void,
