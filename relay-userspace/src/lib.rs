@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod offload;
 pub mod pod_interfaces;
 pub mod prometheus;
+pub mod rtnetlink_events;
 pub mod shell;
 pub mod turn;
 pub mod xdp;

@@ -12,7 +12,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -24,18 +24,13 @@ use std::{
 use aya::maps::{Array, MapData};
 
 use super::XdpError;
+use crate::rtnetlink_events::{
+    self, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_IFADDR,
+    RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV6_RULE, RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_NEXTHOP, group_bit,
+};
 
-/// rtnetlink multicast groups (linux/rtnetlink.h): links, neighbours,
-/// IPv4 and IPv6 addresses, routes and rules.
-const RTNLGRP_LINK: u32 = 1;
-const RTNLGRP_NEIGH: u32 = 3;
-const RTNLGRP_IPV4_IFADDR: u32 = 5;
-const RTNLGRP_IPV4_ROUTE: u32 = 7;
-const RTNLGRP_IPV4_RULE: u32 = 8;
-const RTNLGRP_IPV6_IFADDR: u32 = 9;
-const RTNLGRP_IPV6_ROUTE: u32 = 11;
-const RTNLGRP_IPV6_RULE: u32 = 19;
-/// Those groups as `nl_groups` bits.
+/// The groups of everything a next hop depends on: links, neighbours,
+/// IPv4 and IPv6 addresses, routes and rules, as `nl_groups` bits.
 const GROUPS: u32 = group_bit(RTNLGRP_LINK)
     | group_bit(RTNLGRP_NEIGH)
     | group_bit(RTNLGRP_IPV4_IFADDR)
@@ -44,15 +39,6 @@ const GROUPS: u32 = group_bit(RTNLGRP_LINK)
     | group_bit(RTNLGRP_IPV6_IFADDR)
     | group_bit(RTNLGRP_IPV6_ROUTE)
     | group_bit(RTNLGRP_IPV6_RULE);
-
-/// A group's bit in `nl_groups`: group n is bit n - 1.
-const fn group_bit(group: u32) -> u32 {
-    1 << (group - 1)
-}
-
-/// Nexthop objects (`ip nexthop`), a group past the 32 that `nl_groups`
-/// holds: joined with NETLINK_ADD_MEMBERSHIP.
-const RTNLGRP_NEXTHOP: u32 = 32;
 /// How often the thread looks whether it should stop.
 const STOP_CHECK: Duration = Duration::from_millis(100);
 
@@ -200,34 +186,7 @@ impl Drop for RouteWatch {
 
 /// A nonblocking rtnetlink socket subscribed to every group above.
 fn subscribe() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a socket we just opened and own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_nl is plain data; zero is a valid start.
-    let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    address.nl_groups = GROUPS;
-    // SAFETY: binding our socket to a valid sockaddr_nl of the right size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&address as *const libc::sockaddr_nl).cast(),
-            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = rtnetlink_events::subscribe(GROUPS)?;
     // SAFETY: setsockopt with an int option value of the right size.
     let rc = unsafe {
         libc::setsockopt(
@@ -251,7 +210,6 @@ fn subscribe() -> io::Result<OwnedFd> {
 /// Advances the generation after each batch of notifications until told
 /// to stop.
 fn follow(socket: &OwnedFd, generation: &Mutex<RouteGeneration>, stop: &AtomicBool) {
-    let mut buffer = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let mut poll = libc::pollfd {
             fd: socket.as_raw_fd(),
@@ -263,7 +221,7 @@ fn follow(socket: &OwnedFd, generation: &Mutex<RouteGeneration>, stop: &AtomicBo
         if ready <= 0 {
             continue;
         }
-        match drain(socket, &mut buffer) {
+        match rtnetlink_events::drain(socket) {
             Ok(0) => continue,
             Ok(_) => {}
             Err(err) => {
@@ -283,34 +241,5 @@ fn follow(socket: &OwnedFd, generation: &Mutex<RouteGeneration>, stop: &AtomicBo
         if let Err(err) = generation.advance() {
             tracing::error!("cannot advance the route generation: {err}");
         }
-    }
-}
-
-/// Empties the socket; returns how many notifications it held (a lost
-/// batch counts as one).
-fn drain(socket: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
-    let mut received = 0;
-    loop {
-        // SAFETY: recv into a buffer we own, of its length.
-        let len = unsafe {
-            libc::recv(
-                socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if len < 0 {
-            let err = io::Error::last_os_error();
-            return match err.kind() {
-                io::ErrorKind::WouldBlock => Ok(received),
-                _ if err.raw_os_error() == Some(libc::ENOBUFS) => {
-                    received += 1;
-                    continue;
-                }
-                _ => Err(err),
-            };
-        }
-        received += 1;
     }
 }
