@@ -430,13 +430,10 @@ impl Shared {
         }
     }
 
-    /// Sends to a UDP client from the address it talks to: on its
-    /// listener, or on the wildcard listener of its port, from that
-    /// address.
-    fn send_to_udp_client(&self, to: FiveTuple, data: &[u8]) -> std::io::Result<()> {
-        if let Some(socket) = self.udp_listeners.get(&to.server) {
-            return socket.try_send_to(data, to.client).map(drop);
-        }
+    /// Sends to a UDP client of a wildcard listener, from the address the
+    /// client talks to. (Clients of a listener bound to their address go
+    /// in [`Self::transmit_now`]'s batches.)
+    fn send_from_wildcard(&self, to: FiveTuple, data: &[u8]) -> std::io::Result<()> {
         let wildcard = SocketAddr::new(unspecified_like(to.server.ip()), to.server.port());
         match self.udp_listeners.get(&wildcard) {
             Some(socket) => {
@@ -501,7 +498,7 @@ impl Shared {
                 continue;
             };
             let result = match to.transport {
-                Transport::Udp => self.send_to_udp_client(to, data),
+                Transport::Udp => self.send_from_wildcard(to, data),
                 // Stream writes go through the connection's writer task;
                 // this copy is the price of not blocking on a slow client.
                 Transport::Tcp | Transport::Tls => {
