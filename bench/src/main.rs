@@ -288,54 +288,7 @@ fn measure_relay(
                 println!("{}", row.summary());
                 report.throughput.push(row);
                 if first && direction == Direction::ToPod && size == report::HEADLINE_SIZE {
-                    for (&rate, awake) in args
-                        .paced_rates
-                        .iter()
-                        .flat_map(|rate| [(rate, false), (rate, true)])
-                    {
-                        let _awake = match awake.then(cpu::AwakeCores::new).transpose() {
-                            Ok(request) => request,
-                            Err(err) => {
-                                let note = format!(
-                                    "{} at {} pps with the cores kept awake: {err:#}",
-                                    relay.label(),
-                                    rate
-                                );
-                                println!("skipped: {note}");
-                                report.notes.push(note);
-                                continue;
-                            }
-                        };
-                        let mut samples = Vec::new();
-                        let before = topology.drop_counters()?;
-                        for _ in 0..args.runs {
-                            samples.push(throughput::run(
-                                programs,
-                                topology,
-                                &traffic,
-                                direction,
-                                duration / 2,
-                                Some(rate),
-                            )?);
-                        }
-                        let drops = topology
-                            .drop_counters()?
-                            .into_iter()
-                            .filter_map(|(name, after)| {
-                                let grew = after.saturating_sub(*before.get(&name).unwrap_or(&0));
-                                (grew > 0).then_some((name, grew))
-                            })
-                            .collect();
-                        let row = PacedRow {
-                            relay,
-                            rate,
-                            awake,
-                            samples,
-                            drops,
-                        };
-                        println!("{}", row.summary());
-                        report.paced.push(row);
-                    }
+                    measure_paced(args, topology, programs, relay, &traffic, duration, report)?;
                 }
             }
         }
@@ -377,6 +330,69 @@ fn program_ns_per_packet(
         spent.runs, sample.received
     );
     Ok(per_run)
+}
+
+/// Loss at the moderate loads (`--paced-rates`), each as the cores idle
+/// and kept awake, with the drop counters that grew: 64-byte media,
+/// client→pod, for one configuration.
+fn measure_paced(
+    args: &Args,
+    topology: &Topology,
+    programs: &mut BenchPrograms,
+    relay: Relay,
+    traffic: &flows::Traffic,
+    duration: Duration,
+    report: &mut Report,
+) -> Result<()> {
+    for (&rate, awake) in args
+        .paced_rates
+        .iter()
+        .flat_map(|rate| [(rate, false), (rate, true)])
+    {
+        let _awake = match awake.then(cpu::AwakeCores::new).transpose() {
+            Ok(request) => request,
+            Err(err) => {
+                let note = format!(
+                    "{} at {} pps with the cores kept awake: {err:#}",
+                    relay.label(),
+                    rate
+                );
+                println!("skipped: {note}");
+                report.notes.push(note);
+                continue;
+            }
+        };
+        let before = topology.drop_counters()?;
+        let mut samples = Vec::new();
+        for _ in 0..args.runs {
+            samples.push(throughput::run(
+                programs,
+                topology,
+                traffic,
+                Direction::ToPod,
+                duration / 2,
+                Some(rate),
+            )?);
+        }
+        let drops = topology
+            .drop_counters()?
+            .into_iter()
+            .filter_map(|(name, after)| {
+                let grew = after.saturating_sub(*before.get(&name).unwrap_or(&0));
+                (grew > 0).then_some((name, grew))
+            })
+            .collect();
+        let row = PacedRow {
+            relay,
+            rate,
+            awake,
+            samples,
+            drops,
+        };
+        println!("{}", row.summary());
+        report.paced.push(row);
+    }
+    Ok(())
 }
 
 fn measure_latency(

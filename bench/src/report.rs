@@ -99,20 +99,12 @@ impl PacedRow {
 
     /// Share of the time the hypervisor took the relay core away.
     pub fn steal(&self) -> Spread {
-        Spread::of(
-            self.samples
-                .iter()
-                .map(|s| s.relay_steal.as_secs_f64() / s.duration.as_secs_f64()),
-        )
+        Spread::of(self.samples.iter().map(Sample::steal_share))
     }
 
     /// Share of the time the relay core was busy.
     pub fn busy(&self) -> Spread {
-        Spread::of(
-            self.samples
-                .iter()
-                .map(|s| s.relay_busy.as_secs_f64() / s.duration.as_secs_f64()),
-        )
+        Spread::of(self.samples.iter().map(Sample::busy_share))
     }
 
     pub fn summary(&self) -> String {

@@ -62,6 +62,16 @@ impl Sample {
         self.received as f64 / self.relay_busy.as_secs_f64().max(1e-3)
     }
 
+    /// Share of the run the relay core was busy.
+    pub fn busy_share(&self) -> f64 {
+        self.relay_busy.as_secs_f64() / self.duration.as_secs_f64()
+    }
+
+    /// Share of the run the hypervisor took the relay core away.
+    pub fn steal_share(&self) -> f64 {
+        self.relay_steal.as_secs_f64() / self.duration.as_secs_f64()
+    }
+
     /// Relay-core nanoseconds per relayed packet.
     pub fn ns_per_packet(&self) -> f64 {
         self.relay_busy.as_nanos() as f64 / (self.received.max(1)) as f64
