@@ -49,11 +49,23 @@ pub fn pin_task(pid: i32, core: usize) -> Result<()> {
     testkit::pin_task(pid, core).with_context(|| format!("pinning task {pid} to core {core}"))
 }
 
-/// Pins every thread of process `pid` to `core`.
-pub fn pin_process(pid: u32, core: usize) -> Result<()> {
+/// Pins every thread of process `pid` to `cores`.
+pub fn pin_process(pid: u32, cores: &[usize]) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid, and these are its macros.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &core in cores {
+        // SAFETY: setting a bit of a valid set.
+        unsafe { libc::CPU_SET(core, &mut set) };
+    }
     for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let tid: i32 = entry?.file_name().to_string_lossy().parse()?;
-        pin_task(tid, core)?;
+        // SAFETY: pointer and size of a local set.
+        if unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+            bail!(
+                "pinning task {tid} to cores {cores:?}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
     Ok(())
 }
@@ -122,6 +134,25 @@ fn ticks(count: u64) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_nanos(count * 1_000_000_000 / hz)
+}
+
+/// CPU time task `pid` has used, user and system: for a process, all its
+/// threads'.
+pub fn task_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; the fields after it do not.
+    let (_, fields) = stat
+        .rsplit_once(") ")
+        .with_context(|| format!("no command in /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), utime and stime, after pid and comm.
+    let time = |index: usize| -> Result<u64> {
+        Ok(fields
+            .get(index)
+            .with_context(|| format!("a short /proc/{pid}/stat"))?
+            .parse()?)
+    };
+    Ok(ticks(time(11)? + time(12)?))
 }
 
 /// Resident memory of process `pid`, in bytes.

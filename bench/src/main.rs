@@ -32,7 +32,7 @@ use crate::{
     flows::{Binding, Direction},
     programs::BenchPrograms,
     relays::{Relay, Server},
-    report::{AllocationRow, LatencyRow, PacedRow, Report, ThroughputRow},
+    report::{AllocationRow, LatencyRow, PacedRow, Report, ScalingRow, ThroughputRow},
     topology::Topology,
 };
 
@@ -62,6 +62,10 @@ struct Args {
     /// measured (below saturation there should be none).
     #[arg(long, value_delimiter = ',', default_values_t = [100_000, 150_000])]
     paced_rates: Vec<u64>,
+    /// Offered load for the userspace path on one core and on two,
+    /// frames per second: above what one core relays.
+    #[arg(long, default_value_t = 400_000)]
+    scaling_rate: u64,
     /// Pings per latency series.
     #[arg(long, default_value_t = 20_000)]
     pings: usize,
@@ -95,6 +99,7 @@ impl Args {
         self.pings = 200;
         self.allocations = vec![300];
         self.paced_rates = vec![100_000];
+        self.scaling_rate = 200_000;
         self.repeat = 10_000;
         self.output = PathBuf::from("target/bench-smoke");
         self
@@ -144,6 +149,9 @@ fn main() -> Result<()> {
                 relay,
                 &mut report,
             )?;
+            if relay == Relay::Userspace {
+                measure_scaling(&args, &topology, &mut programs, &workdir, &mut report)?;
+            }
         }
         // Both servers hold a socket per allocation, so the open-file limit
         // caps allocations; it is fixed from outside (root may be refused a
@@ -208,7 +216,8 @@ fn measure_relay(
     for count in counts {
         let server = Server::start(relay, topology, workdir, MAX_BINDINGS)?;
         let (bindings, _clients) = if relay.is_turn() {
-            match relays::bind_channels(topology, count, BINDING_TIME_LIMIT) {
+            let per_allocation = relays::CHANNELS_PER_ALLOCATION;
+            match relays::bind_channels(topology, count, per_allocation, BINDING_TIME_LIMIT) {
                 Ok(made) => made,
                 // Many bindings are a measurement of their own: note why
                 // one is missing and go on with the rest.
@@ -393,6 +402,99 @@ fn measure_paced(
         report.paced.push(row);
     }
     Ok(())
+}
+
+/// Allocations the media of the scaling measurement spreads over, one
+/// binding each: enough that a hash spreads them about evenly over two
+/// shards.
+const SCALING_ALLOCATIONS: usize = 64;
+
+/// The userspace path on one relay core and on two, one shard per core, at
+/// `--scaling-rate`.
+fn measure_scaling(
+    args: &Args,
+    topology: &Topology,
+    programs: &mut BenchPrograms,
+    workdir: &std::path::Path,
+    report: &mut Report,
+) -> Result<()> {
+    let duration = Duration::from_secs_f64(args.seconds);
+    let two = topology.relay_cores(2);
+    if two.len() < 2 {
+        report
+            .notes
+            .push("the userspace path on 2 cores: this machine has one".into());
+        return Ok(());
+    }
+    for cores in [vec![topology.relay_core], two] {
+        let server = Server::start_sharded(topology, workdir, &cores)?;
+        let (bindings, _clients) =
+            relays::bind_channels(topology, SCALING_ALLOCATIONS, 1, BINDING_TIME_LIMIT)
+                .context("the scaling measurement's channel bindings")?;
+        programs.attach_pass(topology)?;
+        topology.spread_relay_receive(&cores);
+        let traffic = flows::traffic(topology, &bindings, Direction::ToPod, 64, true);
+        let rate = Some(args.scaling_rate);
+        let measured = (|| {
+            throughput::run(
+                programs,
+                topology,
+                &traffic,
+                Direction::ToPod,
+                duration / 10,
+                rate,
+            )?;
+            let (mut samples, mut relay_cpu) = (Vec::new(), Vec::new());
+            for _ in 0..args.runs {
+                let before = relay_time(topology, &server)?;
+                let sample = throughput::run(
+                    programs,
+                    topology,
+                    &traffic,
+                    Direction::ToPod,
+                    duration,
+                    rate,
+                )?;
+                relay_cpu.push(relay_time(topology, &server)?.saturating_sub(before));
+                ensure!(
+                    sample.bad == 0,
+                    "turnx userspace on {} cores: the sink received {} wrong datagrams",
+                    cores.len(),
+                    sample.bad
+                );
+                samples.push(sample);
+            }
+            anyhow::Ok((samples, relay_cpu))
+        })();
+        topology.spread_relay_receive(&[]);
+        programs.detach_relay_side()?;
+        drop(server);
+        let (samples, relay_cpu) = measured?;
+        let row = ScalingRow {
+            cores: cores.len(),
+            shares_load_core: cores.contains(&topology.load_core),
+            rate: args.scaling_rate,
+            allocations: SCALING_ALLOCATIONS,
+            samples,
+            relay_cpu,
+        };
+        println!("{}", row.summary());
+        report.scaling.push(row);
+    }
+    Ok(())
+}
+
+/// CPU time of the relay so far: turnxd's threads and the NAPI threads of
+/// the relay's veths (whose receive work RPS hands to other cores is
+/// charged to whatever those cores were running, and not counted).
+fn relay_time(topology: &Topology, server: &Server) -> Result<Duration> {
+    let mut time = cpu::task_time(server.pid())?;
+    for dev in [&topology.relay_client_if, &topology.relay_pod_if] {
+        for thread in cpu::napi_threads(&dev.name)? {
+            time += cpu::task_time(thread as u32)?;
+        }
+    }
+    Ok(time)
 }
 
 fn measure_latency(

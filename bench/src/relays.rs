@@ -149,6 +149,30 @@ impl Server {
         workdir: &Path,
         max_bindings: usize,
     ) -> Result<Option<Server>> {
+        Self::start_on(
+            relay,
+            topology,
+            workdir,
+            max_bindings,
+            &[topology.relay_core],
+        )
+    }
+
+    /// turnx in userspace with one shard per core of `cores`, pinned to
+    /// them.
+    pub fn start_sharded(topology: &Topology, workdir: &Path, cores: &[usize]) -> Result<Server> {
+        Self::start_on(Relay::Userspace, topology, workdir, 1024, cores)?
+            .context("turnx is a TURN server")
+    }
+
+    /// As [`Self::start`], pinned to `cores`: turnx runs a shard per core.
+    fn start_on(
+        relay: Relay,
+        topology: &Topology,
+        workdir: &Path,
+        max_bindings: usize,
+        cores: &[usize],
+    ) -> Result<Option<Server>> {
         let mut command = match relay {
             Relay::XdpOffload | Relay::TcOffload | Relay::Userspace | Relay::NodeTurnx => {
                 let config = workdir.join("turnxd.toml");
@@ -156,7 +180,9 @@ impl Server {
                 let mut command = topology.relay.command(turnxd_path()?);
                 command.arg("--config").arg(&config);
                 match relay {
-                    Relay::Userspace => command.arg("--no-xdp"),
+                    Relay::Userspace => command
+                        .arg("--no-xdp")
+                        .args(["--workers", &cores.len().to_string()]),
                     Relay::TcOffload => command.args(["--engine", "tc"]),
                     _ => &mut command,
                 };
@@ -171,7 +197,7 @@ impl Server {
         };
         let log = workdir.join(format!("{relay:?}.log"));
         let output = File::create(&log)?;
-        let core = topology.relay_core;
+        let affinity = cores.to_vec();
         let files = cpu::open_file_limit();
         // SAFETY: only async-signal-safe calls (setrlimit, sched_setaffinity)
         // between fork and exec.
@@ -184,7 +210,9 @@ impl Server {
                 };
                 libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(core, &mut set);
+                for &core in &affinity {
+                    libc::CPU_SET(core, &mut set);
+                }
                 libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
                 Ok(())
             });
@@ -197,7 +225,7 @@ impl Server {
             .with_context(|| format!("starting {}", relay.label()))?;
         testkit::cleanup::process_started(child.id());
         let server = Server { child, log, relay };
-        server.wait_ready(topology)?;
+        server.wait_ready(topology, cores)?;
         Ok(Some(server))
     }
 
@@ -211,7 +239,7 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_ready(&self, topology: &Topology) -> Result<()> {
+    fn wait_ready(&self, topology: &Topology, cores: &[usize]) -> Result<()> {
         let server = SocketAddr::new(RELAY_CLIENT_SIDE_V4.into(), TURN_PORT);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -223,7 +251,7 @@ impl Server {
             if answered {
                 // Threads started after exec inherit the pinning; these
                 // were all started before the first answer.
-                cpu::pin_process(self.pid(), topology.relay_core)?;
+                cpu::pin_process(self.pid(), cores)?;
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -349,12 +377,13 @@ fn coturn_args(workdir: &Path) -> Vec<String> {
 }
 
 /// `count` channel bindings set up through TURN from the client namespace:
-/// allocations from consecutive client ports, up to
-/// [`CHANNELS_PER_ALLOCATION`] channels each, peers on consecutive pod
-/// ports. The clients are returned too, so their sockets stay open.
+/// allocations from consecutive client ports, up to `per_allocation`
+/// channels each, peers on consecutive pod ports. The clients are returned
+/// too, so their sockets stay open.
 pub fn bind_channels(
     topology: &Topology,
     count: usize,
+    per_allocation: usize,
     time_limit: Duration,
 ) -> Result<(Vec<Binding>, Vec<TurnClient>)> {
     let server = SocketAddr::new(RELAY_CLIENT_SIDE_V4.into(), TURN_PORT);
@@ -362,14 +391,14 @@ pub fn bind_channels(
     topology.client.run_on(Some(topology.load_core), || {
         let mut bindings = Vec::with_capacity(count);
         let mut clients = Vec::new();
-        for (allocation, first) in (0..count).step_by(CHANNELS_PER_ALLOCATION).enumerate() {
+        for (allocation, first) in (0..count).step_by(per_allocation).enumerate() {
             let port = FIRST_CLIENT_PORT + allocation as u16;
             let socket = UdpSocket::bind((CLIENT_V4, port))
                 .with_context(|| format!("binding client port {port}"))?;
             let client = TurnClient::connect(socket, server, USERNAME, PASSWORD)
                 .context("first Allocate (401 expected)")?;
             let relayed = client.allocate(false).context("Allocate")?;
-            for index in 0..(count - first).min(CHANNELS_PER_ALLOCATION) {
+            for index in 0..(count - first).min(per_allocation) {
                 let binding = Binding {
                     client: SocketAddr::new(CLIENT_V4.into(), port),
                     channel: 0x4000 + index as u16,

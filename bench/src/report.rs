@@ -4,6 +4,7 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, ensure};
@@ -138,6 +139,75 @@ impl PacedRow {
     }
 }
 
+/// The userspace path on one core or several, one shard per core, at a
+/// fixed offered load above what one core relays: 64-byte media,
+/// client→pod, one binding per allocation.
+pub struct ScalingRow {
+    /// Relay cores, and shards.
+    pub cores: usize,
+    /// Whether the load core is one of them (a machine of too few cores).
+    pub shares_load_core: bool,
+    /// Offered frames per second.
+    pub rate: u64,
+    /// Allocations the media spreads over.
+    pub allocations: usize,
+    pub samples: Vec<Sample>,
+    /// The relay's own CPU time in each run: turnxd's threads and its
+    /// veths' NAPI threads.
+    pub relay_cpu: Vec<Duration>,
+}
+
+impl ScalingRow {
+    /// Relayed packets per second: median and range over the runs.
+    pub fn pps(&self) -> Spread {
+        Spread::of(self.samples.iter().map(Sample::pps))
+    }
+
+    /// Relayed packets per CPU-second of the relay's own threads.
+    pub fn pps_per_relay_cpu(&self) -> Spread {
+        Spread::of(
+            self.samples
+                .iter()
+                .zip(&self.relay_cpu)
+                .map(|(sample, cpu)| sample.received as f64 / cpu.as_secs_f64().max(1e-3)),
+        )
+    }
+
+    /// Cores' worth of the relay's own threads.
+    pub fn relay_cores_used(&self) -> Spread {
+        Spread::of(
+            self.samples
+                .iter()
+                .zip(&self.relay_cpu)
+                .map(|(sample, cpu)| cpu.as_secs_f64() / sample.duration.as_secs_f64()),
+        )
+    }
+
+    pub fn summary(&self) -> String {
+        let pps = self.pps();
+        format!(
+            "turnx userspace, {} core{} ({} shard{}{}): {} pps relayed [{}–{}] of {} pps offered \
+             over {} allocations; the relay's threads used {:.2} cores, {} pps per CPU-s",
+            self.cores,
+            if self.cores == 1 { "" } else { "s" },
+            self.cores,
+            if self.cores == 1 { "" } else { "s" },
+            if self.shares_load_core {
+                ", one core shared with the load"
+            } else {
+                ""
+            },
+            si(pps.median),
+            si(pps.min),
+            si(pps.max),
+            si(self.rate as f64),
+            self.allocations,
+            self.relay_cores_used().median,
+            si(self.pps_per_relay_cpu().median),
+        )
+    }
+}
+
 /// Ping-pong round trips, idle and under a fixed load, one series of each
 /// per run.
 pub struct LatencyRow {
@@ -193,6 +263,7 @@ pub struct Report {
     pub throughput: Vec<ThroughputRow>,
     pub latency: Vec<LatencyRow>,
     pub paced: Vec<PacedRow>,
+    pub scaling: Vec<ScalingRow>,
     pub allocations: Vec<AllocationRow>,
     /// Measurements that could not be made, and why.
     pub notes: Vec<String>,
@@ -209,13 +280,15 @@ impl Report {
             throughput: Vec::new(),
             latency: Vec::new(),
             paced: Vec::new(),
+            scaling: Vec::new(),
             allocations: Vec::new(),
             notes: Vec::new(),
         })
     }
 
     /// Checks what a smoke run must show: every configuration relayed in
-    /// both directions, no idle echo lost, no allocation failed.
+    /// both directions, and on more cores, no idle echo lost, no
+    /// allocation failed.
     pub fn check_smoke(&self) -> Result<()> {
         for row in &self.throughput {
             ensure!(
@@ -232,6 +305,13 @@ impl Report {
                 idle_lost == 0 && row.idle.iter().all(|r| !r.micros.is_empty()),
                 "{}: {idle_lost} idle pings lost",
                 row.relay.label(),
+            );
+        }
+        for row in &self.scaling {
+            ensure!(
+                row.samples.iter().all(|s| s.received > 0),
+                "turnx userspace on {} cores relayed nothing",
+                row.cores
             );
         }
         for row in &self.allocations {
@@ -284,6 +364,7 @@ impl Report {
         text += &self.targets();
         text += &self.throughput_table();
         text += &self.paced_table();
+        text += &self.scaling_table();
         text += &self.latency_table();
         text += &self.bindings_table();
         text += &self.allocation_table();
@@ -474,6 +555,28 @@ impl Report {
                 .map(|(u, c)| (u / c, format!("{:.2}×", u / c))),
             |v| v >= 2.0,
         );
+        let scaled = |cores| {
+            self.scaling
+                .iter()
+                .find(|row| row.cores == cores)
+                .map(|row| row.pps().median)
+        };
+        row(
+            "userspace path on 2 relay cores ≥ 1.8× its single-core figure (relayed pps)",
+            both(scaled(2), scaled(1)).map(|(two, one)| {
+                let shared = self.scaling.iter().any(|row| row.shares_load_core);
+                let note = if shared {
+                    ", one of the 2 cores also running the load"
+                } else {
+                    ""
+                };
+                (
+                    two / one,
+                    format!("{:.2}× ({} vs {} pps{note})", two / one, si(two), si(one)),
+                )
+            }),
+            |v| v >= 1.8,
+        );
         row(
             "allocation setup rate ≥ coturn's",
             both(rate(Relay::XdpOffload), rate(Relay::Coturn))
@@ -535,6 +638,47 @@ impl Report {
              (`run_time_ns / run_cnt` of the kernel's `bpf_stats_enabled` accounting), in one \
              more run at full load with the statistics on.\n",
         );
+        text
+    }
+
+    fn scaling_table(&self) -> String {
+        let mut text = String::from(
+            "\n## The userspace path on more cores\n\n\
+             turnx with XDP off, one shard per relay core (`--workers`), pinned to those \
+             cores; 64-byte media, client→pod, offered at a fixed rate above what one core \
+             relays, one binding on each of many allocations (from as many client ports), \
+             so that the listener's SO_REUSEPORT group spreads them over the shards. The \
+             relay's client-side veth steers its receive work over the same cores (RPS), as \
+             a NIC's receive-side scaling would. Relayed packets per second, median \
+             [min–max] of the runs; the relay's own threads' CPU (turnxd's and its veths' \
+             NAPI threads'; receive work RPS moved to another core is not in it), in cores, \
+             and relayed packets per CPU-second of it.\n\n\
+             | relay cores | offered | allocations | relayed pps | loss | relay threads' cores | pps per relay CPU-s |\n\
+             |---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for row in &self.scaling {
+            let pps = row.pps();
+            let loss = Spread::of(row.samples.iter().map(Sample::loss));
+            writeln!(
+                text,
+                "| {}{} | {} pps | {} | {} [{}–{}] | {:.1} % | {:.2} | {} |",
+                row.cores,
+                if row.shares_load_core {
+                    " (one shared with the load)"
+                } else {
+                    ""
+                },
+                si(row.rate as f64),
+                row.allocations,
+                si(pps.median),
+                si(pps.min),
+                si(pps.max),
+                100.0 * loss.median,
+                row.relay_cores_used().median,
+                si(row.pps_per_relay_cpu().median),
+            )
+            .expect("writing to a String");
+        }
         text
     }
 

@@ -57,6 +57,8 @@ pub struct Topology {
     /// otherwise every BPF_PROG_RUN call would add it and remove it again,
     /// waiting for two RCU grace periods each time.
     pub parking_if: Veth,
+    /// Every core the benchmark may use, in order.
+    pub cores: Vec<usize>,
     /// Core for the relay: its NAPI threads and server processes.
     pub relay_core: usize,
     /// Core for the load: generator, sinks, clients.
@@ -122,6 +124,7 @@ impl Topology {
             pod,
             relay_core: cores[cores.len() - 1],
             load_core: cores[0],
+            cores,
         };
         topology.add_neighbours();
         topology.pin_napi_threads()?;
@@ -249,6 +252,24 @@ impl Topology {
             "ethtool -K {dev} tx on gro off >/dev/null && \
              printf %x {} > /sys/class/net/{dev}/queues/rx-0/rps_cpus",
             1u64 << self.load_core
+        ));
+    }
+
+    /// The cores of a relay on `n` of them: the relay core and the ones
+    /// before it, down to the load core when the machine has no more.
+    /// Fewer than `n` when the machine has fewer.
+    pub fn relay_cores(&self, n: usize) -> Vec<usize> {
+        self.cores.iter().rev().take(n).rev().copied().collect()
+    }
+
+    /// Steers the receive work of the relay's client-side veth (RPS) over
+    /// `cores` by flow, as a multi-queue NIC's RSS would spread it; `&[]`
+    /// leaves it where its NAPI thread runs.
+    pub fn spread_relay_receive(&self, cores: &[usize]) {
+        let mask: u64 = cores.iter().map(|core| 1u64 << core).sum();
+        self.relay.sh(&format!(
+            "printf %x {mask} > /sys/class/net/{}/queues/rx-0/rps_cpus",
+            self.relay_client_if.name
         ));
     }
 

@@ -15,7 +15,9 @@
 //! - a public address is advertised while the kernel carries the media
 //!   on the bound one;
 //! - the credential service's answers are accepted by the project's client
-//!   and by Chromium.
+//!   and by Chromium;
+//! - the userspace relay in four shards spreads clients over them, relays
+//!   for every one, and holds them to one user quota.
 //!
 //! `turnxctl status --json` and `turnxctl allocations --json` are checked
 //! against the running daemons along the way.
@@ -745,6 +747,66 @@ fn prometheus_scrapes_what_coturns_client_relays() {
     assert_eq!(kernel, Some(value("client in, kernel")), "{status}");
     assert!(offload["counters"]["forwarded_to_peer"]["packets"].as_f64() >= kernel);
     turnxd.stop();
+}
+
+// Four shards, the kernel path off so that every datagram goes through
+// one: the SO_REUSEPORT group spreads clients (one address, many ports)
+// over the shards, each client's media relays in its shard, and the user
+// quota counts the allocations of all of them.
+#[test]
+fn shards_spread_clients_relay_for_each_and_share_one_quota() {
+    let test = "shards_spread_clients_relay_for_each_and_share_one_quota";
+    let Some(net) = Net::new(test, &[]) else {
+        return;
+    };
+    const CLIENTS: usize = 16;
+    let settings = Settings {
+        server_extra: "workers = 4".into(),
+        extra: format!("[limits]\nuser_quota = {CLIENTS}\n"),
+        ..Settings::default()
+    };
+    let turnxd = net.turnxd(&settings, &["--no-xdp"]);
+    let clients: Vec<TurnClient> = (0..CLIENTS)
+        .map(|_| net.bound_client(USER, PASSWORD).0)
+        .collect();
+    for (index, client) in clients.iter().enumerate() {
+        assert_eq!(net.round_trips(client, CHANNEL, 5), 5, "client {index}");
+    }
+    let status = turnxd.status(&net, "with the clients bound");
+    eprintln!("turnxctl status --json with {CLIENTS} clients: {status}");
+    let shards: Vec<u64> = status["allocations_by_shard"]
+        .as_array()
+        .expect("allocations_by_shard")
+        .iter()
+        .map(|count| count.as_u64().unwrap())
+        .collect();
+    assert_eq!(shards.len(), 4, "{status}");
+    assert_eq!(shards.iter().sum::<u64>(), CLIENTS as u64, "{status}");
+    // All 16 in one shard has a chance of 4 in 4^16.
+    assert!(
+        shards.iter().filter(|&&count| count > 0).count() >= 2,
+        "every client in one shard: {shards:?}"
+    );
+    // The metrics are the shards' sum: a warm-up (one to five tries) and
+    // five round trips per client went out to the peer.
+    let to_peer = net.metric(
+        "turnx_packets_total",
+        &[
+            ("side", "peer"),
+            ("direction", "out"),
+            ("path", "userspace"),
+        ],
+    ) as usize;
+    assert!(
+        (6 * CLIENTS..=10 * CLIENTS).contains(&to_peer),
+        "{to_peer} datagrams relayed to the peer"
+    );
+    assert_eq!(net.try_allocate(USER, PASSWORD), Err(486), "over the quota");
+    net.topology.client.run(|| clients[0].refresh(0)).unwrap();
+    assert!(
+        net.try_allocate(USER, PASSWORD).is_ok(),
+        "room again after one allocation ended, whatever its shard"
+    );
 }
 
 #[test]

@@ -206,6 +206,14 @@ fn print_daemon_status(status: &Value) {
         "allocations: {}{by_transport}",
         text(&status["allocations"])
     );
+    if let Some(shards) = status["allocations_by_shard"].as_array() {
+        let counts: Vec<String> = shards.iter().map(text).collect();
+        println!(
+            "shards: {} (allocations {})",
+            counts.len(),
+            counts.join(", ")
+        );
+    }
     let offload = &status["offload"];
     if offload.is_null() {
         println!("offload: off (everything relays in userspace)");

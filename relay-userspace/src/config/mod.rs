@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub relay_addresses: Vec<IpAddr>,
     /// First and last relay port.
     pub relay_ports: [u16; 2],
+    /// Shards of the userspace relay; 0 for one per usable CPU.
+    pub workers: usize,
     /// SOFTWARE attribute; empty for none.
     pub software: String,
     /// Accept RFC 5766 channel numbers up to 0x7FFF.
@@ -341,6 +343,12 @@ pub enum ConfigError {
 /// challenges (a 401 is 50 to 150 bytes).
 const MIN_BURST_BYTES: u32 = 512;
 
+/// Most shards `[server] workers = 0` runs: past that, one socket of a
+/// listener per core costs more than the cores give.
+pub const AUTO_WORKERS: usize = 16;
+/// Most shards `[server] workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+
 /// The log levels the `[log] level` key accepts.
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
@@ -434,6 +442,17 @@ impl Config {
         Ok(config)
     }
 
+    /// The userspace relay's shards: `[server] workers`, or for 0 one per
+    /// CPU this process may run on (at most [`AUTO_WORKERS`]).
+    pub fn workers(&self) -> usize {
+        match self.server.workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(AUTO_WORKERS),
+            workers => workers,
+        }
+    }
+
     /// Checks the rules the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.listen.is_empty() {
@@ -451,6 +470,13 @@ impl Config {
         if first == 0 || first > last {
             return Err(ConfigError::Invalid(format!(
                 "[server] relay_ports [{first}, {last}] is not a range of non-zero ports"
+            )));
+        }
+        if self.server.workers > MAX_WORKERS {
+            return Err(ConfigError::Invalid(format!(
+                "[server] workers = {} is more than {MAX_WORKERS}; give at most one per core, or 0 \
+                 for one per CPU",
+                self.server.workers
             )));
         }
         let families =
@@ -666,6 +692,7 @@ mod tests {
     fn bad_values_are_rejected() {
         for (text, needle) in [
             ("[server]\nrelay_ports = [5000, 4000]\n", "relay_ports"),
+            ("[server]\nworkers = 100000\n", "workers"),
             (
                 "[limits]\nuser_bytes_per_sec = 100000\nbandwidth_burst_ms = 1\n",
                 "bandwidth_burst_ms",

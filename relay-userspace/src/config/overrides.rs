@@ -131,6 +131,10 @@ pub struct Overrides {
     /// Longest SIGTERM drain, seconds. Replaces [drain] timeout_secs.
     #[arg(long, env = "TURNXD_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<u64>,
+    /// Shards of the userspace relay, 0 for one per CPU. Replaces [server]
+    /// workers.
+    #[arg(long, env = "TURNXD_WORKERS")]
+    pub workers: Option<usize>,
 }
 
 impl Overrides {
@@ -216,6 +220,9 @@ impl Overrides {
         if let Some(secs) = self.drain_timeout {
             config.drain.timeout_secs = secs;
         }
+        if let Some(workers) = self.workers {
+            config.server.workers = workers;
+        }
         Ok(())
     }
 }
@@ -241,10 +248,13 @@ mod tests {
             admin_socket: Some(String::new()),
             users: vec!["alice:secret".into()],
             drain_timeout: Some(5),
+            workers: Some(3),
             ..Overrides::default()
         };
         let mut config = Config::default();
         overrides.apply(&mut config).unwrap();
+        assert_eq!(config.workers(), 3);
+        config.server.workers = Config::default().server.workers;
         assert_eq!(
             config.metrics.listen,
             Some("127.0.0.1:9641".parse().unwrap())

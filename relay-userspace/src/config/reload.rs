@@ -42,6 +42,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         realm,
         relay_addresses,
         relay_ports,
+        workers,
         software: _,
         legacy_channel_numbers,
         public_addresses,
@@ -61,6 +62,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         *relay_addresses == was.relay_addresses,
     );
     check("[server] relay_ports", *relay_ports == was.relay_ports);
+    check("[server] workers", *workers == was.workers);
     check(
         "[server] legacy_channel_numbers",
         *legacy_channel_numbers == was.legacy_channel_numbers,

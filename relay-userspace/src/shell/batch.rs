@@ -1,7 +1,8 @@
 //! Receiving many UDP datagrams per system call (`recvmmsg`), so a burst
 //! costs one wake-up, one syscall and one lock of the core instead of one
-//! each per datagram, and sending many the same way (`sendmmsg`). The buffers are per worker thread, not per socket: a
-//! relayed socket costs no receive memory while it waits.
+//! each per datagram, and sending many the same way (`sendmmsg`). The
+//! buffers are per worker thread, not per socket: a relayed socket costs
+//! no receive memory while it waits.
 
 use std::{
     io,

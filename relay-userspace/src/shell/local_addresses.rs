@@ -7,7 +7,7 @@ use std::{io, net::IpAddr, sync::Arc, time::Duration};
 
 use tokio::io::unix::AsyncFd;
 
-use super::Shared;
+use super::Shard;
 use crate::rtnetlink_events::{
     RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR, drain, group_bit, subscribe,
 };
@@ -23,10 +23,15 @@ pub fn read() -> io::Result<Vec<IpAddr>> {
         .collect())
 }
 
-/// Hands the node's addresses to the core now and after every change.
-pub(super) async fn follow(shared: Arc<Shared>) {
-    let update = |shared: &Arc<Shared>| match read() {
-        Ok(addresses) => shared.run(|core| core.set_local_addresses(addresses)),
+/// Hands the node's addresses to every shard's core now and after every
+/// change.
+pub(super) async fn follow(shards: Vec<Arc<Shard>>) {
+    let update = |shards: &[Arc<Shard>]| match read() {
+        Ok(addresses) => {
+            for shard in shards {
+                shard.run(|core| core.set_local_addresses(addresses.iter().copied()));
+            }
+        }
         Err(err) => tracing::warn!("cannot read the node's addresses: {err}"),
     };
     let registered = subscribe(ADDRESS_GROUPS).and_then(|fd| {
@@ -41,13 +46,13 @@ pub(super) async fn follow(shared: Arc<Shared>) {
             // Without notifications, poll: the policy must stay current.
             tracing::warn!("cannot follow address changes over rtnetlink ({err}); polling");
             loop {
-                update(&shared);
+                update(&shards);
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
     };
     // Whatever changed between the caller's first read and the subscription.
-    update(&shared);
+    update(&shards);
     loop {
         let mut ready = match socket.readable().await {
             Ok(ready) => ready,
@@ -60,6 +65,6 @@ pub(super) async fn follow(shared: Arc<Shared>) {
         if let Err(err) = drain(socket.get_ref()) {
             tracing::warn!("reading address changes: {err}");
         }
-        update(&shared);
+        update(&shards);
     }
 }

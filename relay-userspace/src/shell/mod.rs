@@ -3,8 +3,17 @@
 //! lives in [`crate::turn`]; this module only moves bytes and time in and
 //! out of it.
 //!
-//! The core sits behind one mutex, held only while it computes; sends
-//! happen after it is released.
+//! The server runs in shards, one per worker core (`ShellConfig::workers`).
+//! Each has its own protocol core, behind a mutex held only while it
+//! computes (sends happen after it is released), and its own socket of
+//! every UDP listener, in one SO_REUSEPORT group per address: the kernel
+//! hands each client's datagrams, by a hash of its address and port, to
+//! one shard, which holds that client's allocation, its relayed sockets
+//! and their receive loops. A stream client's connection is given to a
+//! shard by the same kind of hash. What is relay-wide (quotas,
+//! reservations, budgets) is in the shards' shared
+//! [`Ledger`](crate::turn::ledger::Ledger); the kernel offload, the
+//! relayed sockets' registry and the stream writers are shared too.
 
 mod batch;
 pub mod framing;
@@ -34,7 +43,9 @@ use self::{
 };
 use crate::{
     offload::{KernelRelayed, Offload, OffloadStats},
-    turn::{Destination, Event, FiveTuple, Now, Outbox, Server, ServerConfig, Transport},
+    turn::{
+        Destination, Event, FiveTuple, Now, Outbox, Server, ServerConfig, Transport, ledger::Ledger,
+    },
 };
 
 /// Where the server listens and relays.
@@ -57,6 +68,9 @@ pub struct ShellConfig {
     pub server: ServerConfig,
     /// Caps on concurrent TCP and TLS connections.
     pub streams: StreamLimits,
+    /// Shards: protocol cores, each fed by its own socket of every UDP
+    /// listener. 1 runs one core and no SO_REUSEPORT group.
+    pub workers: usize,
 }
 
 /// An allocation as `turnxctl allocations` shows it.
@@ -82,10 +96,8 @@ pub struct OffloadReport {
     pub capacity: u32,
 }
 
-/// The running server's shared state.
-struct Shared {
-    core: Mutex<Server>,
-    udp_listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
+/// What the shards of the running server share.
+struct Common {
     relays: Arc<RelaySockets>,
     streams: Mutex<HashMap<FiveTuple, StreamWriter>>,
     /// Admits stream connections under the caps.
@@ -93,12 +105,26 @@ struct Shared {
     /// The kernel offload, which follows every lifecycle event, in order,
     /// before anything the same step produced is sent: a client that sees
     /// its Refresh(0) answered can rely on the kernel binding being gone.
+    /// One allocation's events all come from its shard, so they stay in
+    /// order.
     offload: Mutex<Option<Offload>>,
+}
+
+/// One shard of the running server: a protocol core and the sockets that
+/// feed it.
+struct Shard {
+    /// Its place among the shards.
+    index: usize,
+    core: Mutex<Server>,
+    /// This shard's socket of each UDP listener.
+    udp_listeners: HashMap<SocketAddr, Arc<UdpSocket>>,
+    common: Arc<Common>,
 }
 
 /// A handle on the running server.
 pub struct TurnServer {
-    shared: Arc<Shared>,
+    shards: Vec<Arc<Shard>>,
+    common: Arc<Common>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -161,75 +187,119 @@ fn set_udp_buffers(fd: i32, receive: libc::c_int) {
 }
 
 /// Binds a socket2 socket: IPv6 sockets are IPv6-only so that `[::]:p`
-/// and `0.0.0.0:p` can both be bound.
-fn bind_socket(address: SocketAddr, kind: socket2::Type) -> Result<socket2::Socket> {
+/// and `0.0.0.0:p` can both be bound. `reuse_port` joins the address's
+/// SO_REUSEPORT group.
+fn bind_socket(
+    address: SocketAddr,
+    kind: socket2::Type,
+    reuse_port: bool,
+) -> Result<socket2::Socket> {
     let domain = socket2::Domain::for_address(address);
     let socket = socket2::Socket::new(domain, kind, None)?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     Ok(socket)
+}
+
+/// Binds `shards` sockets of a UDP listener, one per shard, in one
+/// SO_REUSEPORT group when there are several.
+fn bind_udp_listener(address: SocketAddr, shards: usize) -> Result<Vec<UdpSocket>> {
+    use std::os::fd::AsRawFd;
+    (0..shards)
+        .map(|_| {
+            let udp = bind_socket(address, socket2::Type::DGRAM, shards > 1)
+                .with_context(|| format!("binding UDP listener {address}"))?;
+            set_udp_buffers(udp.as_raw_fd(), LISTENER_RECEIVE_BUFFER);
+            if address.ip().is_unspecified() {
+                batch::report_destinations(udp.as_raw_fd(), address.is_ipv6()).with_context(
+                    || format!("asking the wildcard listener {address} for destinations"),
+                )?;
+            }
+            Ok(UdpSocket::from_std(udp.into())?)
+        })
+        .collect()
+}
+
+/// The shard of a stream client: any fixed spread does, since a
+/// connection's allocation lives and dies with it.
+fn stream_shard(shards: &[Arc<Shard>], client: SocketAddr) -> &Arc<Shard> {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(client);
+    &shards[(hash % shards.len() as u64) as usize]
 }
 
 impl TurnServer {
     /// Binds every listener and starts serving; `offload`, when given,
     /// mirrors channel bindings into the kernel.
     pub async fn start(config: ShellConfig, offload: Option<Offload>) -> Result<TurnServer> {
-        let relays = Arc::new(RelaySockets::default());
-        let allocator = UdpRelayAllocator::new(
-            config.relay_ipv4,
-            config.relay_ipv6,
-            config.relay_ports.clone(),
-            Arc::clone(&relays),
-        );
-        let mut core = Server::new(config.server.clone(), rand::random(), Box::new(allocator));
-        core.set_local_addresses(
-            local_addresses::read().context("reading the node's addresses for the peer policy")?,
-        );
-        let mut udp_listeners = HashMap::new();
+        let workers = config.workers.max(1);
+        let relays = Arc::new(RelaySockets::new(workers));
+        let key = rand::random();
+        let ledger = Ledger::new(key, config.server.amplification);
+        let local =
+            local_addresses::read().context("reading the node's addresses for the peer policy")?;
+        let mut udp_listeners = vec![HashMap::new(); workers];
         let mut tcp_listeners = Vec::new();
         for address in &config.listen {
-            let udp = bind_socket(*address, socket2::Type::DGRAM)
-                .with_context(|| format!("binding UDP listener {address}"))?;
+            for (shard, udp) in bind_udp_listener(*address, workers)?
+                .into_iter()
+                .enumerate()
             {
-                use std::os::fd::AsRawFd;
-                set_udp_buffers(udp.as_raw_fd(), LISTENER_RECEIVE_BUFFER);
+                udp_listeners[shard].insert(*address, Arc::new(udp));
             }
-            if address.ip().is_unspecified() {
-                use std::os::fd::AsRawFd;
-                batch::report_destinations(udp.as_raw_fd(), address.is_ipv6()).with_context(
-                    || format!("asking the wildcard listener {address} for destinations"),
-                )?;
-            }
-            let udp = UdpSocket::from_std(udp.into())?;
-            udp_listeners.insert(*address, Arc::new(udp));
-            let tcp = bind_socket(*address, socket2::Type::STREAM)
+            let tcp = bind_socket(*address, socket2::Type::STREAM, false)
                 .with_context(|| format!("binding TCP listener {address}"))?;
             tcp.listen(1024)?;
             tcp_listeners.push((*address, TcpListener::from_std(tcp.into())?));
         }
-        let shared = Arc::new(Shared {
-            core: Mutex::new(core),
-            udp_listeners,
-            relays,
+        let common = Arc::new(Common {
+            relays: Arc::clone(&relays),
             streams: Mutex::new(HashMap::new()),
             admission: Admission::new(config.streams),
             offload: Mutex::new(offload),
         });
+        let shards: Vec<Arc<Shard>> = udp_listeners
+            .into_iter()
+            .enumerate()
+            .map(|(index, udp_listeners)| {
+                let allocator = UdpRelayAllocator::new(
+                    config.relay_ipv4,
+                    config.relay_ipv6,
+                    config.relay_ports.clone(),
+                    Arc::clone(&relays),
+                    index,
+                );
+                let ledger = Arc::clone(&ledger);
+                let mut core =
+                    Server::shard(config.server.clone(), key, Box::new(allocator), ledger);
+                core.set_local_addresses(local.iter().copied());
+                Arc::new(Shard {
+                    index,
+                    core: Mutex::new(core),
+                    udp_listeners,
+                    common: Arc::clone(&common),
+                })
+            })
+            .collect();
         let mut tasks = Vec::new();
-        for (address, socket) in &shared.udp_listeners {
-            tasks.push(tokio::spawn(udp_loop(
-                Arc::clone(&shared),
-                UdpRole::Listener(*address),
-                Arc::clone(socket),
-            )));
+        for shard in &shards {
+            for (address, socket) in &shard.udp_listeners {
+                tasks.push(tokio::spawn(udp_loop(
+                    Arc::clone(shard),
+                    UdpRole::Listener(*address),
+                    Arc::clone(socket),
+                )));
+            }
+            tasks.push(tokio::spawn(timer(Arc::clone(shard))));
         }
         for (address, listener) in tcp_listeners {
             tasks.push(tokio::spawn(tcp_listener(
-                Arc::clone(&shared),
+                shards.clone(),
                 address,
                 listener,
             )));
@@ -241,12 +311,12 @@ impl TurnServer {
                 .context("TLS listen addresses need a certificate and key")?;
             let state = Arc::new(tls::TlsState::load(files)?);
             for address in &config.tls_listen {
-                let tcp = bind_socket(*address, socket2::Type::STREAM)
+                let tcp = bind_socket(*address, socket2::Type::STREAM, false)
                     .with_context(|| format!("binding TLS listener {address}"))?;
                 tcp.listen(1024)?;
                 let listener = TcpListener::from_std(tcp.into())?;
                 tasks.push(tokio::spawn(tls_listener(
-                    Arc::clone(&shared),
+                    shards.clone(),
                     *address,
                     listener,
                     Arc::clone(&state),
@@ -260,68 +330,82 @@ impl TurnServer {
                 }
             }));
         }
-        tasks.push(tokio::spawn(timer(Arc::clone(&shared))));
-        tasks.push(tokio::spawn(local_addresses::follow(Arc::clone(&shared))));
-        Ok(TurnServer { shared, tasks })
+        tasks.push(tokio::spawn(local_addresses::follow(shards.clone())));
+        Ok(TurnServer {
+            shards,
+            common,
+            tasks,
+        })
     }
 
-    /// Counters of the core.
+    /// Runs `f` on each shard's core in turn.
+    fn each_core(&self, mut f: impl FnMut(&Server)) {
+        for shard in &self.shards {
+            f(&shard.core.lock().expect("core lock"));
+        }
+    }
+
+    /// Counters of the cores, summed.
     pub fn stats(&self) -> crate::turn::Stats {
-        self.shared.core.lock().expect("core lock").stats()
+        let mut stats = crate::turn::Stats::default();
+        self.each_core(|core| stats.absorb(&core.stats()));
+        stats
     }
 
-    /// Every counter of the core, for metrics.
+    /// Every counter of the cores, summed, for metrics.
     pub fn counters(&self) -> crate::turn::counters::Counters {
-        self.shared
-            .core
-            .lock()
-            .expect("core lock")
-            .counters()
-            .clone()
+        let mut counters = crate::turn::counters::Counters::default();
+        self.each_core(|core| counters.absorb(core.counters()));
+        counters
     }
 
     /// Number of live allocations.
     pub fn allocations(&self) -> usize {
-        self.shared
-            .core
-            .lock()
-            .expect("core lock")
-            .allocation_count()
+        let mut count = 0;
+        self.each_core(|core| count += core.allocation_count());
+        count
+    }
+
+    /// Live allocations of each shard, in shard order: how evenly the
+    /// kernel spreads clients over them.
+    pub fn allocations_by_shard(&self) -> Vec<usize> {
+        let mut counts = Vec::with_capacity(self.shards.len());
+        self.each_core(|core| counts.push(core.allocation_count()));
+        counts
     }
 
     /// Live allocations by transport.
     pub fn allocations_by_transport(&self) -> [(Transport, usize); 3] {
-        self.shared
-            .core
-            .lock()
-            .expect("core lock")
-            .allocations_by_transport()
+        let mut counts = Transport::ALL.map(|transport| (transport, 0));
+        self.each_core(|core| {
+            for (total, (_, count)) in counts.iter_mut().zip(core.allocations_by_transport()) {
+                total.1 += count;
+            }
+        });
+        counts
     }
 
     /// Live allocations per user (the id of REST API usernames).
     pub fn user_allocations(&self) -> Vec<(String, u32)> {
-        let core = self.shared.core.lock().expect("core lock");
-        let mut users: Vec<(String, u32)> = core
-            .user_allocations()
-            .map(|(user, count)| (user.to_owned(), count))
-            .collect();
-        users.sort();
-        users
+        let mut users = std::collections::BTreeMap::<String, u32>::new();
+        self.each_core(|core| {
+            for (user, count) in core.user_allocations() {
+                *users.entry(user.to_owned()).or_insert(0) += count;
+            }
+        });
+        users.into_iter().collect()
     }
 
     /// Every allocation, with what the kernel relayed for each channel
     /// it holds a binding of.
     pub fn allocation_reports(&self) -> Vec<AllocationReport> {
-        let views = self
-            .shared
-            .core
-            .lock()
-            .expect("core lock")
-            .allocations_view(Instant::now());
+        let mut views = Vec::new();
+        self.each_core(|core| views.extend(core.allocations_view(Instant::now())));
+        views.sort_unstable_by_key(|view| view.client);
         // One binding's read at a time under the offload's lock, which the
-        // core waits on when it binds or unbinds.
+        // cores wait on when they bind or unbind.
         let relayed = |client, channel| {
-            let offload = self.shared.offload.lock().expect("offload lock");
+            let offload = self.common.offload.lock().expect("offload lock");
             offload.as_ref()?.binding_relayed(client, channel)
         };
         views
@@ -339,7 +423,7 @@ impl TurnServer {
 
     /// What the kernel offload did so far, if there is one.
     pub fn offload_stats(&self) -> Option<OffloadStats> {
-        let offload = self.shared.offload.lock().expect("offload lock");
+        let offload = self.common.offload.lock().expect("offload lock");
         offload.as_ref().map(Offload::stats)
     }
 
@@ -349,18 +433,18 @@ impl TurnServer {
     /// for a read of every binding.
     pub fn offload_report(&self) -> Option<OffloadReport> {
         let slots = self
-            .shared
+            .common
             .offload
             .lock()
             .expect("offload lock")
             .as_ref()?
             .live_slots();
         for chunk in slots.chunks(REFRESH_CHUNK) {
-            if let Some(offload) = self.shared.offload.lock().expect("offload lock").as_mut() {
+            if let Some(offload) = self.common.offload.lock().expect("offload lock").as_mut() {
                 offload.refresh_relayed(chunk);
             }
         }
-        let offload = self.shared.offload.lock().expect("offload lock");
+        let offload = self.common.offload.lock().expect("offload lock");
         offload.as_ref().map(|offload| OffloadReport {
             stats: offload.stats(),
             relayed: offload.kernel_relayed(),
@@ -371,21 +455,25 @@ impl TurnServer {
 
     /// Applies a reloaded protocol configuration; allocations carry on.
     pub fn reconfigure(&self, config: ServerConfig) {
-        self.shared.run(|core| core.reconfigure(config));
+        for shard in &self.shards {
+            shard.run(|core| core.reconfigure(config.clone()));
+        }
     }
 
     /// Starts draining: new allocations are refused (or sent to
     /// `alternate`), the others carry on.
     pub fn drain(&self, alternate: Option<SocketAddr>) {
-        self.shared.run(|core| core.set_draining(alternate));
+        for shard in &self.shards {
+            shard.run(|core| core.set_draining(alternate));
+        }
     }
 
     /// For tests: panics in a task of its own while holding the core's
     /// lock, the fault the daemon must not survive.
     #[doc(hidden)]
     pub fn inject_fault(&self) {
-        let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move { shared.run(|_| panic!("a fault injected for a test")) });
+        let shard = Arc::clone(&self.shards[0]);
+        tokio::spawn(async move { shard.run(|_| panic!("a fault injected for a test")) });
     }
 
     /// Deletes every allocation, and with them every kernel binding, and
@@ -394,8 +482,10 @@ impl TurnServer {
         for task in &self.tasks {
             task.abort();
         }
-        self.shared.run(|core| core.shutdown(now()));
-        let mut offload = self.shared.offload.lock().expect("offload lock");
+        for shard in &self.shards {
+            shard.run(|core| core.shutdown(now()));
+        }
+        let mut offload = self.common.offload.lock().expect("offload lock");
         offload.as_mut().map(|offload| {
             offload.remove_all();
             offload.stats()
@@ -403,15 +493,15 @@ impl TurnServer {
     }
 }
 
-impl Shared {
+impl Shard {
     /// Runs `f` on the core (which writes its transmits where `f` says),
     /// hands the events it caused to the offload, and starts receive loops
-    /// for new relayed sockets.
+    /// for the relayed sockets its allocations took.
     fn run(self: &Arc<Self>, f: impl FnOnce(&mut Server)) {
         let mut core = self.core.lock().expect("core lock");
         f(&mut core);
         if let Some(event) = core.poll_event() {
-            let mut offload = self.offload.lock().expect("offload lock");
+            let mut offload = self.common.offload.lock().expect("offload lock");
             let mut follow = |event: &Event| {
                 tracing::debug!(?event, "allocation state");
                 if let Some(offload) = offload.as_mut() {
@@ -424,9 +514,10 @@ impl Shared {
             }
         }
         drop(core);
-        for (relayed, socket) in self.relays.take_fresh() {
+        let relays = &self.common.relays;
+        for (relayed, socket) in relays.take_fresh(self.index) {
             let task = tokio::spawn(udp_loop(Arc::clone(self), UdpRole::Relay(relayed), socket));
-            self.relays.set_receiver(relayed, task.abort_handle());
+            relays.set_receiver(relayed, task.abort_handle());
         }
     }
 
@@ -481,7 +572,7 @@ impl Shared {
                 if run_socket.as_ref().is_none_or(|(at, _)| *at != local) {
                     flush(&run_socket, &mut run);
                     let socket = match destination {
-                        Destination::Peer { .. } => self.relays.get(&local),
+                        Destination::Peer { .. } => self.common.relays.get(&local),
                         Destination::Client(_) => self.udp_listeners.get(&local).cloned(),
                     };
                     run_socket = socket.map(|socket| (local, socket));
@@ -502,7 +593,8 @@ impl Shared {
                 // Stream writes go through the connection's writer task;
                 // this copy is the price of not blocking on a slow client.
                 Transport::Tcp | Transport::Tls => {
-                    if let Some(writer) = self.streams.lock().expect("streams lock").get(&to) {
+                    let streams = self.common.streams.lock().expect("streams lock");
+                    if let Some(writer) = streams.get(&to) {
                         writer.send(data);
                     }
                     Ok(())
@@ -562,7 +654,7 @@ enum UdpRole {
 /// Serves one UDP socket: on readiness, receives a batch, hands it to the
 /// core under one lock, and sends what the core produced, all without
 /// awaiting in between.
-async fn udp_loop(shared: Arc<Shared>, role: UdpRole, socket: Arc<UdpSocket>) {
+async fn udp_loop(shared: Arc<Shard>, role: UdpRole, socket: Arc<UdpSocket>) {
     use std::os::fd::AsRawFd;
     let fd = socket.as_raw_fd();
     loop {
@@ -604,7 +696,7 @@ async fn udp_loop(shared: Arc<Shared>, role: UdpRole, socket: Arc<UdpSocket>) {
     }
 }
 
-async fn timer(shared: Arc<Shared>) {
+async fn timer(shared: Arc<Shard>) {
     // Lifetimes are in seconds; a one-second tick bounds the lateness.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -613,12 +705,13 @@ async fn timer(shared: Arc<Shared>) {
     }
 }
 
-async fn tcp_listener(shared: Arc<Shared>, address: SocketAddr, listener: TcpListener) {
+async fn tcp_listener(shards: Vec<Arc<Shard>>, address: SocketAddr, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, client)) => {
+                let shared = stream_shard(&shards, client);
                 // Over a cap the connection is closed at once (dropped).
-                let Some(slot) = shared.admission.admit(client.ip()) else {
+                let Some(slot) = shared.common.admission.admit(client.ip()) else {
                     tracing::debug!("refusing a TCP connection from {client}: too many");
                     continue;
                 };
@@ -630,7 +723,7 @@ async fn tcp_listener(shared: Arc<Shared>, address: SocketAddr, listener: TcpLis
                     server,
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(stream_connection(Arc::clone(&shared), from, stream, slot));
+                tokio::spawn(stream_connection(Arc::clone(shared), from, stream, slot));
             }
             Err(err) => {
                 tracing::warn!("accepting on {address}: {err}");
@@ -641,7 +734,7 @@ async fn tcp_listener(shared: Arc<Shared>, address: SocketAddr, listener: TcpLis
 }
 
 async fn tls_listener(
-    shared: Arc<Shared>,
+    shards: Vec<Arc<Shard>>,
     address: SocketAddr,
     listener: TcpListener,
     tls: Arc<tls::TlsState>,
@@ -656,7 +749,8 @@ async fn tls_listener(
                 continue;
             }
         };
-        let Some(slot) = shared.admission.admit(client.ip()) else {
+        let shared = stream_shard(&shards, client);
+        let Some(slot) = shared.common.admission.admit(client.ip()) else {
             tracing::debug!("refusing a TLS connection from {client}: too many");
             continue;
         };
@@ -667,7 +761,7 @@ async fn tls_listener(
         let _ = stream.set_nodelay(true);
         let server = stream.local_addr().unwrap_or(address);
         let acceptor = tls.acceptor();
-        let shared = Arc::clone(&shared);
+        let shared = Arc::clone(shared);
         tokio::spawn(async move {
             // A client that never finishes the handshake must not hold a
             // task forever.
@@ -696,7 +790,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads frames from one TCP or TLS client until it closes, sends
 /// garbage, stays silent too long (see [`streams`]) or stops reading what
 /// it is sent; the allocation goes with the connection, and `slot` with it.
-async fn stream_connection<S>(shared: Arc<Shared>, from: FiveTuple, stream: S, slot: Slot)
+async fn stream_connection<S>(shared: Arc<Shard>, from: FiveTuple, stream: S, slot: Slot)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -704,6 +798,7 @@ where
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (writer_handle, mut outgoing, close) = StreamWriter::new();
     shared
+        .common
         .streams
         .lock()
         .expect("streams lock")
@@ -772,7 +867,7 @@ where
 /// Ends a stream connection however its task ends, early return or panic
 /// included: the writer stops, and the client's allocation is deleted.
 struct ConnectionCleanup {
-    shared: Arc<Shared>,
+    shared: Arc<Shard>,
     from: FiveTuple,
     write_task: tokio::task::JoinHandle<()>,
 }
@@ -781,6 +876,7 @@ impl Drop for ConnectionCleanup {
     fn drop(&mut self) {
         let from = self.from;
         self.shared
+            .common
             .streams
             .lock()
             .expect("streams lock")

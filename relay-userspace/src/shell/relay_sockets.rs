@@ -13,18 +13,28 @@ use tokio::{net::UdpSocket, task::AbortHandle};
 
 use crate::turn::{AllocateError, RelayAllocator};
 
-/// The sockets of live allocations, by relayed address, shared between the
-/// allocator (which adds and removes) and the shell (which sends and
-/// receives).
-#[derive(Default)]
+/// The sockets of live allocations and reservations, by relayed address,
+/// shared between the allocators of every shard (which add and remove) and
+/// the shell (which sends and receives).
 pub struct RelaySockets {
     sockets: Mutex<HashMap<SocketAddr, Relay>>,
-    /// Sockets bound since the shell last looked; it starts their receive
-    /// loops.
-    fresh: Mutex<Vec<(SocketAddr, Arc<UdpSocket>)>>,
+    /// Per shard, the sockets its allocations took since the shell last
+    /// looked; it starts their receive loops, which feed that shard.
+    fresh: Vec<Mutex<Vec<Fresh>>>,
 }
 
+/// A relayed socket whose receive loop is yet to start.
+pub type Fresh = (SocketAddr, Arc<UdpSocket>);
+
 impl RelaySockets {
+    /// No sockets, for a relay of `shards` shards.
+    pub fn new(shards: usize) -> Self {
+        RelaySockets {
+            sockets: Mutex::default(),
+            fresh: (0..shards).map(|_| Mutex::default()).collect(),
+        }
+    }
+
     /// The socket of a relayed address.
     pub fn get(&self, relayed: &SocketAddr) -> Option<Arc<UdpSocket>> {
         self.sockets
@@ -49,9 +59,17 @@ impl RelaySockets {
         }
     }
 
-    /// Sockets bound since the last call.
-    pub fn take_fresh(&self) -> Vec<(SocketAddr, Arc<UdpSocket>)> {
-        std::mem::take(&mut *self.fresh.lock().expect("relay sockets lock"))
+    /// Sockets `shard`'s allocations took since its last call.
+    pub fn take_fresh(&self, shard: usize) -> Vec<Fresh> {
+        std::mem::take(&mut *self.fresh[shard].lock().expect("relay sockets lock"))
+    }
+
+    /// Hands `relayed`'s socket to `shard`, which starts its receive loop.
+    fn give(&self, shard: usize, relayed: SocketAddr, socket: Arc<UdpSocket>) {
+        self.fresh[shard]
+            .lock()
+            .expect("relay sockets lock")
+            .push((relayed, socket));
     }
 }
 
@@ -69,16 +87,19 @@ pub struct UdpRelayAllocator {
     /// Where the next search starts, so ports are not reused at once.
     cursor: u16,
     sockets: Arc<RelaySockets>,
+    /// The shard whose core calls this allocator.
+    shard: usize,
 }
 
 impl UdpRelayAllocator {
     /// An allocator for the given relay addresses (`None`: that family is
-    /// not offered) and port range.
+    /// not offered) and port range, for `shard`'s core.
     pub fn new(
         ipv4: Option<IpAddr>,
         ipv6: Option<IpAddr>,
         ports: RangeInclusive<u16>,
         sockets: Arc<RelaySockets>,
+        shard: usize,
     ) -> Self {
         let span = u32::from(*ports.end() - *ports.start()) + 1;
         let cursor = *ports.start() + (rand::random::<u32>() % span) as u16;
@@ -88,6 +109,7 @@ impl UdpRelayAllocator {
             ports,
             cursor,
             sockets,
+            shard,
         }
     }
 
@@ -114,8 +136,10 @@ impl UdpRelayAllocator {
         (0..span).map(move |step| start + ((cursor + step) % span) as u16)
     }
 
-    /// Records a bound socket: the shell starts its receive loop.
-    fn register(&mut self, relayed: SocketAddr, socket: UdpSocket) {
+    /// Records a bound socket. The shell starts the receive loop of an
+    /// allocation's socket (`reserved` false) at once; a reserved one waits
+    /// for the allocation that redeems it, in whichever shard.
+    fn register(&mut self, relayed: SocketAddr, socket: UdpSocket, reserved: bool) {
         let (start, end) = (*self.ports.start(), *self.ports.end());
         self.cursor = if relayed.port() >= end {
             start
@@ -134,11 +158,9 @@ impl UdpRelayAllocator {
                     receiver: None,
                 },
             );
-        self.sockets
-            .fresh
-            .lock()
-            .expect("relay sockets lock")
-            .push((relayed, socket));
+        if !reserved {
+            self.sockets.give(self.shard, relayed, socket);
+        }
     }
 
     fn no_free_port(&self, ip: IpAddr, what: &str) -> AllocateError {
@@ -181,7 +203,7 @@ impl RelayAllocator for UdpRelayAllocator {
             }
             if let Ok(socket) = Self::bind(ip, port, dont_fragment) {
                 let relayed = SocketAddr::new(ip, port);
-                self.register(relayed, socket);
+                self.register(relayed, socket, false);
                 return Ok(relayed);
             }
         }
@@ -207,22 +229,22 @@ impl RelayAllocator for UdpRelayAllocator {
                 continue;
             };
             let pair = (SocketAddr::new(ip, port), SocketAddr::new(ip, port + 1));
-            self.register(pair.0, even);
-            self.register(pair.1, next);
+            self.register(pair.0, even, false);
+            self.register(pair.1, next, true);
             return Ok(pair);
         }
         Err(self.no_free_port(ip, "port pair"))
     }
 
     fn adopt(&mut self, relayed: SocketAddr, dont_fragment: bool) {
-        if !dont_fragment {
+        let Some(socket) = self.sockets.get(&relayed) else {
             return;
-        }
-        if let Some(socket) = self.sockets.get(&relayed)
-            && let Err(err) = set_dont_fragment(socket.as_raw_fd(), relayed.is_ipv6())
+        };
+        if dont_fragment && let Err(err) = set_dont_fragment(socket.as_raw_fd(), relayed.is_ipv6())
         {
             tracing::warn!("setting DONT-FRAGMENT on the reserved socket {relayed}: {err}");
         }
+        self.sockets.give(self.shard, relayed, socket);
     }
 
     fn release(&mut self, relayed: SocketAddr) {

@@ -109,7 +109,12 @@ impl Server {
         };
         let full = build(Reply::new(request, None, None), true).ok()?;
         if from.transport.is_stream()
-            || full.len() <= self.budget.max_response(request.as_bytes().len())
+            || full.len()
+                <= self
+                    .ledger
+                    .books()
+                    .budget
+                    .max_response(request.as_bytes().len())
         {
             Some(full)
         } else {

@@ -224,6 +224,42 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Adds `other`'s counts to these: the relay's counters are the sum of
+    /// its shards'.
+    pub fn absorb(&mut self, other: &Counters) {
+        let Counters {
+            stats,
+            from_clients,
+            from_peers,
+            unauthenticated_requests,
+            unauthenticated_responses,
+            requests,
+            indications,
+            refused,
+            allocations_created,
+            allocations_deleted,
+            responses,
+        } = other;
+        self.stats.absorb(stats);
+        for (mine, theirs) in [
+            (&mut self.from_clients, from_clients),
+            (&mut self.from_peers, from_peers),
+        ] {
+            mine.packets += theirs.packets;
+            mine.bytes += theirs.bytes;
+        }
+        self.unauthenticated_requests += unauthenticated_requests;
+        self.unauthenticated_responses += unauthenticated_responses;
+        add_all(&mut self.requests, requests);
+        add_all(&mut self.indications, indications);
+        add_all(&mut self.refused, refused);
+        add_all(&mut self.allocations_created, allocations_created);
+        add_all(&mut self.allocations_deleted, allocations_deleted);
+        for (key, count) in responses {
+            *self.responses.entry(*key).or_insert(0) += count;
+        }
+    }
+
     /// Requests of `method` received (authenticated or not).
     pub fn requests(&self, method: Method) -> u64 {
         self.requests[method as usize]
@@ -294,6 +330,13 @@ impl Counters {
 
     pub(super) fn received_from_peer(&mut self, bytes: usize) {
         self.from_peers.add(bytes);
+    }
+}
+
+/// Adds each of `theirs` to the matching one of `mine`.
+fn add_all<const N: usize>(mine: &mut [u64; N], theirs: &[u64; N]) {
+    for (mine, theirs) in mine.iter_mut().zip(theirs) {
+        *mine += theirs;
     }
 }
 

@@ -18,6 +18,8 @@
 //! - `reservation`: ports reserved by EVEN-PORT and their tokens;
 //! - `reply`: building responses;
 //! - [`counters`]: what the server did, for metrics;
+//! - [`ledger`]: what the shards of one relay share (quotas' counts,
+//!   reservations, users' buckets, the response budget);
 //! - [`public_address`]: advertised relayed addresses behind a NAT;
 //! - `reload`: a new configuration, applied live;
 //! - `view`: the state as metrics and the admin socket show it.
@@ -45,6 +47,7 @@ pub mod auth;
 pub mod bandwidth;
 mod challenge;
 pub mod counters;
+pub mod ledger;
 mod outbox;
 pub mod policy;
 pub mod public_address;
@@ -237,15 +240,17 @@ pub trait RelayAllocator: Send {
         even_port: bool,
         dont_fragment: bool,
     ) -> Result<SocketAddr, AllocateError>;
-    /// Reserves an even port and the next one, on one address (EVEN-PORT
-    /// with the R bit); both are held until released.
+    /// Takes an even port for an allocation and reserves the next one, on
+    /// one address (EVEN-PORT with the R bit); both are held until
+    /// released.
     fn allocate_pair(
         &mut self,
         ipv6: bool,
         dont_fragment: bool,
     ) -> Result<(SocketAddr, SocketAddr), AllocateError>;
-    /// A reserved address becomes an allocation's: it sends with the IP
-    /// Don't Fragment bit from now on when `dont_fragment`.
+    /// A reserved address becomes an allocation's, this allocator's core's
+    /// (whichever allocator reserved it): it sends with the IP Don't
+    /// Fragment bit from now on when `dont_fragment`.
     fn adopt(&mut self, relayed: SocketAddr, dont_fragment: bool);
     /// Gives a relayed address back.
     fn release(&mut self, relayed: SocketAddr);

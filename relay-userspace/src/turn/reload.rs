@@ -33,7 +33,7 @@ impl Server {
         } = config;
         policy.own = std::mem::take(&mut self.config.policy.own);
         self.auth.set_credentials(credentials.clone());
-        self.budget.set_config(amplification);
+        self.ledger.books().budget.set_config(amplification);
         let current = &mut self.config;
         current.credentials = credentials;
         current.policy = policy;

@@ -115,7 +115,9 @@ impl Server {
             }
         };
         let lifetime = self.lifetime(request.attribute::<Lifetime>().ok().map(|l| l.seconds()));
-        let token = obtained.reserved.map(|_| self.reservations.mint());
+        let token = obtained
+            .reserved
+            .map(|_| self.ledger.books().reservations.mint());
         let transaction = request.transaction_id();
         let response = reply.success(|b| {
             for address in &obtained.relayed {
@@ -139,17 +141,23 @@ impl Server {
             }
             return response;
         };
+        let mut books = self.ledger.books();
         if let (Some(token), Some(reserved)) = (token, obtained.reserved) {
-            self.reservations.insert(token, reserved, &username, now.at);
-            self.count_user(&username);
+            books
+                .reservations
+                .insert(token, reserved, &username, now.at);
+            books.count_user(&username);
             self.counters.stats.reservations_made += 1;
+        }
+        books.allocated(&username, &obtained.relayed);
+        drop(books);
+        if token.is_some() {
             self.note_reservation(now.at + super::reservation::RESERVATION_LIFETIME);
         }
         let expires = now.at + lifetime;
         for address in &obtained.relayed {
             self.by_relayed.insert(*address, from);
         }
-        self.count_user(&username);
         self.counters.created(from.transport);
         self.pending.push(Event::AllocationCreated {
             client: from,
@@ -208,15 +216,16 @@ impl Server {
             Source::EvenPair { .. } => 2,
             Source::Ports { .. } => 1,
         };
+        let books = self.ledger.books();
         let user_quota = self.config.user_quota;
-        if user_quota != 0 && self.held_by(username) + needed > user_quota {
+        if user_quota != 0 && books.held_by(username) + needed > user_quota {
             self.counters.stats.quota_refusals += 1;
             self.counters.refuse(RefusalCause::Quota);
             tracing::info!("allocation for {username} refused: user quota {user_quota} reached");
             return Err(Refusal::AllocationQuotaReached);
         }
         let total_quota = self.config.total_quota;
-        if total_quota != 0 && self.held_in_all() + needed > total_quota {
+        if total_quota != 0 && books.held_in_all() + needed > total_quota {
             self.counters.stats.quota_refusals += 1;
             self.counters.refuse(RefusalCause::Capacity);
             tracing::info!("allocation for {username} refused: total quota {total_quota} reached");
@@ -241,8 +250,10 @@ impl Server {
         };
         match *source {
             Source::Reserved(token) => {
+                let mut books = self.ledger.books();
                 let reservation =
-                    self.reservations
+                    books
+                        .reservations
                         .redeem(token, username, now.at)
                         .map_err(|error| {
                             let why = match error {
@@ -253,7 +264,8 @@ impl Server {
                             Refusal::InsufficientCapacity
                         })?;
                 // The reservation becomes this allocation.
-                self.uncount_user(username);
+                books.uncount_user(username);
+                drop(books);
                 self.counters.stats.reservations_redeemed += 1;
                 self.allocator.adopt(reservation.relayed, dont_fragment);
                 obtained.relayed.push(reservation.relayed);

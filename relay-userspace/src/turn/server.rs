@@ -8,27 +8,26 @@ use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use stun_types::message::{BINDING, Message, MessageClass};
 use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
 
-use relay_common::bandwidth::Bucket;
-
 use super::{
     DeleteReason, Event, FiveTuple, Now, RelayAllocator,
     allocation::Allocation,
-    amplification::{BudgetConfig, Refused, ResponseBudget},
+    amplification::{BudgetConfig, Refused},
     auth::{Authenticator, Credentials},
     bandwidth::{Clock, Direction, Limits},
     counters::{Counters, Indication, Method, RefusalCause},
+    ledger::Ledger,
     outbox::{Destination, Outbox},
     policy::{PeerPolicy, canonical, canonical_transport},
     public_address::PublicAddresses,
     refusal::Refusal,
     reply::Reply,
-    reservation::Reservations,
 };
 
 /// What the server is configured with.
@@ -130,6 +129,42 @@ pub struct Stats {
     pub reservations_expired: u64,
 }
 
+impl Stats {
+    /// Adds `other`'s counts to these (a relay's are its shards' sum).
+    pub fn absorb(&mut self, other: &Stats) {
+        let Stats {
+            to_peer_packets,
+            to_peer_bytes,
+            to_client_packets,
+            to_client_bytes,
+            dropped_no_permission,
+            dropped_over_limit,
+            refused_amplification_ratio,
+            refused_response_budget,
+            dropped_malformed,
+            denied_peers,
+            quota_refusals,
+            reservations_made,
+            reservations_redeemed,
+            reservations_expired,
+        } = *other;
+        self.to_peer_packets += to_peer_packets;
+        self.to_peer_bytes += to_peer_bytes;
+        self.to_client_packets += to_client_packets;
+        self.to_client_bytes += to_client_bytes;
+        self.dropped_no_permission += dropped_no_permission;
+        self.dropped_over_limit += dropped_over_limit;
+        self.refused_amplification_ratio += refused_amplification_ratio;
+        self.refused_response_budget += refused_response_budget;
+        self.dropped_malformed += dropped_malformed;
+        self.denied_peers += denied_peers;
+        self.quota_refusals += quota_refusals;
+        self.reservations_made += reservations_made;
+        self.reservations_redeemed += reservations_redeemed;
+        self.reservations_expired += reservations_expired;
+    }
+}
+
 /// The TURN server core. See the module documentation of `turn`.
 pub struct Server {
     pub(super) config: ServerConfig,
@@ -137,21 +172,18 @@ pub struct Server {
     pub(super) allocator: Box<dyn RelayAllocator>,
     pub(super) allocations: HashMap<FiveTuple, Allocation>,
     pub(super) by_relayed: HashMap<SocketAddr, FiveTuple>,
-    /// Allocations and reservations per username.
-    pub(super) per_user: HashMap<String, u32>,
-    pub(super) reservations: Reservations,
-    pub(super) budget: ResponseBudget,
+    /// What this server shares with the other shards of the relay.
+    pub(super) ledger: Arc<Ledger>,
     events: VecDeque<Event>,
     /// When each allocation may next have something due, earliest first:
     /// a timer queue, so that a deadline visits only the allocations due
     /// then. Entries are hints; one that finds nothing due (its allocation
     /// was refreshed or is gone) is dropped.
     timers: BinaryHeap<Reverse<(Instant, FiveTuple)>>,
-    /// When a port reservation may next expire.
+    /// When a port reservation this server made may next expire (the
+    /// reservations themselves are in the ledger).
     reservation_deadline: Option<Instant>,
-    /// Each username's bandwidth buckets, if users have a limit.
-    user_meters: HashMap<String, [Bucket; 2]>,
-    /// The buckets' clock.
+    /// The clock of the allocations' bandwidth buckets.
     clock: Clock,
     /// Allocations the timeouts have visited, for the tests.
     #[cfg(test)]
@@ -164,22 +196,31 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server with no allocations. `key` must be random and secret: it
-    /// keys nonces and reservation tokens.
+    /// A server with no allocations, the only shard of its relay. `key`
+    /// must be random and secret: it keys nonces and reservation tokens.
     pub fn new(config: ServerConfig, key: [u8; 32], allocator: Box<dyn RelayAllocator>) -> Self {
+        let ledger = Ledger::new(key, config.amplification);
+        Self::shard(config, key, allocator, ledger)
+    }
+
+    /// A server with no allocations, one shard of a relay whose shards
+    /// share `ledger` and `key` (so that each accepts the others' nonces).
+    pub fn shard(
+        config: ServerConfig,
+        key: [u8; 32],
+        allocator: Box<dyn RelayAllocator>,
+        ledger: Arc<Ledger>,
+    ) -> Self {
         Server {
             auth: Authenticator::new(config.credentials.clone(), key),
-            budget: ResponseBudget::new(config.amplification),
-            reservations: Reservations::new(key),
+            ledger,
             config,
             allocator,
             allocations: HashMap::new(),
             by_relayed: HashMap::new(),
-            per_user: HashMap::new(),
             events: VecDeque::new(),
             timers: BinaryHeap::new(),
             reservation_deadline: None,
-            user_meters: HashMap::new(),
             clock: Clock::default(),
             #[cfg(test)]
             timer_visits: 0,
@@ -283,12 +324,14 @@ impl Server {
             self.timers.push(Reverse((next, client)));
         }
         if self.reservation_deadline.is_some_and(|at| at <= now.at) {
-            for reservation in self.reservations.expire(now.at) {
+            // Another shard may have redeemed or expired them already.
+            let mut books = self.ledger.books();
+            for reservation in books.reservations.expire(now.at) {
                 self.counters.stats.reservations_expired += 1;
                 self.allocator.release(reservation.relayed);
-                self.uncount_user(&reservation.username);
+                books.uncount_user(&reservation.username);
             }
-            self.reservation_deadline = self.reservations.next_deadline();
+            self.reservation_deadline = books.next_reservation_expiry();
         }
         self.flush_events();
     }
@@ -306,10 +349,12 @@ impl Server {
         for client in clients {
             self.delete(client, DeleteReason::Shutdown, now.at);
         }
-        for reservation in self.reservations.drain() {
+        let mut books = self.ledger.books();
+        for reservation in books.reservations.drain() {
             self.allocator.release(reservation.relayed);
-            self.uncount_user(&reservation.username);
+            books.uncount_user(&reservation.username);
         }
+        drop(books);
         self.flush_events();
     }
 
@@ -336,32 +381,10 @@ impl Server {
         self.config
             .public_addresses
             .to_bound(peer, &self.config.policy.own.relay, |candidate| {
+                // Another shard's allocation is just as much this relay's.
                 self.by_relayed.contains_key(&candidate)
+                    || self.ledger.books().is_relayed(&candidate)
             })
-    }
-
-    /// Allocations and reservations held by `username`.
-    pub(super) fn held_by(&self, username: &str) -> u32 {
-        self.per_user.get(username).copied().unwrap_or(0)
-    }
-
-    /// Allocations and reservations held in all.
-    pub(super) fn held_in_all(&self) -> u32 {
-        self.allocations.len() as u32 + self.reservations.count()
-    }
-
-    pub(super) fn count_user(&mut self, username: &str) {
-        *self.per_user.entry(username.to_owned()).or_insert(0) += 1;
-    }
-
-    pub(super) fn uncount_user(&mut self, username: &str) {
-        if let Some(count) = self.per_user.get_mut(username) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_user.remove(username);
-                self.user_meters.remove(username);
-            }
-        }
     }
 
     /// Whether `bytes` of the allocation's data may go `direction` at
@@ -381,28 +404,36 @@ impl Server {
         let Some(allocation) = self.allocations.get_mut(&client) else {
             return false;
         };
-        let (now, bytes, way) = (self.clock.nanos(now), bytes as u64, direction as usize);
+        let (bytes, way) = (bytes as u64, direction as usize);
         // Both buckets are tried on copies and charged only if both admit,
         // so a datagram one refuses costs the other nothing.
+        let own_now = self.clock.nanos(now);
         let mut own = allocation.meter.map(|meter| meter[way]);
+        // The user's buckets are the relay's, shared by the shards, and run
+        // on the ledger's clock.
         let user_limit = limits.buckets(limits.user);
-        if let Some(full) = user_limit
-            && !self.user_meters.contains_key(&allocation.username)
-        {
-            self.user_meters.insert(allocation.username.clone(), full);
-        }
-        let mut user = user_limit
-            .and(self.user_meters.get(&allocation.username))
-            .map(|meter| meter[way]);
-        let admitted = own.as_mut().is_none_or(|bucket| bucket.admit(bytes, now))
-            && user.as_mut().is_none_or(|bucket| bucket.admit(bytes, now));
+        let mut books = user_limit.map(|_| self.ledger.books());
+        let mut user_meter = books.as_mut().zip(user_limit).map(|(books, full)| {
+            let user_now = books.clock.nanos(now);
+            let meter = books
+                .user_meters
+                .entry(allocation.username.clone())
+                .or_insert(full);
+            (meter, user_now)
+        });
+        let mut user = user_meter.as_ref().map(|(meter, _)| meter[way]);
+        let admitted = own
+            .as_mut()
+            .is_none_or(|bucket| bucket.admit(bytes, own_now))
+            && user
+                .as_mut()
+                .zip(user_meter.as_ref())
+                .is_none_or(|(bucket, (_, user_now))| bucket.admit(bytes, *user_now));
         if admitted {
             if let (Some(meter), Some(bucket)) = (allocation.meter.as_mut(), own) {
                 meter[way] = bucket;
             }
-            if let (Some(meter), Some(bucket)) =
-                (self.user_meters.get_mut(&allocation.username), user)
-            {
+            if let (Some((meter, _)), Some(bucket)) = (user_meter.as_mut(), user) {
                 meter[way] = bucket;
             }
         }
@@ -421,7 +452,9 @@ impl Server {
             self.by_relayed.remove(relayed);
             self.allocator.release(*relayed);
         }
-        self.uncount_user(&allocation.username);
+        self.ledger
+            .books()
+            .deleted(&allocation.username, &allocation.relayed);
         self.counters.deleted(reason);
         self.pending.push(Event::AllocationDeleted {
             client,
@@ -449,9 +482,12 @@ impl Server {
                     return;
                 };
                 if !authenticated && !from.transport.is_stream() {
-                    let charge =
-                        self.budget
-                            .charge(from.client.ip(), data.len(), response.len(), now.at);
+                    let charge = self.ledger.books().budget.charge(
+                        from.client.ip(),
+                        data.len(),
+                        response.len(),
+                        now.at,
+                    );
                     match charge {
                         Ok(()) => {}
                         Err(Refused::Ratio) => {

@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -33,6 +34,7 @@ use super::{
     AllocateError, ChannelView, DeleteReason, Event, FiveTuple, Now, Outbox, RelayAllocator,
     Server, ServerConfig, Transmit, Transport,
     auth::{Credentials, rest_password},
+    ledger::Ledger,
     policy::{OwnAddresses, PeerPolicy, default_denied},
 };
 
@@ -215,14 +217,21 @@ impl Harness {
     }
 
     fn with(config: ServerConfig, ipv6: bool) -> Self {
+        let ledger = Ledger::new([9; 32], config.amplification);
+        Harness::shard(config, ipv6, ledger, 49152)
+    }
+
+    /// One shard of a relay whose shards share `ledger`; its allocator
+    /// hands out ports from `first_port` on.
+    fn shard(config: ServerConfig, ipv6: bool, ledger: Arc<Ledger>, first_port: u16) -> Self {
         let released = std::sync::Arc::default();
         let allocator = FakeAllocator {
-            next_port: 49152,
+            next_port: first_port,
             ipv6,
             released: std::sync::Arc::clone(&released),
         };
         Harness {
-            server: Server::new(config, [9; 32], Box::new(allocator)),
+            server: Server::shard(config, [9; 32], Box::new(allocator), ledger),
             start: Instant::now(),
             elapsed: Duration::ZERO,
             released,
@@ -1817,6 +1826,49 @@ fn reservations_count_against_quotas() {
         b.add_attribute(&EvenPort::new(true)).unwrap();
     });
     assert_eq!(error_code(message.as_bytes()), Some(508));
+}
+
+// The shards of one relay (the shell runs one per core) share quotas and
+// reservations: a user's quota counts its allocations in every shard, and
+// a port reserved in one shard is redeemed from another, with the nonce
+// that shard gave.
+#[test]
+fn shards_share_quotas_and_reservations() {
+    let mut config = config();
+    config.user_quota = 3;
+    let ledger = Ledger::new([9; 32], config.amplification);
+    let mut a = Harness::shard(config.clone(), true, Arc::clone(&ledger), 49152);
+    let mut b = Harness::shard(config, true, ledger, 50152);
+    let rtp = client(40140);
+    let signing = login(&mut a, rtp, USER, PASSWORD);
+    let (even, token) = allocate_even_pair(&mut a, rtp, &signing);
+
+    let rtcp = client(40141);
+    let signing = login(&mut b, rtcp, USER, PASSWORD);
+    let message = allocate_with(&mut b, rtcp, &signing, with_token(token));
+    assert_eq!(message.class(), MessageClass::Success, "{message}");
+    assert_eq!(relayed_of(&message).port(), even.port() + 1);
+    assert_eq!(b.server.stats().reservations_redeemed, 1);
+    expect_success(&mut b, rtcp, &permission(&signing, peer(1, 1)));
+    let reserved = SocketAddr::new(even.ip(), even.port() + 1);
+    assert_eq!(b.peer_sends(reserved, peer(1, 1), b"rtcp").len(), 1);
+
+    // Two held; a third anywhere, and the fourth is over the quota.
+    let (third, fourth) = (client(40142), client(40143));
+    let signing_third = login(&mut b, third, USER, PASSWORD);
+    let message = allocate_with(&mut b, third, &signing_third, allocate_body);
+    assert_eq!(message.class(), MessageClass::Success, "{message}");
+    let signing = login(&mut a, fourth, USER, PASSWORD);
+    let message = allocate_with(&mut a, fourth, &signing, allocate_body);
+    assert_eq!(error_code(message.as_bytes()), Some(486), "{message}");
+
+    // Deleting one in shard b makes room in shard a.
+    let refresh = build(REFRESH, Some(&signing_third), |b, _| {
+        b.add_attribute(&Lifetime::new(0)).unwrap()
+    });
+    expect_success(&mut b, third, &refresh);
+    let message = allocate_with(&mut a, fourth, &signing, allocate_body);
+    assert_eq!(message.class(), MessageClass::Success, "{message}");
 }
 
 // Relay to relay: two clients of this server reach each other through

@@ -336,6 +336,7 @@ async fn start_turn(
             .join(" and ")
     };
     tracing::info!("relaying from {}", list(bound));
+    tracing::info!("userspace relay shards: {}", config.workers());
     if public.iter().next().is_some() {
         tracing::info!(
             "advertising {} as the relayed addresses (public addresses)",
@@ -356,6 +357,7 @@ async fn start_turn(
                 total: config.limits.stream_connections,
                 per_address: config.limits.stream_connections_per_address,
             },
+            workers: config.workers(),
         },
         offload,
     )

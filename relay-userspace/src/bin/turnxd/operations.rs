@@ -264,6 +264,7 @@ impl AdminSource for DaemonState {
             "public_addresses": self.public.iter().collect::<Vec<_>>(),
             "allocations": self.turn.allocations(),
             "allocations_by_transport": by_transport,
+            "allocations_by_shard": self.turn.allocations_by_shard(),
             "offload": offload,
         })
     }
