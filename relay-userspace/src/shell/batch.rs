@@ -10,6 +10,8 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use super::gso;
+
 /// Room for one IP_PKTINFO or IPV6_PKTINFO control message, 8-aligned as
 /// cmsg headers want.
 #[derive(Clone, Copy)]
@@ -221,42 +223,66 @@ pub fn send_from(fd: i32, data: &[u8], to: SocketAddr, from: IpAddr) -> io::Resu
 const SEND_BATCH: usize = 32;
 
 /// Sends each `(data, to)` on the socket `fd` without blocking, as many per
-/// system call as fit in a batch. A datagram the kernel refuses is dropped
-/// (as the network would drop it) and the rest still go, except after a
-/// full socket buffer (`WouldBlock`), which drops the rest too. Returns the
-/// first error.
+/// system call as fit in a batch, and runs of one size to one destination
+/// as one segmented message each (see [`gso`]). A datagram the kernel
+/// refuses is dropped (as the network would drop it) and the rest still
+/// go, except after a full socket buffer (`WouldBlock`), which drops the
+/// rest too. Returns the first error.
 pub fn send_many(fd: i32, datagrams: &[(&[u8], SocketAddr)]) -> io::Result<()> {
     let mut first_error = None;
     let mut rest = datagrams;
+    // How many of `rest` go one by one: those of a run the kernel would
+    // not segment.
+    let mut singles = 0;
     while !rest.is_empty() {
-        let chunk = &rest[..rest.len().min(SEND_BATCH)];
-        let mut names: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
-            chunk.iter().map(|(_, to)| sockaddr(*to)).collect();
-        let mut iovecs: Vec<libc::iovec> = chunk
+        // Up to SEND_BATCH messages, each a run of datagrams (gso).
+        let mut runs = Vec::with_capacity(SEND_BATCH);
+        let mut planned = 0;
+        while runs.len() < SEND_BATCH && planned < rest.len() {
+            let run = if planned < singles {
+                1
+            } else {
+                gso::run_length(&rest[planned..])
+            };
+            runs.push(run);
+            planned += run;
+        }
+        let mut names: Vec<(libc::sockaddr_storage, libc::socklen_t)> = Vec::new();
+        let mut at = 0;
+        for &run in &runs {
+            names.push(sockaddr(rest[at].1));
+            at += run;
+        }
+        let mut iovecs: Vec<libc::iovec> = rest[..planned]
             .iter()
             .map(|(data, _)| libc::iovec {
                 iov_base: data.as_ptr() as *mut libc::c_void,
                 iov_len: data.len(),
             })
             .collect();
-        let mut headers: Vec<libc::mmsghdr> = names
-            .iter_mut()
-            .zip(iovecs.iter_mut())
-            .map(|((name, name_len), iov)| {
-                // SAFETY: all-zero msghdr is valid; the pointers set here
-                // point into `names` and `iovecs`, which outlive the call.
-                let mut header: libc::msghdr = unsafe { zeroed() };
-                header.msg_name = (name as *mut libc::sockaddr_storage).cast();
-                header.msg_namelen = *name_len;
-                header.msg_iov = iov;
-                header.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: header,
-                    msg_len: 0,
-                }
-            })
-            .collect();
-        // SAFETY: `headers` holds `chunk.len()` valid mmsghdrs whose
+        let mut controls = vec![gso::Control::new(); runs.len()];
+        let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(runs.len());
+        let mut at = 0;
+        for ((&run, (name, name_len)), control) in
+            runs.iter().zip(names.iter_mut()).zip(controls.iter_mut())
+        {
+            // SAFETY: all-zero msghdr is valid; the pointers set here point
+            // into `names`, `iovecs` and `controls`, which outlive the call.
+            let mut header: libc::msghdr = unsafe { zeroed() };
+            header.msg_name = (name as *mut libc::sockaddr_storage).cast();
+            header.msg_namelen = *name_len;
+            header.msg_iov = &mut iovecs[at];
+            header.msg_iovlen = run;
+            if run > 1 {
+                control.attach(&mut header, rest[at].0.len() as u16);
+            }
+            headers.push(libc::mmsghdr {
+                msg_hdr: header,
+                msg_len: 0,
+            });
+            at += run;
+        }
+        // SAFETY: `headers` holds `runs.len()` valid mmsghdrs whose
         // pointers are live for the call.
         let sent = unsafe {
             libc::sendmmsg(
@@ -271,11 +297,21 @@ pub fn send_many(fd: i32, datagrams: &[(&[u8], SocketAddr)]) -> io::Result<()> {
             if err.kind() == io::ErrorKind::WouldBlock {
                 return Err(first_error.unwrap_or(err));
             }
+            if runs[0] > 1 {
+                // The run was refused as a whole: its datagrams go again,
+                // one by one, and meet their own errors.
+                gso::refused(&err);
+                singles = runs[0];
+                continue;
+            }
             // This datagram failed (too large, unreachable): skip it.
             first_error.get_or_insert(err);
             rest = &rest[1..];
+            singles = singles.saturating_sub(1);
         } else {
-            rest = &rest[sent as usize..];
+            let done: usize = runs[..sent as usize].iter().sum();
+            rest = &rest[done..];
+            singles = singles.saturating_sub(done);
         }
     }
     first_error.map_or(Ok(()), Err)

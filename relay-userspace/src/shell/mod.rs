@@ -17,6 +17,7 @@
 
 mod batch;
 pub mod framing;
+mod gso;
 pub mod local_addresses;
 pub mod relay_sockets;
 pub mod streams;
