@@ -432,7 +432,6 @@ fn measure_scaling(
             relays::bind_channels(topology, SCALING_ALLOCATIONS, 1, BINDING_TIME_LIMIT)
                 .context("the scaling measurement's channel bindings")?;
         programs.attach_pass(topology)?;
-        topology.spread_relay_receive(&cores);
         let traffic = flows::traffic(topology, &bindings, Direction::ToPod, 64, true);
         let rate = Some(args.scaling_rate);
         let measured = (|| {
@@ -466,7 +465,6 @@ fn measure_scaling(
             }
             anyhow::Ok((samples, relay_cpu))
         })();
-        topology.spread_relay_receive(&[]);
         programs.detach_relay_side()?;
         drop(server);
         let (samples, relay_cpu) = measured?;
@@ -485,8 +483,7 @@ fn measure_scaling(
 }
 
 /// CPU time of the relay so far: turnxd's threads and the NAPI threads of
-/// the relay's veths (whose receive work RPS hands to other cores is
-/// charged to whatever those cores were running, and not counted).
+/// the relay's veths, which do its receive work.
 fn relay_time(topology: &Topology, server: &Server) -> Result<Duration> {
     let mut time = cpu::task_time(server.pid())?;
     for dev in [&topology.relay_client_if, &topology.relay_pod_if] {

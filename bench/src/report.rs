@@ -648,11 +648,11 @@ impl Report {
              cores; 64-byte media, client→pod, offered at a fixed rate above what one core \
              relays, one binding on each of many allocations (from as many client ports), \
              so that the listener's SO_REUSEPORT group spreads them over the shards. The \
-             relay's client-side veth steers its receive work over the same cores (RPS), as \
-             a NIC's receive-side scaling would. Relayed packets per second, median \
+             relay veth's receive work stays in its NAPI thread on the relay core: RPS, the \
+             one way to spread a veth's, costs an inter-processor interrupt per batch in a \
+             virtual machine and measured worse here. Relayed packets per second, median \
              [min–max] of the runs; the relay's own threads' CPU (turnxd's and its veths' \
-             NAPI threads'; receive work RPS moved to another core is not in it), in cores, \
-             and relayed packets per CPU-second of it.\n\n\
+             NAPI threads'), in cores, and relayed packets per CPU-second of it.\n\n\
              | relay cores | offered | allocations | relayed pps | loss | relay threads' cores | pps per relay CPU-s |\n\
              |---:|---:|---:|---:|---:|---:|---:|\n",
         );

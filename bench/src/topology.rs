@@ -262,17 +262,6 @@ impl Topology {
         self.cores.iter().rev().take(n).rev().copied().collect()
     }
 
-    /// Steers the receive work of the relay's client-side veth (RPS) over
-    /// `cores` by flow, as a multi-queue NIC's RSS would spread it; `&[]`
-    /// leaves it where its NAPI thread runs.
-    pub fn spread_relay_receive(&self, cores: &[usize]) {
-        let mask: u64 = cores.iter().map(|core| 1u64 << core).sum();
-        self.relay.sh(&format!(
-            "printf %x {mask} > /sys/class/net/{}/queues/rx-0/rps_cpus",
-            self.relay_client_if.name
-        ));
-    }
-
     /// Undoes [`Self::pod_end_as_on_a_node`].
     pub fn pod_end_engineered(&self) {
         let dev = &self.pod_if.name;
