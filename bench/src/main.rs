@@ -44,7 +44,7 @@ struct Args {
     #[arg(long)]
     smoke: bool,
     /// Runs of each throughput measurement (median and range reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Seconds the generator sends in each throughput run.
     #[arg(long, default_value_t = 2.0)]
