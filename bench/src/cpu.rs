@@ -88,6 +88,27 @@ pub fn napi_threads(dev: &str) -> Result<Vec<i32>> {
     Ok(pids)
 }
 
+/// Waits, for at most `limit`, until `core` is quiet: busy for no more
+/// than a clock tick in 200 ms. The kernel's leftovers from the previous
+/// configuration (releasing its XDP memory pools, which walks every pool
+/// the machine has) would otherwise land in the next measurement. Returns
+/// whether the core got quiet.
+pub fn wait_quiet(core: usize, limit: Duration) -> Result<bool> {
+    const WINDOW: Duration = Duration::from_millis(200);
+    const QUIET: Duration = Duration::from_millis(10);
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let before = CoreTimes::read(core)?;
+        std::thread::sleep(WINDOW);
+        if CoreTimes::read(core)?.busy_since(&before) <= QUIET {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
+}
+
 /// A core's time counters from /proc/stat, in clock ticks.
 #[derive(Clone, Copy, Debug)]
 pub struct CoreTimes {

@@ -265,6 +265,7 @@ fn measure_relay(
             }
             for &size in sizes {
                 let traffic = flows::traffic(topology, &bindings, direction, size, relay.is_turn());
+                settle(topology, relay, report)?;
                 // A short warm-up: caches, and the first packets' slow paths.
                 throughput::run(programs, topology, &traffic, direction, duration / 10, None)?;
                 let mut samples = Vec::new();
@@ -309,6 +310,24 @@ fn measure_relay(
     }
     if on_node {
         programs.pod_end_engineered(topology)?;
+    }
+    Ok(())
+}
+
+/// Longest wait for the relay core to get quiet before a measurement.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Waits for the relay core to get quiet (see [`cpu::wait_quiet`]); notes
+/// a measurement that had to start on a busy core.
+fn settle(topology: &Topology, relay: Relay, report: &mut Report) -> Result<()> {
+    if !cpu::wait_quiet(topology.relay_core, SETTLE_LIMIT)? {
+        let note = format!(
+            "{}: the relay core was still busy {SETTLE_LIMIT:?} after the previous \
+             measurement, and the next one started anyway",
+            relay.label()
+        );
+        println!("busy: {note}");
+        report.notes.push(note);
     }
     Ok(())
 }
@@ -434,6 +453,7 @@ fn measure_scaling(
         programs.attach_pass(topology)?;
         let traffic = flows::traffic(topology, &bindings, Direction::ToPod, 64, true);
         let rate = Some(args.scaling_rate);
+        settle(topology, Relay::Userspace, report)?;
         let measured = (|| {
             throughput::run(
                 programs,
