@@ -272,13 +272,7 @@ fn measure_relay(
                 for _ in 0..args.runs {
                     let sample =
                         throughput::run(programs, topology, &traffic, direction, duration, None)?;
-                    ensure!(
-                        sample.bad == 0,
-                        "{}: the sink received {} wrong datagrams",
-                        relay.label(),
-                        sample.bad
-                    );
-                    samples.push(sample);
+                    samples.push(all_good(sample, relay.label())?);
                 }
                 let program_ns = if relay.relays_in_bpf() {
                     Some(program_ns_per_packet(
@@ -312,6 +306,17 @@ fn measure_relay(
         programs.pod_end_engineered(topology)?;
     }
     Ok(())
+}
+
+/// `sample`, if the sink counted no wrong datagram in it; `what` names the
+/// configuration in the error.
+fn all_good(sample: throughput::Sample, what: &str) -> Result<throughput::Sample> {
+    ensure!(
+        sample.bad == 0,
+        "{what}: the sink received {} wrong datagrams",
+        sample.bad
+    );
+    Ok(sample)
 }
 
 /// Longest wait for the relay core to get quiet before a measurement.
@@ -438,14 +443,8 @@ fn measure_scaling(
     report: &mut Report,
 ) -> Result<()> {
     let duration = Duration::from_secs_f64(args.seconds);
-    let two = topology.relay_cores(2);
-    if two.len() < 2 {
-        report
-            .notes
-            .push("the userspace path on 2 cores: this machine has one".into());
-        return Ok(());
-    }
-    for cores in [vec![topology.relay_core], two] {
+    // The topology has two cores at least.
+    for cores in [vec![topology.relay_core], topology.relay_cores(2)] {
         let server = Server::start_sharded(topology, workdir, &cores)?;
         let (bindings, _clients) =
             relays::bind_channels(topology, SCALING_ALLOCATIONS, 1, BINDING_TIME_LIMIT)
@@ -475,13 +474,8 @@ fn measure_scaling(
                     rate,
                 )?;
                 relay_cpu.push(relay_time(topology, &server)?.saturating_sub(before));
-                ensure!(
-                    sample.bad == 0,
-                    "turnx userspace on {} cores: the sink received {} wrong datagrams",
-                    cores.len(),
-                    sample.bad
-                );
-                samples.push(sample);
+                let what = format!("turnx userspace on {} cores", cores.len());
+                samples.push(all_good(sample, &what)?);
             }
             anyhow::Ok((samples, relay_cpu))
         })();

@@ -257,7 +257,7 @@ impl Topology {
 
     /// The cores of a relay on `n` of them: the relay core and the ones
     /// before it, down to the load core when the machine has no more.
-    /// Fewer than `n` when the machine has fewer.
+    /// Fewer than `n` when the machine has fewer than `n`.
     pub fn relay_cores(&self, n: usize) -> Vec<usize> {
         self.cores.iter().rev().take(n).rev().copied().collect()
     }

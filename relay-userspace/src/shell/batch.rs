@@ -398,8 +398,12 @@ mod tests {
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = receiver.local_addr().unwrap();
         // More than one call's batch, with one datagram over UDP's limit
-        // in the middle, which alone is refused.
-        let payloads: Vec<Vec<u8>> = (0..SEND_BATCH as u8 + 8).map(|i| vec![i; 20]).collect();
+        // in the middle, which alone is refused. Each is longer than the
+        // one before, so that none go segmented together (gso) and every
+        // datagram is a message of its own.
+        let payloads: Vec<Vec<u8>> = (0..SEND_BATCH as u8 + 8)
+            .map(|i| vec![i; 20 + usize::from(i)])
+            .collect();
         let oversized = vec![0xEE; 70_000];
         let mut datagrams: Vec<(&[u8], SocketAddr)> =
             payloads.iter().map(|p| (p.as_slice(), to)).collect();
