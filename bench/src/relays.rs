@@ -332,6 +332,9 @@ pin_dir = ""
 [admin]
 socket = ""
 
+[handover]
+state_file = ""
+
 [log]
 level = "info"
 stats_interval_secs = 0

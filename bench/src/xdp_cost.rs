@@ -53,6 +53,7 @@ fn binding(i: usize) -> KernelBinding {
         peer: SocketAddr::new(POD_V4.into(), 3480 + channel),
         slot: i as u32,
         buckets: Default::default(),
+        expires: 0,
     }
 }
 

@@ -117,6 +117,9 @@ pub struct Binding {
     pub slot: u32,
     /// The bandwidth buckets its traffic is charged to.
     pub buckets: Buckets,
+    /// When the kernel stops relaying it, in [`crate::expiry`] ticks, or
+    /// [`crate::expiry::NEVER`]. Both directions end together.
+    pub expires: u32,
 }
 
 impl Binding {
@@ -140,7 +143,7 @@ impl Binding {
             slot: self.slot,
             bucket: self.buckets.allocation[0],
             user_bucket: self.buckets.user[0],
-            _reserved: [0; 4],
+            expires: self.expires,
             seal: 0,
         };
         target.seal = target.seal_for(&key);
@@ -166,7 +169,7 @@ impl Binding {
             slot: self.slot,
             bucket: self.buckets.allocation[1],
             user_bucket: self.buckets.user[1],
-            _reserved: [0; 4],
+            expires: self.expires,
             seal: 0,
         };
         target.seal = target.seal_for(&key);
@@ -234,6 +237,7 @@ mod tests {
                 allocation: [1, 2],
                 user: [3, 4],
             },
+            expires: 99,
         };
         let (key, target) = binding.channel_entry();
         assert_eq!(key.channel, [0x40, 0x01]);
@@ -246,5 +250,31 @@ mod tests {
         assert_eq!((target.slot, peer_target.slot), (7, 7));
         assert_eq!((target.bucket, target.user_bucket), (1, 3));
         assert_eq!((peer_target.bucket, peer_target.user_bucket), (2, 4));
+        assert_eq!((target.expires, peer_target.expires), (99, 99));
+    }
+
+    /// The expiry is under the seal: a value whose expiry changed after
+    /// sealing (or was torn from another version of the binding) is
+    /// refused, so the kernel never relays past a lifetime it read wrong.
+    #[test]
+    fn the_expiry_is_sealed() {
+        use crate::seal::Sealed;
+        let binding = Binding {
+            client: v4(1, 50000),
+            server: v4(254, 3478),
+            channel: 0x4001,
+            relayed: v4(253, 49152),
+            peer: v4(9, 3480),
+            slot: 7,
+            buckets: Buckets::default(),
+            expires: 1000,
+        };
+        let (key, mut target) = binding.channel_entry();
+        let (peer_key, mut peer_target) = binding.peer_entry();
+        assert!(target.sealed_for(&key) && peer_target.sealed_for(&peer_key));
+        target.expires += 1;
+        peer_target.expires = 0;
+        assert!(!target.sealed_for(&key));
+        assert!(!peer_target.sealed_for(&peer_key));
     }
 }

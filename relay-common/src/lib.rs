@@ -17,6 +17,7 @@ pub mod bandwidth;
 pub mod bench;
 pub mod binding;
 pub mod checksum;
+pub mod expiry;
 pub mod next_hop;
 pub mod seal;
 
@@ -157,7 +158,7 @@ pub const EGRESS_PEER: u8 = 4;
 /// Version of the map layouts (keys, values, names). Pinned maps live in a
 /// directory named after it, so a daemon never reopens maps of another
 /// layout. Bump it with any change to the types above.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// An IP address in the maps: IPv6 as is, IPv4 as IPv4-mapped IPv6
 /// (`::ffff:a.b.c.d`), so one key layout serves both families.
@@ -208,8 +209,11 @@ pub struct ChannelTarget {
     pub bucket: u32,
     /// The user's bucket for this direction, or [`bandwidth::NO_BUCKET`].
     pub user_bucket: u32,
-    /// Zero.
-    pub _reserved: [u8; 4],
+    /// When the binding ends, in [`expiry`] ticks of CLOCK_MONOTONIC, or
+    /// [`expiry::NEVER`]: past it the kernel treats the entry as absent, so
+    /// a binding no daemon removes stops at the end of its lifetime.
+    /// Under the seal, like every field before it.
+    pub expires: u32,
     /// [`seal::seal`] of the key and the fields above: the kernel
     /// uses a copy of the value only if it matches.
     pub seal: u64,
@@ -254,8 +258,8 @@ pub struct PeerTarget {
     pub bucket: u32,
     /// As [`ChannelTarget::user_bucket`], for this direction.
     pub user_bucket: u32,
-    /// Zero.
-    pub _reserved: [u8; 4],
+    /// As [`ChannelTarget::expires`].
+    pub expires: u32,
     /// As [`ChannelTarget::seal`].
     pub seal: u64,
 }

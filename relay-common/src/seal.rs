@@ -120,6 +120,7 @@ mod tests {
             peer: v4(peer, 3480),
             slot,
             buckets: Buckets::default(),
+            expires: 0,
         }
     }
 

@@ -2,7 +2,7 @@
 //! `relay-common`; the daemon finds the maps by those names.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
@@ -10,6 +10,7 @@ use relay_common::{
     BindingCounters, ChannelKey, ChannelTarget, Counter, LISTEN_PORT_WORDS, MAX_BINDINGS,
     MAX_EGRESS_INTERFACES, PacketClass, PeerKey, PeerTarget,
     bandwidth::{BUCKETS_PER_BINDING, Bucket, NO_BUCKET},
+    expiry::{self, NEVER},
     listen_port_bit,
     next_hop::HOP_WORDS,
     seal::Sealed,
@@ -134,8 +135,9 @@ pub fn count_binding(slot: u32, to_peer: bool, bytes: usize) {
     }
 }
 
-/// Where a client's ChannelData goes, if its channel is bound: a copy, in
-/// this CPU's slot for `engine` (see [`checked_copy`]).
+/// Where a client's ChannelData goes, if its channel is bound and its
+/// lifetime not over: a copy, in this CPU's slot for `engine` (see
+/// [`checked_copy`]).
 #[inline(always)]
 pub fn channel_target(key: &ChannelKey, engine: u32) -> Option<&'static ChannelTarget> {
     let copy = CHANNEL_COPIES.get_ptr_mut(engine)?;
@@ -164,17 +166,24 @@ static CHANNEL_COPIES: PerCpuArray<ChannelTarget> = PerCpuArray::with_max_entrie
 static PEER_COPIES: PerCpuArray<PeerTarget> = PerCpuArray::with_max_entries(2, 0);
 
 /// Copies the map value at `value` into `copy`, and returns whether the
-/// copy is whole and `key`'s. The maps are preallocated: a deleted element
-/// can be reused for another binding while this program reads it (see
-/// `relay_common::seal`), so the value is read once, and used only if its
-/// seal holds.
+/// copy is whole and `key`'s, and its binding not expired. The maps are
+/// preallocated: a deleted element can be reused for another binding while
+/// this program reads it (see `relay_common::seal`), so the value is read
+/// once, and used only if its seal holds. An expired binding is refused
+/// here as well, so that its frames take the path of an unbound channel's
+/// (see [`live`]).
 ///
 /// Inline for the XDP engine, whose relaying functions have room for its
 /// temporaries: a call costs a mispredicted return on CPUs with return
 /// mitigations. A function of its own for the tc engine, whose frames do
 /// not.
 #[inline(always)]
-fn checked_copy<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T, engine: u32) -> bool {
+fn checked_copy<T: Sealed + Expiring>(
+    value: *const T,
+    key: &T::Key,
+    copy: *mut T,
+    engine: u32,
+) -> bool {
     if engine == <aya_ebpf::programs::XdpContext as crate::packet::Packet>::ENGINE {
         sealed_copy(value, key, copy) != 0
     } else {
@@ -185,13 +194,13 @@ fn checked_copy<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T, engine: 
 /// [`sealed_copy`] in a stack frame of its own (an integer result: see
 /// `forward::NOT_HANDLED`).
 #[inline(never)]
-fn sealed_copy_apart<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T) -> u32 {
+fn sealed_copy_apart<T: Sealed + Expiring>(value: *const T, key: &T::Key, copy: *mut T) -> u32 {
     sealed_copy(value, key, copy)
 }
 
 /// See [`checked_copy`]: 1 if the copy holds, 0 if not.
 #[inline(always)]
-fn sealed_copy<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T) -> u32 {
+fn sealed_copy<T: Sealed + Expiring>(value: *const T, key: &T::Key, copy: *mut T) -> u32 {
     const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() == 8) };
     let (from, to) = (value.cast::<u64>(), copy.cast::<u64>());
     for i in 0..size_of::<T>() / 8 {
@@ -204,7 +213,48 @@ fn sealed_copy<T: Sealed>(value: *const T, key: &T::Key, copy: *mut T) -> u32 {
         unsafe { to.add(i).write(from.add(i).read_volatile()) };
     }
     // SAFETY: as above.
-    u32::from(unsafe { &*copy }.sealed_for(key))
+    let copy = unsafe { &*copy };
+    // The seal first: the expiry is read from a whole copy only.
+    u32::from(copy.sealed_for(key) && live(copy.expires()))
+}
+
+/// A binding map value with an expiry (`relay_common::expiry`).
+pub trait Expiring {
+    /// The value's `expires` field.
+    fn expires(&self) -> u32;
+}
+
+impl Expiring for ChannelTarget {
+    #[inline(always)]
+    fn expires(&self) -> u32 {
+        self.expires
+    }
+}
+
+impl Expiring for PeerTarget {
+    #[inline(always)]
+    fn expires(&self) -> u32 {
+        self.expires
+    }
+}
+
+/// Whether a binding with expiry `expires` is still within its lifetime:
+/// past it the kernel stops relaying, even if no daemon is left to remove
+/// the binding. Reached only on a lookup hit, so other traffic reads no
+/// clock, and a binding without expiry (tests, benchmarks) reads none
+/// either. The coarse clock is a few loads, without the clocksource read
+/// of `bpf_ktime_get_ns`, and a tick is far coarser than its jiffy. Here,
+/// in the copy's function, rather than in the relaying functions: for the
+/// tc engine this is a frame of its own, and the tc relaying functions
+/// have no stack left for what a helper call makes them spill.
+#[inline(always)]
+fn live(expires: u32) -> bool {
+    if expires == NEVER {
+        return true;
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    !expiry::expired(expires, expiry::tick(now))
 }
 
 /// Bandwidth buckets of allocations and users

@@ -1,8 +1,10 @@
 //! The daemon's local admin socket, and the client `turnxctl` uses on it.
 //!
 //! A Unix stream socket (`[admin] socket`, mode 0600 in a 0700 directory):
-//! the client writes one JSON line, `{"command":"status"}` or
-//! `{"command":"allocations"}`, and the daemon answers one JSON document,
+//! the client writes one JSON line, `{"command":"status"}`,
+//! `{"command":"allocations"}`, `{"command":"stop-handover"}`,
+//! `{"command":"stop-detach"}` or `{"command":"drain"}`, and the daemon
+//! answers one JSON document,
 //! then closes. Unknown commands and malformed requests get
 //! `{"error":"..."}`. Only root and the daemon's own user are served: the
 //! file modes keep others out, and `SO_PEERCRED` checks each peer in case
@@ -49,6 +51,13 @@ pub trait AdminSource: Send + Sync {
     fn status(&self) -> Value;
     /// The `allocations` document: a JSON array, one object per allocation.
     fn allocations(&self) -> Value;
+    /// Asks the daemon to stop: `handover` leaves the kernel relaying and
+    /// the allocations written down for the next daemon; otherwise every
+    /// allocation ends and the programs detach. Answers at once.
+    fn stop(&self, handover: bool) -> Value;
+    /// Asks the daemon to drain, as SIGTERM does by default: new
+    /// allocations are refused, and it exits when the others have ended.
+    fn drain(&self) -> Value;
 }
 
 /// What can go wrong serving or using the admin socket.
@@ -355,8 +364,12 @@ fn answer(source: &dyn AdminSource, command: &str) -> Value {
     match command {
         "status" => source.status(),
         "allocations" => source.allocations(),
+        "stop-handover" => source.stop(true),
+        "stop-detach" => source.stop(false),
+        "drain" => source.drain(),
         other => error_answer(format!(
-            "unknown command {other:?}; known: \"status\", \"allocations\""
+            "unknown command {other:?}; known: \"status\", \"allocations\", \
+             \"stop-handover\", \"stop-detach\", \"drain\""
         )),
     }
 }
@@ -479,6 +492,12 @@ mod tests {
         }
         fn allocations(&self) -> Value {
             json!([{ "username": "alice", "transport": "udp" }])
+        }
+        fn stop(&self, handover: bool) -> Value {
+            json!({ "stopping": if handover { "handover" } else { "detach" } })
+        }
+        fn drain(&self) -> Value {
+            json!({ "draining": 2 })
         }
     }
 

@@ -33,5 +33,6 @@ pub mod pod_interfaces;
 pub mod prometheus;
 pub mod rtnetlink_events;
 pub mod shell;
+pub mod state_file;
 pub mod turn;
 pub mod xdp;

@@ -16,6 +16,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use relay_common::{
@@ -25,6 +26,7 @@ use relay_common::{
 
 use crate::{
     kernel_buckets::{BucketWriter, KernelBuckets},
+    turn::PERMISSION_LIFETIME,
     turn::bandwidth::Limits,
     turn::{Event, FiveTuple, Transport},
     xdp::{KernelBinding, XdpError, XdpRelay},
@@ -37,6 +39,12 @@ pub trait BindingMaps: BucketWriter + Send {
     fn install(&mut self, binding: &KernelBinding) -> Result<(), XdpError>;
     /// Removes a binding from both directions.
     fn remove(&mut self, binding: &KernelBinding) -> Result<(), XdpError>;
+    /// Rewrites both entries of an installed binding (a new expiry).
+    fn update(&mut self, binding: &KernelBinding) -> Result<(), XdpError>;
+    /// The counter slot of the entry a previous daemon left in the pinned
+    /// maps for `binding`'s channel, if there is one that this process did
+    /// not install: a binding handed over keeps its counters.
+    fn adopted_slot(&self, binding: &KernelBinding) -> Option<u32>;
     /// Zeroes the counters of `slot`, for a new binding.
     fn reset_counters(&mut self, slot: u32) -> Result<(), XdpError>;
     /// What the kernel relayed for the binding in `slot`.
@@ -52,6 +60,14 @@ impl BindingMaps for Arc<Mutex<XdpRelay>> {
 
     fn remove(&mut self, binding: &KernelBinding) -> Result<(), XdpError> {
         self.lock().expect("XDP lock").remove(binding)
+    }
+
+    fn update(&mut self, binding: &KernelBinding) -> Result<(), XdpError> {
+        self.lock().expect("XDP lock").update(binding)
+    }
+
+    fn adopted_slot(&self, binding: &KernelBinding) -> Option<u32> {
+        self.lock().expect("XDP lock").adopted_slot(binding)
     }
 
     fn reset_counters(&mut self, slot: u32) -> Result<(), XdpError> {
@@ -195,12 +211,33 @@ impl Eligibility {
     }
 }
 
+/// The binding expiry (in the kernel's ticks) `lifetime` after the
+/// CLOCK_MONOTONIC time `now_ns`.
+fn expires_after(now_ns: u64, lifetime: Duration) -> u32 {
+    let lifetime = u64::try_from(lifetime.as_nanos()).unwrap_or(u64::MAX);
+    relay_common::expiry::expires_after(now_ns, lifetime)
+}
+
+/// CLOCK_MONOTONIC in ns: the clock the kernel programs compare expiries
+/// with (its coarse twin).
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
 /// Follows events into the kernel maps.
 pub struct Offload {
     maps: Box<dyn BindingMaps>,
     rules: Eligibility,
     /// Counter slots not in use.
-    free_slots: Vec<u32>,
+    free_slots: std::collections::BTreeSet<u32>,
     installed: HashMap<(FiveTuple, u16), KernelBinding>,
     stats: OffloadStats,
     /// Each live binding's counters as last read, by slot, and their sum:
@@ -220,8 +257,8 @@ impl Offload {
     pub fn new(maps: Box<dyn BindingMaps>, max_bindings: u32, rules: Eligibility) -> Self {
         Offload {
             maps,
-            // Popped from the end: slot 0 first.
-            free_slots: (0..max_bindings).rev().collect(),
+            // Lowest first: slot 0 first.
+            free_slots: (0..max_bindings).collect(),
             rules,
             installed: HashMap::new(),
             stats: OffloadStats::default(),
@@ -313,6 +350,11 @@ impl Offload {
             Event::ChannelExpired {
                 client, channel, ..
             } => self.unbind(client, channel),
+            Event::ChannelLifetime {
+                client,
+                channel,
+                lifetime,
+            } => self.set_lifetime(client, channel, lifetime),
             Event::AllocationCreated {
                 client,
                 ref username,
@@ -336,7 +378,7 @@ impl Offload {
                 Ineligible::LegacyChannel => &mut self.stats.legacy_channel,
                 Ineligible::RelayToRelay => &mut self.stats.relay_to_relay,
             }
-        } else if let Some(slot) = self.free_slots.pop() {
+        } else if let Some((slot, adopted)) = self.slot_for(client, channel, relayed, peer) {
             let binding = KernelBinding {
                 client: client.client,
                 server: client.server,
@@ -345,8 +387,16 @@ impl Offload {
                 peer,
                 slot,
                 buckets: self.buckets.for_channel(client, &mut *self.maps),
+                // A ChannelBind refreshes the peer's permission, which
+                // bounds the binding's life; its exact lifetime follows.
+                expires: expires_after(monotonic_ns(), PERMISSION_LIFETIME),
             };
-            let installed = self.maps.reset_counters(slot);
+            // A handed-over binding's counters go on; a new one's start at 0.
+            let installed = if adopted {
+                Ok(())
+            } else {
+                self.maps.reset_counters(slot)
+            };
             match installed.and_then(|()| self.maps.install(&binding)) {
                 Ok(()) => {
                     self.installed.insert((client, channel), binding);
@@ -355,7 +405,7 @@ impl Offload {
                     return;
                 }
                 Err(err) => {
-                    self.free_slots.push(slot);
+                    self.free_slots.insert(slot);
                     tracing::warn!(
                         "channel {channel:#x} of {} stays in userspace: {err}",
                         client.client
@@ -372,6 +422,58 @@ impl Offload {
             &mut self.stats.map_full
         };
         *stat += 1;
+    }
+
+    /// The counter slot for a new binding, and whether it is the one a
+    /// previous daemon's entry for it holds; `None` when all are taken.
+    fn slot_for(
+        &mut self,
+        client: FiveTuple,
+        channel: u16,
+        relayed: SocketAddr,
+        peer: SocketAddr,
+    ) -> Option<(u32, bool)> {
+        let probe = KernelBinding {
+            client: client.client,
+            server: client.server,
+            channel,
+            relayed,
+            peer,
+            slot: 0,
+            buckets: Default::default(),
+            expires: 0,
+        };
+        if let Some(slot) = self.maps.adopted_slot(&probe)
+            && self.free_slots.remove(&slot)
+        {
+            return Some((slot, true));
+        }
+        self.free_slots.pop_first().map(|slot| (slot, false))
+    }
+
+    /// Moves the kernel's expiry of a binding to `lifetime` from now.
+    fn set_lifetime(&mut self, client: FiveTuple, channel: u16, lifetime: Duration) {
+        let Some(binding) = self.installed.get_mut(&(client, channel)) else {
+            return;
+        };
+        let expires = expires_after(monotonic_ns(), lifetime);
+        if binding.expires == expires {
+            return;
+        }
+        let updated = KernelBinding {
+            expires,
+            ..*binding
+        };
+        match self.maps.update(&updated) {
+            Ok(()) => *binding = updated,
+            // The old expiry stays: the kernel hands the binding's traffic
+            // to userspace from then on, which relays it as long as it
+            // should.
+            Err(err) => tracing::warn!(
+                "moving the kernel expiry of channel {channel:#x} of {}: {err}",
+                client.client
+            ),
+        }
     }
 
     fn unbind(&mut self, client: FiveTuple, channel: u16) {
@@ -402,7 +504,7 @@ impl Offload {
             client.client
         );
         self.stats.kernel_relayed.add(&counters);
-        self.free_slots.push(binding.slot);
+        self.free_slots.insert(binding.slot);
         self.stats.removed += 1;
     }
 
@@ -500,6 +602,17 @@ mod tests {
             Ok(())
         }
 
+        fn update(&mut self, binding: &KernelBinding) -> Result<(), XdpError> {
+            let mut state = self.state.lock().unwrap();
+            let installed = state.installed.iter_mut().find(|b| b.slot == binding.slot);
+            *installed.ok_or_else(|| XdpError::Mismatch("not installed".into()))? = *binding;
+            Ok(())
+        }
+
+        fn adopted_slot(&self, _binding: &KernelBinding) -> Option<u32> {
+            None
+        }
+
         fn reset_counters(&mut self, slot: u32) -> Result<(), XdpError> {
             self.state.lock().unwrap().counters.remove(&slot);
             Ok(())
@@ -539,6 +652,40 @@ mod tests {
             channel,
             peer: "198.19.0.2:3480".parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn a_binding_carries_its_lifetime_into_the_kernel() {
+        let maps = FakeMaps::default();
+        let state = Arc::clone(&maps.state);
+        state.lock().unwrap().capacity = 2;
+        let rules = Eligibility::new(false, vec!["198.19.0.1".parse().unwrap()]);
+        let mut offload = Offload::new(Box::new(maps), 2, rules);
+        let client = udp_client("198.18.0.2:3478");
+        let expires = || state.lock().unwrap().installed[0].expires;
+        let at = |lifetime: Duration| expires_after(monotonic_ns(), lifetime);
+        let before = at(PERMISSION_LIFETIME);
+        offload.apply(&bound(client, 0x4000));
+        // Until the permission's end at most, before its exact lifetime.
+        assert!((before..=at(PERMISSION_LIFETIME)).contains(&expires()));
+        let lifetime = |secs| Event::ChannelLifetime {
+            client,
+            channel: 0x4000,
+            lifetime: Duration::from_secs(secs),
+        };
+        let before = at(Duration::from_secs(60));
+        offload.apply(&lifetime(60));
+        assert!((before..=at(Duration::from_secs(60))).contains(&expires()));
+        assert!(expires() < at(PERMISSION_LIFETIME) - 100);
+        // Another channel's lifetime changes nothing.
+        let other = Event::ChannelLifetime {
+            client,
+            channel: 0x4001,
+            lifetime: Duration::from_secs(600),
+        };
+        let was = expires();
+        offload.apply(&other);
+        assert_eq!(expires(), was);
     }
 
     #[test]

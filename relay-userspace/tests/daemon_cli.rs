@@ -19,7 +19,8 @@ fn free_port() -> u16 {
 
 fn turnxd() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_turnxd"));
-    command.env_remove("RUST_LOG");
+    // No handover file: these daemons run side by side.
+    command.env_remove("RUST_LOG").env("TURNXD_STATE_FILE", "");
     command
 }
 

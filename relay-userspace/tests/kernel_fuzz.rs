@@ -50,6 +50,7 @@ fn bindings() -> Vec<KernelBinding> {
         peer: addr(peer),
         slot,
         buckets: Default::default(),
+        expires: 0,
     };
     let v6 = |client: &str, channel, relayed: &str, peer: &str, slot| KernelBinding {
         client: addr(client),
@@ -59,6 +60,7 @@ fn bindings() -> Vec<KernelBinding> {
         peer: addr(peer),
         slot,
         buckets: Default::default(),
+        expires: 0,
     };
     vec![
         v4(

@@ -240,7 +240,7 @@ impl Node {
         let server: SocketAddr = SocketAddr::new(server_ip.parse().unwrap(), 3478);
         let peer = SocketAddr::new(peer_ip.parse().unwrap(), PEER_PORT.parse().unwrap());
         const CHANNEL: u16 = 0x4000;
-        self.topology.client.run(|| {
+        let lost = self.topology.client.run(|| {
             let socket = UdpSocket::bind(SocketAddr::new(client_ip.parse().unwrap(), 0)).unwrap();
             let client = TurnClient::connect(socket, server, USER, PASSWORD).expect("a 401");
             client.allocate(ipv6).expect("allocation");
@@ -248,10 +248,12 @@ impl Node {
             for i in 0..ROUND_TRIPS {
                 // Sizes vary, so that padding and length rewrites show.
                 let data = format!("{place:?} media {i:04} {}", "x".repeat(i as usize % 7));
-                let echo = client
+                let Some(echo) = client
                     .channel_round_trip(CHANNEL, data.as_bytes(), Duration::from_secs(2))
                     .expect("sending ChannelData")
-                    .unwrap_or_else(|| panic!("{place:?}: no echo for datagram {i}"));
+                else {
+                    return Some(i);
+                };
                 assert_eq!(
                     echo,
                     testkit::frame::channel_data(CHANNEL, data.as_bytes(), false),
@@ -259,7 +261,18 @@ impl Node {
                 );
             }
             client.refresh(0).expect("deleting the allocation");
+            None
         });
+        if let Some(i) = lost {
+            // Everything that tells where it went: the programs' counters
+            // and turnxd's view of the same moment.
+            let status = common::turnxctl_status(&self.topology.node, &self.topology.uplink);
+            panic!(
+                "{place:?} over {}: no echo for datagram {i} in 2 s\n--- turnxctl status:\n{status:#}\n--- turnxd:\n{}",
+                if ipv6 { "IPv6" } else { "IPv4" },
+                self.daemon.log()
+            );
+        }
     }
 
     /// Asserts that no XDP error counter of the node's uplink and the pod's

@@ -29,6 +29,7 @@ fn v4_binding() -> KernelBinding {
         peer: addr("198.19.0.2:3480"),
         slot: 0,
         buckets: Default::default(),
+        expires: 0,
     }
 }
 
@@ -41,6 +42,7 @@ fn v6_binding() -> KernelBinding {
         peer: addr("[fd00:19::2]:3480"),
         slot: 1,
         buckets: Default::default(),
+        expires: 0,
     }
 }
 
@@ -673,13 +675,15 @@ fn pinned_maps_are_reopened_and_full_maps_refuse_bindings() {
     assert_eq!(run(&relay, &frame.bytes).2, PacketClass::ForwardedToPeer);
     let Relay { xdp: first, ns } = relay;
     let version = format!("v{}", relay_common::MAP_LAYOUT_VERSION);
-    for name in ["CHANNELS", "PEERS", "CLASS_COUNTERS", "BINDING_COUNTERS"] {
+    for shape in turnx::xdp::pins::pinned_shapes(Some(1)) {
+        let name = shape.name;
         assert!(dir.0.join(&version).join(name).exists(), "{name} is pinned");
     }
     drop(first);
 
-    // A new load reopens the pinned maps: the counters carry over, and the
-    // previous run's binding is gone (its allocation is unknown now).
+    // A new load adopts the pinned maps: the counters carry over, and the
+    // previous run's binding still relays, until the new daemon has taken
+    // over what it was handed and sweeps what nobody claimed.
     let mut second = XdpRelay::load_with(object, "info", &options).unwrap();
     second.set_listen_ports(&[3478]).unwrap();
     let counted = second
@@ -689,10 +693,48 @@ fn pinned_maps_are_reopened_and_full_maps_refuse_bindings() {
         .packets;
     assert_eq!(counted, 1, "counters survive a restart");
     let relay = Relay { xdp: second, ns };
+    assert_eq!(run(&relay, &frame.bytes).2, PacketClass::ForwardedToPeer);
+    let Relay {
+        xdp: mut second,
+        ns,
+    } = relay;
+    assert_eq!(
+        second.sweep_unowned().unwrap(),
+        1,
+        "one binding nobody claimed"
+    );
+    let relay = Relay { xdp: second, ns };
     let (_, output, class) = run(&relay, &frame.bytes);
     assert_eq!(
         (output, class),
         (frame.bytes.clone(), PacketClass::ChannelData)
+    );
+    let Relay {
+        xdp: mut second,
+        ns,
+    } = relay;
+    second.install(&binding).unwrap();
+    drop(second);
+
+    // A pinned map of another shape (another max_bindings here) is
+    // refused and made anew: nothing of it is adopted.
+    let bigger = turnx::xdp::LoadOptions {
+        max_bindings: Some(2),
+        ..options.clone()
+    };
+    let third = XdpRelay::load_with(object, "info", &bigger).unwrap();
+    let counted = third
+        .counters()
+        .unwrap()
+        .get(PacketClass::ForwardedToPeer)
+        .packets;
+    assert_eq!(counted, 2, "the counters, of the same shape, are adopted");
+    let relay = Relay { xdp: third, ns };
+    let (_, output, class) = run(&relay, &frame.bytes);
+    assert_eq!(
+        (output, class),
+        (frame.bytes.clone(), PacketClass::ChannelData),
+        "no binding of the refused map"
     );
 }
 
@@ -900,4 +942,119 @@ fn over_its_buckets_a_binding_is_dropped_in_the_kernel() {
     // The other direction has buckets of its own.
     let back = peer_frame(&first, &[7; 100]).build();
     assert_eq!(run(&relay, &back.bytes).2, PacketClass::ForwardedToClient);
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock binding expiries are ticks of.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Runs the tc program once in the relay's namespace; returns verdict,
+/// output and the class counted, if any (tc counts only what it relays).
+fn run_tc(relay: &Relay, frame: &[u8]) -> (u32, Vec<u8>, Option<PacketClass>) {
+    let xdp = &relay.xdp;
+    let before = xdp.counters().unwrap();
+    let result = relay.ns.run(|| xdp.run_tc_on_frame(frame)).unwrap();
+    let delta = xdp.counters().unwrap().since(&before);
+    let counted: Vec<_> = PacketClass::ALL
+        .into_iter()
+        .filter(|class| delta.get(*class).packets != 0)
+        .collect();
+    assert!(counted.len() <= 1, "tc counted {counted:?}");
+    (result.action, result.output, counted.first().copied())
+}
+
+/// RFC 8656 lifetimes in the kernel: a binding whose expiry has passed is
+/// no binding to either program, in either direction (its frames go to the
+/// stack untouched, counted as for an unbound channel), so a binding left
+/// behind by a daemon that is gone stops at the end of its lifetime. The
+/// same binding with its expiry ahead is relayed.
+#[test]
+fn expired_bindings_are_left_to_the_stack_by_xdp_and_tc() {
+    use relay_common::expiry::{expires_after, tick};
+    /// tc's "hand on" verdict (TCX_NEXT, -1), for frames it leaves and,
+    /// with stack routing, for those it rewrote.
+    const TC_NEXT: u32 = u32::MAX;
+
+    let now = monotonic_ns();
+    assert!(tick(now) > 1, "the clock is past its first ticks");
+    let past = tick(now) - 1;
+    let ahead = expires_after(now, 60_000_000_000);
+    let expired = [v4_binding(), v6_binding()].map(|b| KernelBinding { expires: past, ..b });
+    let Some(mut relay) = relay(
+        "expired_bindings_are_left_to_the_stack_by_xdp_and_tc",
+        &expired,
+    ) else {
+        return;
+    };
+    let data = b"after the lifetime";
+    for binding in expired {
+        let to_peer = client_frame(&binding, &channel_data(binding.channel, data, false)).build();
+        let to_client = peer_frame(&binding, data).build();
+        for (name, input, miss) in [
+            ("to the peer", &to_peer.bytes, PacketClass::ChannelData),
+            ("to the client", &to_client.bytes, PacketClass::Unrelated),
+        ] {
+            let (action, output, class) = run(&relay, input);
+            assert_eq!((action, class), (XDP_PASS, miss), "XDP {name} {binding:?}");
+            assert_eq!(&output, input, "XDP {name}: untouched");
+            let (action, output, class) = run_tc(&relay, input);
+            assert_eq!((action, class), (TC_NEXT, None), "tc {name} {binding:?}");
+            assert_eq!(&output, input, "tc {name}: untouched");
+        }
+    }
+
+    // The same bindings with a minute left are relayed by both programs.
+    for binding in expired {
+        relay.xdp.remove(&binding).unwrap();
+        let fresh = KernelBinding {
+            expires: ahead,
+            ..binding
+        };
+        relay.xdp.install(&fresh).unwrap();
+        let to_peer = client_frame(&fresh, &channel_data(fresh.channel, data, false)).build();
+        let mut peer_expected = UdpFrame::new(fresh.relayed, fresh.peer, data);
+        peer_expected.ttl = 63;
+        let to_client = peer_frame(&fresh, data).build();
+        let mut client_expected = UdpFrame::new(
+            fresh.server,
+            fresh.client,
+            &channel_data(fresh.channel, data, false),
+        );
+        client_expected.ttl = 63;
+        for (name, input, expected, class) in [
+            (
+                "to the peer",
+                &to_peer.bytes,
+                peer_expected.build().bytes,
+                PacketClass::ForwardedToPeer,
+            ),
+            (
+                "to the client",
+                &to_client.bytes,
+                client_expected.build().bytes,
+                PacketClass::ForwardedToClient,
+            ),
+        ] {
+            let (action, output, counted) = run(&relay, input);
+            assert_eq!((action, counted), (XDP_PASS, class), "XDP {name} {fresh:?}");
+            assert_eq!(output, expected, "XDP {name}: relayed");
+            let (action, output, counted) = run_tc(&relay, input);
+            assert_eq!(
+                (action, counted),
+                (TC_NEXT, Some(class)),
+                "tc {name} {fresh:?}"
+            );
+            assert_eq!(output, expected, "tc {name}: relayed");
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! A minimal blocking TURN client over UDP, for tests and benchmarks: long-
-//! term credentials, Allocate, ChannelBind, Refresh, ChannelData. It is not
+//! term credentials, Allocate, ChannelBind, Refresh, ChannelData, Send and
+//! Data indications. It is not
 //! meant for applications (no retransmissions, one request at a time).
 
 use std::{
@@ -17,10 +18,10 @@ use stun_types::{
 };
 use turn_types::{
     attribute::{
-        ChannelNumber, Lifetime, RequestedAddressFamily, RequestedTransport, XorPeerAddress,
+        ChannelNumber, Data, Lifetime, RequestedAddressFamily, RequestedTransport, XorPeerAddress,
         XorRelayedAddress,
     },
-    message::{ALLOCATE, CHANNEL_BIND, REFRESH},
+    message::{ALLOCATE, CHANNEL_BIND, DATA, REFRESH, SEND},
 };
 
 /// How long the client waits for a response.
@@ -190,6 +191,54 @@ impl TurnClient {
             Ok((len, _)) => Some(buffer[..len].to_vec()),
             Err(err) if is_timeout(&err) => None,
             Err(err) => return Err(err.into()),
+        };
+        self.socket.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
+        Ok(reply)
+    }
+}
+
+impl TurnClient {
+    /// Sends `data` to `peer` in a Send indication (the allocation needs a
+    /// permission for it) and returns the data of the next Data
+    /// indication from `peer`, if one comes within `timeout`. Other
+    /// datagrams are skipped.
+    pub fn send_round_trip(
+        &self,
+        peer: SocketAddr,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let mut builder = Message::builder_indication(SEND, MessageWriteVec::new());
+        let transaction = builder.transaction_id();
+        builder
+            .add_attribute(&XorPeerAddress::new(peer, transaction))
+            .map_err(malformed)?;
+        builder.add_attribute(&Data::new(data)).map_err(malformed)?;
+        self.socket.send_to(&builder.finish(), self.server)?;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buffer = [0u8; 2048];
+        let reply = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            self.socket.set_read_timeout(Some(left))?;
+            let len = match self.socket.recv_from(&mut buffer) {
+                Ok((len, _)) => len,
+                Err(err) if is_timeout(&err) => break None,
+                Err(err) => return Err(err.into()),
+            };
+            let Ok(message) = Message::from_bytes(&buffer[..len]) else {
+                continue;
+            };
+            if !message.has_method(DATA) {
+                continue;
+            }
+            let from = message.attribute::<XorPeerAddress>().map_err(malformed)?;
+            if from.addr(message.transaction_id()) == peer {
+                let data = message.attribute::<Data>().map_err(malformed)?;
+                break Some(data.data().to_vec());
+            }
         };
         self.socket.set_read_timeout(Some(RESPONSE_TIMEOUT))?;
         Ok(reply)

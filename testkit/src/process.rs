@@ -67,6 +67,8 @@ pub struct Daemon {
     /// The admin socket this harness chose for it, removed on drop (a
     /// killed daemon cannot remove it itself).
     admin_socket: Option<std::path::PathBuf>,
+    /// The handover directory this harness chose for it, removed on drop.
+    _state_dir: Option<TempDir>,
 }
 
 impl Daemon {
@@ -92,6 +94,17 @@ impl Daemon {
             command.env("TURNXD_ADMIN_SOCKET", &socket);
             admin_socket = Some(socket);
         }
+        // Its handover file too: one per daemon, unless the test shares
+        // one between the daemons of a restart.
+        let mut state_dir = None;
+        if !command
+            .get_envs()
+            .any(|(key, _)| key == "TURNXD_STATE_FILE")
+        {
+            let dir = TempDir::new("txstate");
+            command.env("TURNXD_STATE_FILE", dir.0.join("state.json"));
+            state_dir = Some(dir);
+        }
         let mut child = command
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
@@ -113,6 +126,7 @@ impl Daemon {
             lines,
             log: Vec::new(),
             admin_socket,
+            _state_dir: state_dir,
         }
     }
 

@@ -84,6 +84,15 @@ impl RelayAllocator for FakeAllocator {
         Ok(pair)
     }
 
+    fn restore(&mut self, relayed: SocketAddr, _reserved: bool) -> Result<(), AllocateError> {
+        // Nothing is handed over in these runs.
+        let held = self.held.lock().expect("one thread");
+        panic!(
+            "restoring {relayed} with {} held, in a run without handovers",
+            held.len()
+        );
+    }
+
     fn adopt(&mut self, relayed: SocketAddr, _dont_fragment: bool) {
         let held = self.held.lock().expect("one thread");
         assert!(

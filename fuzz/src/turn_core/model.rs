@@ -201,6 +201,22 @@ impl Model {
                     "{event:?}: not bound"
                 );
             }
+            Event::ChannelLifetime {
+                client,
+                channel,
+                lifetime,
+            } => {
+                let longest = self.lifetimes.1;
+                let mirror = self.mirror(client, &event);
+                assert!(
+                    mirror.channels.contains_key(channel),
+                    "{event:?}: not bound"
+                );
+                assert!(
+                    *lifetime <= longest.min(turnx::turn::PERMISSION_LIFETIME),
+                    "{event:?}: longer than a permission lives"
+                );
+            }
             Event::ChannelExpired {
                 client,
                 relayed,

@@ -73,6 +73,26 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Stop the daemon, in one of two ways (one is required).
+    ///
+    /// --handover: for a restart or an upgrade. turnxd writes its UDP
+    /// allocations to its handover file and exits, leaving the kernel
+    /// programs attached and relaying bound channels; the next turnxd takes
+    /// both over. --detach: every allocation ends, the programs detach and
+    /// every pin is removed, for a node that turnx leaves.
+    #[command(group(clap::ArgGroup::new("how").required(true).args(["handover", "detach"])))]
+    Stop {
+        /// Hand over to the next turnxd.
+        #[arg(long)]
+        handover: bool,
+        /// End everything and detach.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Drain the daemon, as SIGTERM does by default: /ready fails, new
+    /// allocations are refused, the others go on until they end or [drain]
+    /// timeout_secs passes; then turnxd detaches and exits.
+    Drain,
     /// The credential service.
     Credentials {
         #[command(subcommand)]
@@ -132,6 +152,16 @@ fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Status { interfaces } => status(&args.admin_socket, interfaces, args.json),
         Command::Allocations => allocations(&args.admin_socket, args.json),
+        Command::Stop { handover, .. } => stop(&args.admin_socket, handover, args.json),
+        Command::Drain => {
+            let answer = admin::request(&args.admin_socket, "drain")?;
+            if args.json {
+                println!("{answer}");
+            } else {
+                println!("turnxd is draining {} allocations", answer["draining"]);
+            }
+            Ok(())
+        }
         Command::Auth {
             user,
             ttl,
@@ -373,6 +403,27 @@ fn print_text(
 }
 
 // ----------------------------------------------------------- allocations
+
+/// Asks turnxd to stop (see `Command::Stop`).
+fn stop(socket: &Path, handover: bool, json: bool) -> Result<()> {
+    let command = if handover {
+        "stop-handover"
+    } else {
+        "stop-detach"
+    };
+    let answer = admin::request(socket, command)?;
+    if json {
+        println!("{answer}");
+    } else if handover {
+        println!(
+            "turnxd is stopping for a handover: the kernel goes on relaying bound channels, \
+             and the next turnxd takes the allocations over"
+        );
+    } else {
+        println!("turnxd is stopping: every allocation ends and the programs detach");
+    }
+    Ok(())
+}
 
 fn allocations(socket: &Path, json: bool) -> Result<()> {
     let allocations = admin::request(socket, "allocations")?;

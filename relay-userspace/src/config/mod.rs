@@ -50,6 +50,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Graceful shutdown.
     pub drain: DrainConfig,
+    /// Restarts and upgrades without dropping allocations.
+    pub handover: HandoverConfig,
     /// Logging and counters.
     pub log: LogConfig,
 }
@@ -275,6 +277,28 @@ pub struct AdminConfig {
 pub struct DrainConfig {
     /// Longest wait on SIGTERM for allocations to end, seconds.
     pub timeout_secs: u64,
+}
+
+/// `[handover]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HandoverConfig {
+    /// Where turnxd writes down its UDP allocations for the next turnxd;
+    /// empty: nowhere, and a new turnxd starts empty.
+    pub state_file: String,
+    /// What SIGTERM does.
+    pub on_sigterm: OnSigterm,
+}
+
+/// What turnxd does on SIGTERM.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSigterm {
+    /// Drain (see `[drain]`), then detach and exit.
+    #[default]
+    Drain,
+    /// Hand over to the next turnxd at once, as `turnxctl stop --handover`.
+    Handover,
 }
 
 /// `[log]`

@@ -63,6 +63,9 @@ pub struct Overrides {
     /// Directory on bpffs for the pinned maps, "" for none. Replaces [xdp] pin_dir.
     #[arg(long, env = "TURNXD_PIN_DIR")]
     pub pin_dir: Option<String>,
+    /// The handover file, "" for none. Replaces [handover] state_file.
+    #[arg(long, env = "TURNXD_STATE_FILE")]
+    pub state_file: Option<String>,
     /// A static user, NAME:PASSWORD (coturn's --user); repeat for several.
     /// Adds to [auth] users. Prefer the environment variable: arguments are
     /// visible to every user of the machine.
@@ -166,6 +169,9 @@ impl Overrides {
         }
         if let Some(dir) = &self.pin_dir {
             config.xdp.pin_dir = dir.clone();
+        }
+        if let Some(file) = &self.state_file {
+            config.handover.state_file = file.clone();
         }
         if let Some(secs) = self.stats_interval {
             config.log.stats_interval_secs = secs;

@@ -7,8 +7,8 @@
 //! until it is classified here.
 
 use super::{
-    AdminConfig, AuthConfig, Config, CredentialsConfig, DrainConfig, LimitsConfig, LogConfig,
-    MetricsConfig, OffloadConfig, PeersConfig, ServerConfig, XdpConfig,
+    AdminConfig, AuthConfig, Config, CredentialsConfig, DrainConfig, HandoverConfig, LimitsConfig,
+    LogConfig, MetricsConfig, OffloadConfig, PeersConfig, ServerConfig, XdpConfig,
 };
 
 /// The keys whose change needs a restart, as "[section] key"; empty when
@@ -31,6 +31,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         credentials,
         admin,
         drain,
+        handover,
         log,
     } = new;
 
@@ -177,6 +178,14 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     check("[admin] socket", *socket == old.admin.socket);
 
     let DrainConfig { timeout_secs: _ } = drain;
+    let HandoverConfig {
+        state_file,
+        on_sigterm: _,
+    } = handover;
+    check(
+        "[handover] state_file",
+        *state_file == old.handover.state_file,
+    );
 
     let LogConfig {
         level: _,

@@ -44,6 +44,7 @@ use self::{
 };
 use crate::{
     offload::{KernelRelayed, Offload, OffloadStats},
+    state_file::RelayState,
     turn::{
         Destination, Event, FiveTuple, Now, Outbox, Server, ServerConfig, Transport, ledger::Ledger,
     },
@@ -127,6 +128,9 @@ pub struct TurnServer {
     shards: Vec<Arc<Shard>>,
     common: Arc<Common>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The key of nonces and reservation tokens, which a handover passes
+    /// on.
+    key: [u8; 32],
 }
 
 fn now() -> Now {
@@ -238,9 +242,26 @@ impl TurnServer {
     /// Binds every listener and starts serving; `offload`, when given,
     /// mirrors channel bindings into the kernel.
     pub async fn start(config: ShellConfig, offload: Option<Offload>) -> Result<TurnServer> {
+        Self::start_with(config, offload, None).await
+    }
+
+    /// As [`Self::start`], taking over what another daemon handed over
+    /// (`previous`) before serving: its key, its UDP allocations, each in
+    /// the shard of the same place (where the kernel's SO_REUSEPORT hash
+    /// sends its client, as long as the number of shards is the same), and
+    /// its reservations. Their relayed addresses are bound again, and the
+    /// offload installs their channels again.
+    pub async fn start_with(
+        config: ShellConfig,
+        offload: Option<Offload>,
+        previous: Option<RelayState>,
+    ) -> Result<TurnServer> {
         let workers = config.workers.max(1);
         let relays = Arc::new(RelaySockets::new(workers));
-        let key = rand::random();
+        let key = previous
+            .as_ref()
+            .and_then(RelayState::key)
+            .unwrap_or_else(rand::random);
         let ledger = Ledger::new(key, config.server.amplification);
         let local =
             local_addresses::read().context("reading the node's addresses for the peer policy")?;
@@ -287,6 +308,9 @@ impl TurnServer {
                 })
             })
             .collect();
+        if let Some(previous) = &previous {
+            take_over(&shards, previous);
+        }
         let mut tasks = Vec::new();
         for shard in &shards {
             for (address, socket) in &shard.udp_listeners {
@@ -336,7 +360,44 @@ impl TurnServer {
             shards,
             common,
             tasks,
+            key,
         })
+    }
+
+    /// Whether allocation state changed since the last call, in any shard.
+    pub fn take_changed(&self) -> bool {
+        let mut changed = false;
+        for shard in &self.shards {
+            changed |= shard.core.lock().expect("core lock").take_changed();
+        }
+        changed
+    }
+
+    /// What a handover passes on: the key, every shard's UDP allocations
+    /// and the reservations, as of now.
+    pub fn snapshot(&self) -> RelayState {
+        let at = Instant::now();
+        let mut shards = Vec::with_capacity(self.shards.len());
+        let mut counters = Vec::with_capacity(self.shards.len());
+        let mut ledger = None;
+        for shard in &self.shards {
+            let core = shard.core.lock().expect("core lock");
+            shards.push(core.snapshot(at));
+            counters.push(core.counters().clone());
+            ledger.get_or_insert_with(|| core.snapshot_ledger(at));
+        }
+        RelayState::new(self.key, shards, counters, ledger.unwrap_or_default())
+    }
+
+    /// Stops serving without ending anything, for a handover: the
+    /// listeners and timers stop, and allocations, relayed sockets and
+    /// kernel bindings stay as they are until the process exits. Returns
+    /// the state to hand over, taken after the last request was handled.
+    pub fn stop_for_handover(&self) -> RelayState {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.snapshot()
     }
 
     /// Runs `f` on each shard's core in turn.
@@ -492,6 +553,53 @@ impl TurnServer {
             offload.stats()
         })
     }
+}
+
+/// Takes over `previous`'s allocations and reservations (see
+/// [`TurnServer::start_with`]), saying what it took.
+fn take_over(shards: &[Arc<Shard>], previous: &RelayState) {
+    let elapsed = previous.age();
+    let now = now();
+    let (mut taken, mut dropped) = (0, 0);
+    if previous.shards.len() != shards.len() {
+        tracing::warn!(
+            "the previous turnxd ran {} shards and this one runs {}: a client whose \
+             allocation lands in another shard than the kernel sends it to gets 437 and \
+             allocates again; keep [server] workers the same across a restart",
+            previous.shards.len(),
+            shards.len()
+        );
+    }
+    for (index, allocations) in previous.shards.iter().enumerate() {
+        let shard = &shards[index % shards.len()];
+        for allocation in allocations {
+            let mut result = Ok(());
+            shard.run(|core| result = core.restore(allocation, now, elapsed));
+            match result {
+                Ok(()) => taken += 1,
+                Err(err) => {
+                    dropped += 1;
+                    tracing::info!(
+                        "not taking over the allocation of {}: {err}",
+                        allocation.client
+                    );
+                }
+            }
+        }
+    }
+    for (index, counters) in previous.counters.iter().enumerate() {
+        let shard = &shards[index % shards.len()];
+        shard.run(|core| core.absorb_counters(counters));
+    }
+    let mut reservations = 0;
+    if let Some(shard) = shards.first() {
+        shard.run(|core| reservations = core.restore_ledger(&previous.ledger, now, elapsed));
+    }
+    tracing::info!(
+        "took over {taken} allocations and {reservations} port reservations from {}, \
+         written {elapsed:?} ago ({dropped} allocations not taken over)",
+        previous.written_by
+    );
 }
 
 impl Shard {

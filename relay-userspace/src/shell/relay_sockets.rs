@@ -247,6 +247,30 @@ impl RelayAllocator for UdpRelayAllocator {
         self.sockets.give(self.shard, relayed, socket);
     }
 
+    fn restore(&mut self, relayed: SocketAddr, reserved: bool) -> Result<(), AllocateError> {
+        let ours = Some(relayed.ip()) == self.ip(relayed.is_ipv6()).ok()
+            && self.ports.contains(&relayed.port());
+        if !ours {
+            tracing::warn!(
+                "a handed-over allocation's relayed address {relayed} is not in this relay's \
+                 addresses and ports: not taken over"
+            );
+            return Err(AllocateError::InsufficientCapacity);
+        }
+        // The DONT-FRAGMENT choice is not handed over: the socket sends as
+        // sockets do by default.
+        match Self::bind(relayed.ip(), relayed.port(), false) {
+            Ok(socket) => {
+                self.register(relayed, socket, reserved);
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!("binding the handed-over relayed address {relayed}: {err}");
+                Err(AllocateError::InsufficientCapacity)
+            }
+        }
+    }
+
     fn release(&mut self, relayed: SocketAddr) {
         // Stopping the receive loop drops the last reference, which closes
         // the socket and frees the port.

@@ -9,7 +9,11 @@ use std::{
 
 use relay_common::bandwidth::Bucket;
 
-use super::{Event, FiveTuple, policy::canonical};
+use super::{
+    Event, FiveTuple, Transport,
+    policy::canonical,
+    snapshot::{AllocationState, RestoreError, deadline, hex, left_ms, unhex},
+};
 
 /// Permission lifetime (RFC 8656 section 9).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -256,6 +260,167 @@ impl Allocation {
                 peer: binding.peer,
             });
         }
+    }
+
+    /// Reports how long each channel may still be relayed: until its own
+    /// expiry, its permission's or the allocation's, whichever is first.
+    /// For whoever relays channels without asking (the kernel offload),
+    /// after anything that may have moved one of those.
+    pub fn report_lifetimes(&self, now: Instant, events: &mut Vec<Event>) {
+        let mut channels: Vec<(&u16, &Binding)> = self.channels.iter().collect();
+        channels.sort_unstable_by_key(|(channel, _)| **channel);
+        for (channel, binding) in channels {
+            let permission = self.permissions.get(&canonical(binding.peer.ip()));
+            let until = permission
+                .map_or(now, |permission| *permission)
+                .min(binding.expires)
+                .min(self.expires);
+            events.push(Event::ChannelLifetime {
+                client: self.client,
+                channel: *channel,
+                lifetime: until.saturating_duration_since(now),
+            });
+        }
+    }
+
+    /// Its state as plain data, deadlines as time left at `now`.
+    pub fn snapshot(&self, now: Instant) -> AllocationState {
+        let mut permissions: Vec<(IpAddr, u64)> = self
+            .permissions
+            .iter()
+            .map(|(ip, expires)| (*ip, left_ms(*expires, now)))
+            .collect();
+        permissions.sort_unstable();
+        let mut channels: Vec<(u16, SocketAddr, u64)> = self
+            .channels
+            .iter()
+            .map(|(channel, binding)| (*channel, binding.peer, left_ms(binding.expires, now)))
+            .collect();
+        channels.sort_unstable();
+        let mut cooling: Vec<(u16, SocketAddr, u64)> = self
+            .cooling
+            .iter()
+            .map(|(channel, peer, until)| (*channel, *peer, left_ms(*until, now)))
+            .collect();
+        cooling.sort_unstable();
+        AllocationState {
+            client: self.client.client,
+            server: self.client.server,
+            username: self.username.clone(),
+            relayed: self.relayed.clone(),
+            expires_in_ms: left_ms(self.expires, now),
+            created_by: (
+                hex(&self.created_by.0.to_be_bytes()),
+                hex(&self.created_by.1),
+            ),
+            permissions,
+            channels,
+            cooling,
+        }
+    }
+
+    /// The allocation `state` describes, `elapsed` after it was taken, at
+    /// `now`. What expired meanwhile is left out; a channel whose peer
+    /// holds no permission, or has no relayed address of its family, is
+    /// refused as malformed.
+    pub fn from_state(
+        state: &AllocationState,
+        now: Instant,
+        elapsed: Duration,
+    ) -> Result<Self, RestoreError> {
+        let expires = deadline(now, state.expires_in_ms, elapsed).ok_or(RestoreError::Expired)?;
+        if state.relayed.is_empty() || state.relayed.len() > 2 {
+            return Err(RestoreError::Malformed("one or two relayed addresses"));
+        }
+        let transaction = unhex(&state.created_by.0)
+            .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok())
+            .map(u128::from_be_bytes)
+            .ok_or(RestoreError::Malformed("a transaction id of 16 bytes"))?;
+        let response =
+            unhex(&state.created_by.1).ok_or(RestoreError::Malformed("a response in hex"))?;
+        let client = FiveTuple {
+            transport: Transport::Udp,
+            client: state.client,
+            server: state.server,
+        };
+        let mut allocation = Allocation::new(
+            client,
+            state.username.clone(),
+            state.relayed.clone(),
+            expires,
+            (transaction, response),
+        );
+        for (ip, ms) in &state.permissions {
+            if let Some(at) = deadline(now, *ms, elapsed) {
+                allocation.permissions.insert(canonical(*ip), at);
+            }
+        }
+        for (channel, peer, ms) in &state.channels {
+            let Some(at) = deadline(now, *ms, elapsed) else {
+                continue;
+            };
+            if !allocation.holds_permission(peer.ip()) {
+                continue;
+            }
+            if allocation.relayed_for(peer.ip()).is_none()
+                || allocation.peer_channels.contains_key(peer)
+            {
+                return Err(RestoreError::Malformed(
+                    "a channel per peer, of a relayed family",
+                ));
+            }
+            let binding = Binding {
+                peer: *peer,
+                expires: at,
+            };
+            if allocation.channels.insert(*channel, binding).is_some() {
+                return Err(RestoreError::Malformed("a peer per channel"));
+            }
+            allocation.peer_channels.insert(*peer, *channel);
+        }
+        for (channel, peer, ms) in &state.cooling {
+            if let Some(at) = deadline(now, *ms, elapsed) {
+                allocation.cooling.push((*channel, *peer, at));
+            }
+        }
+        Ok(allocation)
+    }
+
+    /// The events that tell a mirror of this state (the kernel offload)
+    /// about it, as if it had been built here: its creation, permissions,
+    /// channels and their lifetimes.
+    pub fn replay(&self, now: Instant, events: &mut Vec<Event>) {
+        events.push(Event::AllocationCreated {
+            client: self.client,
+            relayed: self.relayed.clone(),
+            username: self.username.clone(),
+            lifetime: self.expires.saturating_duration_since(now),
+        });
+        let mut peers: Vec<IpAddr> = self.permissions.keys().copied().collect();
+        peers.sort_unstable();
+        for peer in peers {
+            events.push(Event::PermissionCreated {
+                client: self.client,
+                peer,
+            });
+        }
+        let mut channels: Vec<(u16, SocketAddr)> = self
+            .channels
+            .iter()
+            .map(|(channel, binding)| (*channel, binding.peer))
+            .collect();
+        channels.sort_unstable();
+        for (channel, peer) in channels {
+            if let Some(relayed) = self.relayed_for(peer.ip()) {
+                events.push(Event::ChannelBound {
+                    client: self.client,
+                    relayed,
+                    channel,
+                    peer,
+                });
+            }
+        }
+        self.report_lifetimes(now, events);
     }
 
     /// The earliest time something in this allocation expires.

@@ -13,7 +13,9 @@ use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
 use super::{DeleteReason, Transport, server::Stats};
 
 /// A request method the server answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Method {
     /// Binding (RFC 8489).
     Binding,
@@ -176,7 +178,7 @@ impl DeleteReason {
 }
 
 /// Packets and their application bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Traffic {
     /// Datagrams (ChannelData messages, Send or Data indications).
     pub packets: u64,
@@ -193,7 +195,10 @@ impl Traffic {
 
 /// The counters. Read them through the accessors (or the pub fields);
 /// `stats` holds the relay counters that [`super::Server::stats`] returns.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// A handover passes them on (see `crate::state_file`), so that they grow
+/// on across restarts.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// Relayed and dropped data, and the older counters.
     pub stats: Stats,
@@ -220,7 +225,38 @@ pub struct Counters {
     allocations_deleted: [u64; 4],
     /// Responses sent by method and error code (0 for success). Bounded:
     /// the codes are the server's own, a dozen at most.
+    #[serde(with = "as_triples")]
     responses: BTreeMap<(Method, u16), u64>,
+}
+
+/// The responses map as a list of (method, code, count): JSON keys are
+/// strings only.
+mod as_triples {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Method;
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<(Method, u16), u64>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            map.iter()
+                .map(|((method, code), count)| (method, code, count)),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<(Method, u16), u64>, D::Error> {
+        let triples: Vec<(Method, u16, u64)> = Vec::deserialize(deserializer)?;
+        Ok(triples
+            .into_iter()
+            .map(|(method, code, count)| ((method, code), count))
+            .collect())
+    }
 }
 
 impl Counters {

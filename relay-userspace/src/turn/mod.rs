@@ -58,6 +58,7 @@ mod reply;
 mod requests;
 mod reservation;
 mod server;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 mod view;
@@ -67,6 +68,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use allocation::PERMISSION_LIFETIME;
 pub use counters::Counters;
 pub use outbox::{Destination, Outbox};
 pub use public_address::PublicAddresses;
@@ -205,6 +207,19 @@ pub enum Event {
         /// The channel number.
         channel: u16,
     },
+    /// How long a bound channel may still be relayed: until the first of
+    /// its own expiry, its permission's and its allocation's. Reported
+    /// after anything that may move it (a Refresh, a CreatePermission, a
+    /// ChannelBind), so that whoever relays without the core (the kernel)
+    /// stops on time even if the core is gone.
+    ChannelLifetime {
+        /// The client's 5-tuple.
+        client: FiveTuple,
+        /// The channel number.
+        channel: u16,
+        /// Time left.
+        lifetime: Duration,
+    },
     /// A channel binding lapsed (or went with its permission or
     /// allocation).
     ChannelExpired {
@@ -254,6 +269,10 @@ pub trait RelayAllocator: Send {
     fn adopt(&mut self, relayed: SocketAddr, dont_fragment: bool);
     /// Gives a relayed address back.
     fn release(&mut self, relayed: SocketAddr);
+    /// Takes `relayed` again, for an allocation handed over by another
+    /// daemon (`reserved`: for a reservation, which waits for the Allocate
+    /// that redeems it); fails if it cannot be had.
+    fn restore(&mut self, relayed: SocketAddr, reserved: bool) -> Result<(), AllocateError>;
 }
 
 /// The time, as an input. `at` drives timers; `unix_secs` checks the expiry

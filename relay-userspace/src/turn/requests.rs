@@ -328,13 +328,14 @@ impl Server {
             return reply.success(|b| b.add_attribute(&Lifetime::new(0)));
         }
         let lifetime = self.lifetime(requested);
-        if let Some(allocation) = self.allocations.get_mut(&from) {
-            allocation.expires = now.at + lifetime;
-        }
         self.pending.push(Event::AllocationRefreshed {
             client: from,
             lifetime,
         });
+        if let Some(allocation) = self.allocations.get_mut(&from) {
+            allocation.expires = now.at + lifetime;
+            allocation.report_lifetimes(now.at, &mut self.pending);
+        }
         self.note_deadline(from, now.at + lifetime);
         reply.success(|b| b.add_attribute(&Lifetime::new(lifetime.as_secs() as u32)))
     }
@@ -416,6 +417,9 @@ impl Server {
         for peer in peers {
             allocation.permit(peer.ip(), now.at, &mut self.pending);
         }
+        allocation.report_lifetimes(now.at, &mut self.pending);
+        // A refreshed permission reports nothing else, but is state.
+        self.changed = true;
         self.note_deadline(from, now.at + PERMISSION_LIFETIME);
         reply.success(|_| Ok(()))
     }
@@ -484,6 +488,7 @@ impl Server {
             return reply.refuse(Refusal::InsufficientCapacity);
         }
         allocation.bind(channel, peer, now.at, &mut self.pending);
+        allocation.report_lifetimes(now.at, &mut self.pending);
         self.note_deadline(from, now.at + PERMISSION_LIFETIME);
         reply.success(|_| Ok(()))
     }

@@ -12,6 +12,8 @@ use std::{
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::snapshot::{LedgerState, ReservationState, left_ms};
+
 /// How long a reserved port is kept (RFC 8656 section 7.2: "about 30
 /// seconds").
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
@@ -121,6 +123,44 @@ impl Reservations {
     }
 
     /// The earliest expiry, if any.
+    /// Live reservations as plain data, deadlines as time left at `now`,
+    /// and the count of tokens minted.
+    pub fn snapshot(&self, now: Instant) -> LedgerState {
+        let mut reservations: Vec<ReservationState> = self
+            .by_token
+            .iter()
+            .map(|(token, reservation)| ReservationState {
+                token: *token,
+                relayed: reservation.relayed,
+                username: reservation.username.clone(),
+                expires_in_ms: left_ms(reservation.expires, now),
+            })
+            .collect();
+        reservations.sort_unstable_by_key(|reservation| reservation.token);
+        LedgerState {
+            tokens_issued: self.issued,
+            reservations,
+        }
+    }
+
+    /// Mints from after `issued` from now on, so that no token another
+    /// daemon handed out (under the same key) comes out again.
+    pub fn continue_from(&mut self, issued: u64) {
+        self.issued = self.issued.max(issued);
+    }
+
+    /// Takes over a reservation another daemon made.
+    pub fn restore(&mut self, token: Token, relayed: SocketAddr, username: &str, expires: Instant) {
+        self.by_token.insert(
+            token,
+            Reservation {
+                relayed,
+                username: username.to_owned(),
+                expires,
+            },
+        );
+    }
+
     pub fn next_deadline(&self) -> Option<Instant> {
         self.by_token.values().map(|r| r.expires).min()
     }

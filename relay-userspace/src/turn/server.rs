@@ -16,7 +16,7 @@ use stun_types::message::{BINDING, Message, MessageClass};
 use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
 
 use super::{
-    DeleteReason, Event, FiveTuple, Now, RelayAllocator,
+    DeleteReason, Event, FiveTuple, Now, RelayAllocator, Transport,
     allocation::Allocation,
     amplification::{BudgetConfig, Refused},
     auth::{Authenticator, Credentials},
@@ -28,6 +28,7 @@ use super::{
     public_address::PublicAddresses,
     refusal::Refusal,
     reply::Reply,
+    snapshot::{AllocationState, LedgerState, RestoreError, deadline},
 };
 
 /// What the server is configured with.
@@ -96,7 +97,7 @@ impl Default for ServerConfig {
 
 /// Counters of what the server did, for metrics and tests; part of
 /// [`Counters`], which has the rest.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Datagrams relayed from clients to peers.
     pub to_peer_packets: u64,
@@ -193,6 +194,8 @@ pub struct Server {
     pub(super) draining: Option<Option<SocketAddr>>,
     /// Scratch space for events of one operation.
     pub(super) pending: Vec<Event>,
+    /// Whether allocation state changed since [`Self::take_changed`].
+    pub(super) changed: bool,
 }
 
 impl Server {
@@ -227,6 +230,7 @@ impl Server {
             counters: Counters::default(),
             draining: None,
             pending: Vec::new(),
+            changed: false,
         }
     }
 
@@ -359,7 +363,121 @@ impl Server {
     }
 
     fn flush_events(&mut self) {
+        if !self.pending.is_empty() {
+            self.changed = true;
+        }
         self.events.extend(self.pending.drain(..));
+    }
+
+    /// Whether allocation state changed since the last call: what a
+    /// handover would take over is worth writing down again.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Every UDP allocation as plain data, deadlines as time left at `now`
+    /// (see [`snapshot`](super::snapshot)).
+    pub fn snapshot(&self, now: Instant) -> Vec<AllocationState> {
+        let mut states: Vec<AllocationState> = self
+            .allocations
+            .values()
+            .filter(|allocation| allocation.client.transport == Transport::Udp)
+            .map(|allocation| allocation.snapshot(now))
+            .collect();
+        states.sort_unstable_by_key(|state| (state.client, state.server));
+        states
+    }
+
+    /// Counts another daemon's counters as this shard's too, so that the
+    /// relay's counters go on from where they were.
+    pub fn absorb_counters(&mut self, counters: &Counters) {
+        self.counters.absorb(counters);
+    }
+
+    /// The relay-wide reservations, as plain data. Any shard may take them:
+    /// they are the ledger's.
+    pub fn snapshot_ledger(&self, now: Instant) -> LedgerState {
+        self.ledger.books().reservations.snapshot(now)
+    }
+
+    /// Takes over an allocation another daemon held, `elapsed` after it was
+    /// written down: binds its relayed addresses again and reports it (its
+    /// permissions, channels and their lifetimes) as events, as if it had
+    /// been made here. Quotas are not checked: it exists already.
+    pub fn restore(
+        &mut self,
+        state: &AllocationState,
+        now: Now,
+        elapsed: Duration,
+    ) -> Result<(), RestoreError> {
+        let allocation = Allocation::from_state(state, now.at, elapsed)?;
+        let client = allocation.client;
+        if self.allocations.contains_key(&client)
+            || allocation
+                .relayed
+                .iter()
+                .any(|relayed| self.ledger.books().is_relayed(relayed))
+        {
+            return Err(RestoreError::Duplicate);
+        }
+        for (index, relayed) in allocation.relayed.iter().enumerate() {
+            if self.allocator.restore(*relayed, false).is_err() {
+                for taken in &allocation.relayed[..index] {
+                    self.allocator.release(*taken);
+                }
+                return Err(RestoreError::Relayed(*relayed));
+            }
+        }
+        self.ledger
+            .books()
+            .allocated(&allocation.username, &allocation.relayed);
+        for relayed in &allocation.relayed {
+            self.by_relayed.insert(*relayed, client);
+        }
+        let mut allocation = allocation;
+        allocation.meter = self
+            .config
+            .bandwidth
+            .buckets(self.config.bandwidth.allocation);
+        allocation.replay(now.at, &mut self.pending);
+        self.note_deadline(client, allocation.next_deadline());
+        self.allocations.insert(client, allocation);
+        self.flush_events();
+        Ok(())
+    }
+
+    /// Takes over the reservations and the token count of another daemon's
+    /// relay, `elapsed` after they were written down; returns how many
+    /// reservations were kept (the others expired, or their port could not
+    /// be bound again).
+    pub fn restore_ledger(&mut self, state: &LedgerState, now: Now, elapsed: Duration) -> usize {
+        let mut kept = 0;
+        let mut books = self.ledger.books();
+        books.reservations.continue_from(state.tokens_issued);
+        for reservation in &state.reservations {
+            let Some(expires) = deadline(now.at, reservation.expires_in_ms, elapsed) else {
+                continue;
+            };
+            if books.is_relayed(&reservation.relayed)
+                || self.allocator.restore(reservation.relayed, true).is_err()
+            {
+                continue;
+            }
+            books.reservations.restore(
+                reservation.token,
+                reservation.relayed,
+                &reservation.username,
+                expires,
+            );
+            books.count_user(&reservation.username);
+            kept += 1;
+        }
+        let next = books.next_reservation_expiry();
+        drop(books);
+        if let Some(at) = next {
+            self.note_reservation(at);
+        }
+        kept
     }
 
     /// Something of `client`'s allocation is due at `at`.

@@ -36,6 +36,7 @@ use super::{
     auth::{Credentials, rest_password},
     ledger::Ledger,
     policy::{OwnAddresses, PeerPolicy, default_denied},
+    snapshot,
 };
 
 fn hex(text: &str) -> Vec<u8> {
@@ -169,6 +170,16 @@ impl RelayAllocator for FakeAllocator {
 
     fn release(&mut self, relayed: SocketAddr) {
         self.released.lock().unwrap().push(relayed);
+    }
+
+    fn restore(&mut self, relayed: SocketAddr, _reserved: bool) -> Result<(), AllocateError> {
+        // Its own addresses only, as the shell's binds only in its range.
+        if relayed.ip() == Self::address(relayed.is_ipv6(), 0).ip() {
+            self.next_port = self.next_port.max(relayed.port() + 1);
+            Ok(())
+        } else {
+            Err(AllocateError::InsufficientCapacity)
+        }
     }
 }
 
@@ -1083,6 +1094,11 @@ fn channel_bind_and_channel_data_both_ways() {
                 channel: 0x4000,
                 peer: to
             },
+            Event::ChannelLifetime {
+                client: from,
+                channel: 0x4000,
+                lifetime: Duration::from_secs(300)
+            },
         ]
     );
     // Client to peer, with and without padding on UDP.
@@ -1130,10 +1146,17 @@ fn channel_bind_and_channel_data_both_ways() {
     expect_success(&mut harness, from, &channel_bind(&signing, 0x4000, to));
     assert_eq!(
         harness.events(),
-        [Event::ChannelRefreshed {
-            client: from,
-            channel: 0x4000
-        }]
+        [
+            Event::ChannelRefreshed {
+                client: from,
+                channel: 0x4000
+            },
+            Event::ChannelLifetime {
+                client: from,
+                channel: 0x4000,
+                lifetime: Duration::from_secs(300)
+            }
+        ]
     );
     let stats = harness.server.stats();
     assert_eq!((stats.to_peer_packets, stats.to_client_packets), (2, 1));
@@ -1167,10 +1190,17 @@ fn mapped_peers_are_the_same_peer_and_port_zero_is_refused() {
     expect_success(&mut harness, from, &channel_bind(&signing, 0x4000, mapped));
     assert_eq!(
         harness.events(),
-        [Event::ChannelRefreshed {
-            client: from,
-            channel: 0x4000
-        }]
+        [
+            Event::ChannelRefreshed {
+                client: from,
+                channel: 0x4000
+            },
+            Event::ChannelLifetime {
+                client: from,
+                channel: 0x4000,
+                lifetime: Duration::from_secs(300)
+            }
+        ]
     );
     // A Send indication to the mapped spelling leaves from the IPv4
     // relayed address, to the IPv4 peer.
@@ -1956,4 +1986,115 @@ fn the_nodes_other_addresses_are_refused_and_follow_changes() {
     // The address went away: it is a peer like any other again.
     harness.server.set_local_addresses([cni.ip()]);
     expect_success(&mut harness, from, &permission(&signing, secondary));
+}
+
+// A handover: one server writes an allocation down, another (with the same
+// key, so that the client's nonce stays good) takes it over three seconds
+// later, and goes on as the first would have: requests are answered, data
+// is relayed both ways, and every lifetime runs on from where it was.
+#[test]
+fn a_handed_over_allocation_answers_relays_and_keeps_its_lifetimes() {
+    let mut old = Harness::new();
+    let from = client(40200);
+    let (signing, relayed) = allocate(&mut old, from);
+    let (bound, permitted) = (peer(4, 8000), peer(5, 8001));
+    expect_success(&mut old, from, &channel_bind(&signing, 0x4000, bound));
+    expect_success(&mut old, from, &permission(&signing, permitted));
+    old.events();
+    assert!(old.server.take_changed(), "state changed");
+    assert!(!old.server.take_changed(), "and was taken");
+    let written = serde_json::to_string(&old.server.snapshot(old.now().at)).unwrap();
+    let states: Vec<snapshot::AllocationState> = serde_json::from_str(&written).unwrap();
+    assert_eq!(states.len(), 1);
+
+    let mut new = Harness::new();
+    let took = Duration::from_secs(3);
+    new.server.restore(&states[0], new.now(), took).unwrap();
+    let lifetime = |events: &[Event]| {
+        events.iter().find_map(|event| match event {
+            Event::ChannelLifetime { lifetime, .. } => Some(lifetime.as_secs()),
+            _ => None,
+        })
+    };
+    let events = new.events();
+    assert!(
+        matches!(&events[0], Event::AllocationCreated { relayed: r, lifetime, .. }
+            if r == &vec![relayed] && lifetime.as_secs() == 597),
+        "{events:?}"
+    );
+    let bound_channel = Event::ChannelBound {
+        client: from,
+        relayed,
+        channel: 0x4000,
+        peer: bound,
+    };
+    assert!(events.contains(&bound_channel), "{events:?}");
+    // The channel may be relayed as long as its permission lasts.
+    assert_eq!(lifetime(&events), Some(297), "{events:?}");
+    assert_eq!(
+        new.server.restore(&states[0], new.now(), took),
+        Err(snapshot::RestoreError::Duplicate)
+    );
+
+    let refresh = build(REFRESH, Some(&signing), |b, _| {
+        b.add_attribute(&Lifetime::new(600)).unwrap()
+    });
+    expect_success(&mut new, from, &refresh);
+    assert_eq!(
+        lifetime(&new.events()),
+        Some(297),
+        "the permission still bounds it"
+    );
+    let data = testkit::frame::channel_data(0x4000, b"media", false);
+    assert_eq!(
+        new.send(from, &data),
+        [Transmit::ToPeer {
+            from: relayed,
+            to: bound,
+            data: b"media".to_vec()
+        }]
+    );
+    assert_eq!(new.peer_sends(relayed, bound, b"back").len(), 1);
+    assert_eq!(new.peer_sends(relayed, permitted, b"data").len(), 1);
+
+    // The permissions run out when they would have in the old server.
+    new.advance(Duration::from_secs(297));
+    let events = new.events();
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event, Event::ChannelExpired { .. })),
+        "{events:?}"
+    );
+    assert!(new.peer_sends(relayed, permitted, b"late").is_empty());
+}
+
+// Reservations are the relay's: a new server takes them over with the
+// token count, and the RTCP Allocate redeems the port the old one kept.
+#[test]
+fn handed_over_reservations_are_redeemed_and_tokens_not_minted_again() {
+    let mut old = Harness::new();
+    let rtp = client(40210);
+    let signing = login(&mut old, rtp, USER, PASSWORD);
+    let (even, token) = allocate_even_pair(&mut old, rtp, &signing);
+    let ledger = old.server.snapshot_ledger(old.now().at);
+    assert_eq!(ledger.reservations.len(), 1);
+    assert_eq!(ledger.reservations[0].token, token);
+
+    let mut new = Harness::new();
+    let took = Duration::from_secs(1);
+    assert_eq!(new.server.restore_ledger(&ledger, new.now(), took), 1);
+    let rtcp = client(40211);
+    let signing = login(&mut new, rtcp, USER, PASSWORD);
+    let message = allocate_with(&mut new, rtcp, &signing, with_token(token));
+    assert_eq!(message.class(), MessageClass::Success, "{message}");
+    assert_eq!(relayed_of(&message).port(), even.port() + 1);
+    let again = new.server.snapshot_ledger(new.now().at);
+    assert!(again.reservations.is_empty());
+    assert_eq!(again.tokens_issued, ledger.tokens_issued);
+
+    // One that expired during the handover is dropped.
+    let late = Duration::from_secs(31);
+    let mut newer = Harness::new();
+    assert_eq!(newer.server.restore_ledger(&ledger, newer.now(), late), 0);
 }

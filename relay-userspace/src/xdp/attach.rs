@@ -76,7 +76,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Fails with [`XdpError::Occupied`] when any XDP program is attached to the
 /// interface, naming it.
-fn refuse_if_occupied(interface: &str, ifindex: u32) -> Result<(), XdpError> {
+pub(super) fn refuse_if_occupied(interface: &str, ifindex: u32) -> Result<(), XdpError> {
     let attached =
         netlink::attached_programs(ifindex).map_err(|source| XdpError::QueryInterface {
             interface: interface.to_owned(),

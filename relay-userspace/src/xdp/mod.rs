@@ -8,6 +8,7 @@ pub mod driver_stats;
 pub mod egress;
 pub mod kernel_log;
 pub mod netlink;
+pub mod pins;
 pub mod route_watch;
 pub mod stack_routing;
 
@@ -18,8 +19,9 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
-        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
-        xdp::XdpLinkId,
+        links::{FdLink, PinnedLink},
+        tc::{NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use relay_common::{
@@ -30,9 +32,12 @@ use relay_common::{
 };
 use thiserror::Error;
 
-use self::route_watch::{RouteGeneration, RouteWatches};
 pub use self::{
     attach::if_index, bpffs::ensure_bpffs, counters::ClassCounters, netlink::AttachMode,
+};
+use self::{
+    pins::{LinkKind, PinDir},
+    route_watch::{RouteGeneration, RouteWatches},
 };
 use crate::config::XdpMode;
 
@@ -165,6 +170,40 @@ pub struct Attachment {
     /// The mode it runs in there.
     pub mode: AttachMode,
     link: XdpLinkId,
+    /// Its pin, if pinned.
+    pin: Option<std::path::PathBuf>,
+}
+
+/// The pin kind of an XDP link in `mode`.
+fn xdp_link_kind(mode: AttachMode) -> LinkKind {
+    match mode {
+        AttachMode::Generic => LinkKind::XdpGeneric,
+        _ => LinkKind::XdpNative,
+    }
+}
+
+/// Pins `link` at `path` and gives it back, to be handed to its program
+/// again (which then owns it as before).
+fn pin_link<L>(link: L, path: &std::path::Path) -> Result<L, String>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+    L: TryFrom<FdLink>,
+    <L as TryFrom<FdLink>>::Error: std::fmt::Display,
+{
+    let fd = FdLink::try_from(link).map_err(|err| err.to_string())?;
+    let pinned = fd.pin(path).map_err(|err| err.to_string())?;
+    L::try_from(FdLink::from(pinned)).map_err(|err| err.to_string())
+}
+
+/// The link pinned at `path`, as a link of its engine (its pin stays).
+fn adopt_link<L>(path: &std::path::Path) -> Result<L, String>
+where
+    L: TryFrom<FdLink>,
+    <L as TryFrom<FdLink>>::Error: std::fmt::Display,
+{
+    let pinned = PinnedLink::from_pin(path).map_err(|err| err.to_string())?;
+    L::try_from(FdLink::from(pinned)).map_err(|err| err.to_string())
 }
 
 /// The result of running the program once (or `repeat` times) on a frame
@@ -195,24 +234,14 @@ pub struct LoadOptions {
     pub legacy_channel_numbers: bool,
 }
 
-/// The maps that are pinned: bindings and counters (the listen ports are
-/// rewritten at every start).
-const PINNED_MAPS: [&str; 4] = [
-    MAP_CHANNELS,
-    MAP_PEERS,
-    MAP_CLASS_COUNTERS,
-    MAP_BINDING_COUNTERS,
-];
-
 /// The loaded XDP program, the tc program beside it, and their maps.
 pub struct XdpRelay {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
-    /// Interfaces whose tc ingress runs the tc program, with its links.
-    tc_attachments: Vec<(String, SchedClassifierLinkId)>,
-    /// The locked pin directory, if the maps are pinned: one instance per
-    /// directory (released when dropped).
-    _pin_lock: Option<std::fs::File>,
+    /// Interfaces whose tc ingress runs the tc program.
+    tc_attachments: Vec<TcAttachment>,
+    /// The locked pin directory, if the maps and links are pinned.
+    pins: Option<PinDir>,
     /// With stack routing: the interfaces set to accept local sources.
     accept_local: Option<stack_routing::AcceptLocal>,
     /// The kernel's route generation, which invalidates its cached next
@@ -222,21 +251,17 @@ pub struct XdpRelay {
     /// Installed bindings per relayed port: a port's bit in
     /// `RELAYED_PORTS` is set while it has one.
     relayed_ports: std::collections::HashMap<u16, u32>,
+    /// The binding entries this process installed: a pinned map may hold
+    /// others, from a previous daemon, until [`Self::sweep_unowned`].
+    owned: std::collections::HashSet<(ChannelKey, PeerKey)>,
 }
 
-/// Locks `dir` for this process, or fails if another holds it.
-fn lock_pin_directory(dir: &std::path::Path) -> Result<std::fs::File, XdpError> {
-    use std::os::fd::AsRawFd;
-    let in_use = |source| XdpError::PinDirectory {
-        path: dir.display().to_string(),
-        source,
-    };
-    let handle = std::fs::File::open(dir).map_err(in_use)?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(XdpError::PinDirectoryInUse(dir.display().to_string()));
-    }
-    Ok(handle)
+/// The tc engine on one interface.
+struct TcAttachment {
+    interface: String,
+    link: SchedClassifierLinkId,
+    /// Its pin, if pinned.
+    pin: Option<std::path::PathBuf>,
 }
 
 /// The aya-log level the kernel program logs at, from a tracing level name.
@@ -286,16 +311,18 @@ impl XdpRelay {
                     size * relay_common::bandwidth::BUCKETS_PER_BINDING + 1,
                 );
         }
-        let mut pin_lock = None;
-        if let Some(dir) = &options.pin_dir {
-            let dir = dir.join(format!("v{}", relay_common::MAP_LAYOUT_VERSION));
-            std::fs::create_dir_all(&dir).map_err(|source| XdpError::PinDirectory {
-                path: dir.display().to_string(),
-                source,
-            })?;
-            pin_lock = Some(lock_pin_directory(&dir)?);
-            for name in PINNED_MAPS {
-                loader.map_pin_path(name, dir.join(name));
+        let pins = options.pin_dir.as_deref().map(PinDir::open).transpose()?;
+        if let Some(pins) = &pins {
+            let shapes = pins::pinned_shapes(options.max_bindings);
+            let adopted = pins.refuse_stale(&shapes);
+            for shape in shapes {
+                loader.map_pin_path(shape.name, pins.map(shape.name));
+            }
+            if adopted > 0 {
+                tracing::info!(
+                    "adopting {adopted} pinned maps of {}: the kernel relays on from them",
+                    pins.maps().display()
+                );
             }
         }
         let mut ebpf = loader.load(object)?;
@@ -311,24 +338,114 @@ impl XdpRelay {
                 map,
             )?)))
         };
-        let mut relay = XdpRelay {
+        Ok(XdpRelay {
             ebpf,
             attachments: Vec::new(),
             tc_attachments: Vec::new(),
-            _pin_lock: pin_lock,
+            pins,
             accept_local: options
                 .route_in_stack
                 .then(stack_routing::AcceptLocal::default),
             routing,
             relayed_ports: std::collections::HashMap::new(),
+            owned: std::collections::HashSet::new(),
+        })
+    }
+
+    /// Removes the binding entries this process did not install: those a
+    /// previous daemon left in the pinned maps that no handed-over
+    /// allocation claimed again. The relayed-port bits are set to what is
+    /// installed. Returns how many bindings went.
+    pub fn sweep_unowned(&mut self) -> Result<usize, XdpError> {
+        let owned_channels: std::collections::HashSet<ChannelKey> =
+            self.owned.iter().map(|(channel, _)| *channel).collect();
+        let mut channels = self.hash_map::<ChannelKey, ChannelTarget>(MAP_CHANNELS)?;
+        let stale: Vec<ChannelKey> = channels
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !owned_channels.contains(key))
+            .collect();
+        for key in &stale {
+            channels.remove(key)?;
+        }
+        let owned_peers: std::collections::HashSet<PeerKey> =
+            self.owned.iter().map(|(_, peer)| *peer).collect();
+        let mut peers = self.hash_map::<PeerKey, PeerTarget>(MAP_PEERS)?;
+        let stale_peers: Vec<PeerKey> = peers
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !owned_peers.contains(key))
+            .collect();
+        for key in &stale_peers {
+            peers.remove(key)?;
+        }
+        let ports: Vec<u16> = self.relayed_ports.keys().copied().collect();
+        self.write_port_bits(MAP_RELAYED_PORTS, &ports)?;
+        Ok(stale.len().max(stale_peers.len()))
+    }
+
+    /// Removes the pinned links that no interface of this process took
+    /// over (interfaces it no longer relays on), which detaches their
+    /// programs, and the maps of other layouts.
+    pub fn release_unclaimed_pins(&mut self) {
+        let Some(pins) = &self.pins else {
+            return;
         };
-        if options.pin_dir.is_some() {
-            let stale = relay.clear_bindings()?;
-            if stale > 0 {
-                tracing::info!("removed {stale} kernel bindings left by a previous run");
+        let claimed: Vec<&std::path::Path> = self
+            .attachments
+            .iter()
+            .filter_map(|attachment| attachment.pin.as_deref())
+            .chain(
+                self.tc_attachments
+                    .iter()
+                    .filter_map(|tc| tc.pin.as_deref()),
+            )
+            .collect();
+        for path in pins.pinned_links() {
+            if !claimed.contains(&path.as_path()) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::info!("detached the unclaimed pinned link {}", path.display())
+                    }
+                    Err(err) => {
+                        tracing::warn!("removing the pinned link {}: {err}", path.display())
+                    }
+                }
             }
         }
-        Ok(relay)
+        pins.remove_other_layouts();
+    }
+
+    /// Leaves everything in the kernel as it is for the daemon after this
+    /// one: the pinned links keep the programs attached, the pinned maps
+    /// keep their bindings, and the sysctls stay set. Nothing is detached
+    /// when this is dropped.
+    pub fn leave_for_handover(&mut self) {
+        self.attachments.clear();
+        self.tc_attachments.clear();
+        if let Some(accept_local) = self.accept_local.take() {
+            // Its settings stay for the programs that stay.
+            std::mem::forget(accept_local);
+        }
+    }
+
+    /// Detaches everything and removes every pin, maps and links: a stop
+    /// that is not a handover. Returns what failed, as
+    /// [`Self::detach_all`].
+    pub fn detach_and_unpin(&mut self) -> Vec<(String, XdpError)> {
+        let mut failures = self.detach_all();
+        if let Some(pins) = &self.pins
+            && let Err(err) = pins.remove_all()
+        {
+            failures.push((
+                String::new(),
+                XdpError::PinDirectory {
+                    path: pins.maps().display().to_string(),
+                    source: err,
+                },
+            ));
+        }
+        failures
     }
 
     /// Rewrites the `EGRESS` map from what the kernel reports about the
@@ -405,25 +522,6 @@ impl XdpRelay {
         }
     }
 
-    /// Removes every binding from the kernel maps; returns how many there
-    /// were.
-    pub fn clear_bindings(&mut self) -> Result<usize, XdpError> {
-        let mut channels = self.hash_map::<ChannelKey, ChannelTarget>(MAP_CHANNELS)?;
-        let keys: Vec<ChannelKey> = channels.keys().filter_map(Result::ok).collect();
-        for key in &keys {
-            channels.remove(key)?;
-        }
-        let mut peers = self.hash_map::<PeerKey, PeerTarget>(MAP_PEERS)?;
-        let peer_keys: Vec<PeerKey> = peers.keys().filter_map(Result::ok).collect();
-        for key in &peer_keys {
-            peers.remove(key)?;
-        }
-        for port in std::mem::take(&mut self.relayed_ports).into_keys() {
-            self.set_relayed_port(port, false)?;
-        }
-        Ok(keys.len().max(peer_keys.len()))
-    }
-
     /// Takes the reader of the program's aya-log records; `None` the second
     /// time.
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
@@ -437,6 +535,12 @@ impl XdpRelay {
         if ports.len() > MAX_LISTEN_PORTS as usize {
             return Err(XdpError::TooManyPorts(ports.len()));
         }
+        self.write_port_bits(MAP_LISTEN_PORTS, ports)
+    }
+
+    /// Sets port bitmap `name` to exactly `ports`: the new bits first, then
+    /// the old ones cleared, so a port in both never drops out.
+    fn write_port_bits(&mut self, name: &str, ports: &[u16]) -> Result<(), XdpError> {
         let mut wanted = vec![0u64; LISTEN_PORT_WORDS as usize];
         for port in ports {
             let (word, bit) = listen_port_bit(*port);
@@ -444,8 +548,8 @@ impl XdpRelay {
         }
         let map = self
             .ebpf
-            .map_mut(MAP_LISTEN_PORTS)
-            .ok_or_else(|| XdpError::Mismatch(format!("map {MAP_LISTEN_PORTS}")))?;
+            .map_mut(name)
+            .ok_or_else(|| XdpError::Mismatch(format!("map {name}")))?;
         let mut map: Array<_, u64> = Array::try_from(map)?;
         let mut now = Vec::with_capacity(wanted.len());
         for word in 0..LISTEN_PORT_WORDS {
@@ -476,13 +580,44 @@ impl XdpRelay {
         }
         let installed = self.insert_binding(channel_key, channel_target, peer_key, peer_target);
         match installed {
-            Ok(()) => *self.relayed_ports.entry(port).or_insert(0) += 1,
+            Ok(()) => {
+                *self.relayed_ports.entry(port).or_insert(0) += 1;
+                self.owned.insert((channel_key, peer_key));
+            }
             Err(_) if !self.relayed_ports.contains_key(&port) => {
                 let _ = self.set_relayed_port(port, false);
             }
             Err(_) => {}
         }
         installed
+    }
+
+    /// The counter slot of the entry a previous daemon left for
+    /// `binding`'s channel and peer, if this process did not install it
+    /// (see [`Self::sweep_unowned`]).
+    pub fn adopted_slot(&self, binding: &KernelBinding) -> Option<u32> {
+        let (channel_key, _) = binding.channel_entry();
+        let (peer_key, _) = binding.peer_entry();
+        if self.owned.contains(&(channel_key, peer_key)) {
+            return None;
+        }
+        let map = self.ebpf.map(MAP_CHANNELS)?;
+        let channels: HashMap<_, ChannelKey, ChannelTarget> = HashMap::try_from(map).ok()?;
+        let target = channels.get(&channel_key, 0).ok()?;
+        // Of the same binding: a channel now bound elsewhere starts anew.
+        let map_ip = relay_common::binding::map_ip;
+        let same = target.peer_ip == map_ip(binding.peer.ip())
+            && target.peer_port == binding.peer.port().to_be_bytes()
+            && target.relayed_ip == map_ip(binding.relayed.ip())
+            && target.relayed_port == binding.relayed.port().to_be_bytes();
+        same.then_some(target.slot)
+    }
+
+    /// Rewrites both entries of an installed binding, for a new expiry.
+    pub fn update(&mut self, binding: &KernelBinding) -> Result<(), XdpError> {
+        let (channel_key, channel_target) = binding.channel_entry();
+        let (peer_key, peer_target) = binding.peer_entry();
+        self.insert_binding(channel_key, channel_target, peer_key, peer_target)
     }
 
     /// Inserts both entries of a binding, or neither.
@@ -547,6 +682,7 @@ impl XdpRelay {
         let second = self
             .hash_map::<PeerKey, PeerTarget>(MAP_PEERS)?
             .remove(&peer_key);
+        self.owned.remove(&(channel_key, peer_key));
         let port = binding.relayed.port();
         if let Some(count) = self.relayed_ports.get_mut(&port) {
             *count -= 1;
@@ -588,13 +724,52 @@ impl XdpRelay {
             let _ = aya::programs::tc::qdisc_add_clsact(interface);
             TcAttachOptions::Netlink(NlOptions::default())
         };
-        let link = tc_program_mut(&mut self.ebpf)?
+        let failed = |err: &dyn std::fmt::Display| XdpError::AttachTc {
+            interface: interface.to_owned(),
+            reason: err.to_string(),
+        };
+        let pin = self
+            .pins
+            .as_ref()
+            .filter(|_| tcx)
+            .map(|pins| pins.link(LinkKind::Tc, interface));
+        let program = tc_program_mut(&mut self.ebpf)?;
+        // A previous daemon's link: its program is replaced in place.
+        if let Some(path) = pin.as_deref().filter(|path| path.exists()) {
+            match adopt_link::<SchedClassifierLink>(path)
+                .and_then(|link| program.attach_to_link(link).map_err(|err| err.to_string()))
+            {
+                Ok(link) => {
+                    self.tc_attachments.push(TcAttachment {
+                        interface: interface.to_owned(),
+                        link,
+                        pin,
+                    });
+                    return Ok(());
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "cannot take over the pinned tc link {}: {err}",
+                        path.display()
+                    );
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let link = program
             .attach_with_options(interface, TcAttachType::Ingress, options)
-            .map_err(|err| XdpError::AttachTc {
-                interface: interface.to_owned(),
-                reason: err.to_string(),
-            })?;
-        self.tc_attachments.push((interface.to_owned(), link));
+            .map_err(|err| failed(&err))?;
+        let link = match &pin {
+            Some(path) => pin_link(program.take_link(link).map_err(|err| failed(&err))?, path)
+                .and_then(|link| program.attach_to_link(link).map_err(|err| err.to_string()))
+                .map_err(|err| failed(&err))?,
+            None => link,
+        };
+        self.tc_attachments.push(TcAttachment {
+            interface: interface.to_owned(),
+            link,
+            pin,
+        });
         Ok(())
     }
 
@@ -604,17 +779,20 @@ impl XdpRelay {
         let Some(index) = self
             .tc_attachments
             .iter()
-            .position(|(name, _)| name == interface)
+            .position(|tc| tc.interface == interface)
         else {
             return;
         };
-        let (_, link) = self.tc_attachments.swap_remove(index);
+        let tc = self.tc_attachments.swap_remove(index);
         if let Some(accept_local) = &mut self.accept_local {
             accept_local.forget(interface);
         }
+        if let Some(pin) = &tc.pin {
+            let _ = std::fs::remove_file(pin);
+        }
         if let Ok(program) = tc_program_mut(&mut self.ebpf) {
             // A vanished interface took its attachment with it.
-            let _ = program.detach(link);
+            let _ = program.detach(tc.link);
         }
     }
 
@@ -634,6 +812,9 @@ impl XdpRelay {
         if let Some(accept_local) = &mut self.accept_local {
             accept_local.enable(interface)?;
         }
+        if let Some(mode) = self.adopt_xdp(interface, mode) {
+            return Ok(mode);
+        }
         let program = program_mut(&mut self.ebpf)?;
         let (link, mode) = attach::attach(program, interface, mode)?;
         let program_id = program.info()?.id();
@@ -641,17 +822,103 @@ impl XdpRelay {
             program.detach(link)?;
             return Err(XdpError::NotALink(interface.to_owned()));
         }
+        let pin = self
+            .pins
+            .as_ref()
+            .map(|pins| pins.link(xdp_link_kind(mode), interface));
+        let link = match &pin {
+            Some(path) => {
+                let failed = |reason: String| XdpError::Attach {
+                    interface: interface.to_owned(),
+                    mode,
+                    reason: format!("pinning its link at {}: {reason}", path.display()),
+                };
+                let taken = program.take_link(link)?;
+                pin_link(taken, path)
+                    .and_then(|link| program.attach_to_link(link).map_err(|err| err.to_string()))
+                    .map_err(failed)?
+            }
+            None => link,
+        };
         self.attachments.push(Attachment {
             interface: interface.to_owned(),
             mode,
             link,
+            pin,
         });
         Ok(mode)
     }
 
+    /// Fails as [`Self::attach`] would on an interface that is missing or
+    /// holds an XDP program this relay cannot take over (none of its
+    /// pinned links): for a check before serving, while attaching waits
+    /// until the handed-over bindings are back.
+    pub fn check_attachable(&self, interface: &str) -> Result<(), XdpError> {
+        let ifindex = if_index(interface)?;
+        let pinned = self.pins.as_ref().is_some_and(|pins| {
+            [LinkKind::XdpNative, LinkKind::XdpGeneric]
+                .iter()
+                .any(|kind| pins.link(*kind, interface).exists())
+        });
+        if pinned {
+            return Ok(());
+        }
+        attach::refuse_if_occupied(interface, ifindex)
+    }
+
+    /// Takes over a previous daemon's pinned XDP link on `interface`, if
+    /// there is one of a mode `mode` allows: this program replaces the
+    /// old one in it, atomically. One of another mode is removed (which
+    /// detaches it) so that a new attachment can be made.
+    fn adopt_xdp(&mut self, interface: &str, mode: XdpMode) -> Option<AttachMode> {
+        let pins = self.pins.as_ref()?;
+        let program = program_mut(&mut self.ebpf).ok()?;
+        for (kind, pinned_mode) in [
+            (LinkKind::XdpNative, AttachMode::Native),
+            (LinkKind::XdpGeneric, AttachMode::Generic),
+        ] {
+            let path = pins.link(kind, interface);
+            if !path.exists() {
+                continue;
+            }
+            let allowed = match mode {
+                XdpMode::Auto => true,
+                XdpMode::Native => pinned_mode == AttachMode::Native,
+                XdpMode::Generic => pinned_mode == AttachMode::Generic,
+            };
+            let adopted = if allowed {
+                adopt_link::<XdpLink>(&path)
+                    .and_then(|link| program.attach_to_link(link).map_err(|err| err.to_string()))
+            } else {
+                Err(format!(
+                    "it runs in {pinned_mode} mode, and {mode:?} is configured"
+                ))
+            };
+            match adopted {
+                Ok(link) => {
+                    self.attachments.push(Attachment {
+                        interface: interface.to_owned(),
+                        mode: pinned_mode,
+                        link,
+                        pin: Some(path),
+                    });
+                    return Some(pinned_mode);
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "not taking over the pinned XDP link {}: {err}; attaching anew",
+                        path.display()
+                    );
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        None
+    }
+
     /// The interfaces whose tc ingress runs the tc program.
     pub fn tc_interfaces(&self) -> impl Iterator<Item = &str> {
-        self.tc_attachments.iter().map(|(name, _)| name.as_str())
+        self.tc_attachments.iter().map(|tc| tc.interface.as_str())
     }
 
     /// The interfaces the program is attached to.
@@ -670,9 +937,13 @@ impl XdpRelay {
         let tc_attachments = std::mem::take(&mut self.tc_attachments);
         match tc_program_mut(&mut self.ebpf) {
             Ok(program) => {
-                for (interface, link) in tc_attachments {
-                    if let Err(err) = program.detach(link) {
-                        failures.push((interface, err.into()));
+                for tc in tc_attachments {
+                    // The pin would keep it attached.
+                    if let Some(pin) = &tc.pin {
+                        let _ = std::fs::remove_file(pin);
+                    }
+                    if let Err(err) = program.detach(tc.link) {
+                        failures.push((tc.interface, err.into()));
                     }
                 }
             }
@@ -682,6 +953,9 @@ impl XdpRelay {
         match program_mut(&mut self.ebpf) {
             Ok(program) => {
                 for attachment in attachments {
+                    if let Some(pin) = &attachment.pin {
+                        let _ = std::fs::remove_file(pin);
+                    }
                     if let Err(err) = program.detach(attachment.link) {
                         failures.push((attachment.interface, err.into()));
                     }

@@ -52,11 +52,18 @@ pub struct RouteGeneration {
 
 impl RouteGeneration {
     /// Takes over the generation map, at 0: nobody follows routing yet,
-    /// and the programs cache nothing.
-    pub fn new(map: Array<MapData, u64>) -> RouteGeneration {
+    /// and the programs cache nothing. A pinned map may hold a previous
+    /// daemon's count: it is set to 0 too (what it cached was checked
+    /// against routing while nobody followed it), and counting goes on
+    /// above it, so that no old entry ever matches again.
+    pub fn new(mut map: Array<MapData, u64>) -> RouteGeneration {
+        let value = map.get(&0, 0).unwrap_or(0);
+        if value != 0 && map.set(0, 0, 0).is_err() {
+            tracing::warn!("cannot reset the pinned route generation");
+        }
         RouteGeneration {
             map,
-            value: 0,
+            value,
             off: false,
         }
     }

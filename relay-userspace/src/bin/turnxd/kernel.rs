@@ -15,10 +15,9 @@ use turnx::{
     xdp::{LoadOptions, XdpError, XdpRelay, kernel_log},
 };
 
-/// Loads the program, sets the listen ports and attaches to every interface,
-/// or fails with everything attached so far detached again (on drop).
-/// Returns it with the pod interfaces to follow.
-pub fn start_xdp(object: Option<&Path>, config: &Config) -> Result<(XdpRelay, PodInterfaces)> {
+/// Loads the programs (adopting the pinned maps a previous turnxd left)
+/// and sets the listen ports; nothing is attached yet (see [`attach_xdp`]).
+pub fn load_xdp(object: Option<&Path>, config: &Config) -> Result<XdpRelay> {
     let object = ebpf_object::load(object)?;
     let pin_dir = (!config.xdp.pin_dir.is_empty()).then(|| PathBuf::from(&config.xdp.pin_dir));
     if pin_dir.is_some() {
@@ -39,14 +38,47 @@ pub fn start_xdp(object: Option<&Path>, config: &Config) -> Result<(XdpRelay, Po
     }
     let ports: Vec<u16> = config.listen_ports().into_iter().collect();
     relay.set_listen_ports(&ports)?;
+    Ok(relay)
+}
 
-    let names = if config.xdp.interfaces.is_empty() {
+/// The interfaces to relay on: the configured ones, or those with a
+/// default route.
+fn interface_names(config: &Config) -> Result<Vec<String>> {
+    if config.xdp.interfaces.is_empty() {
         let found = interfaces::default_route_interfaces()?;
         tracing::info!("no interfaces configured; using those with a default route: {found:?}");
-        found
+        Ok(found)
     } else {
-        config.xdp.interfaces.clone()
-    };
+        Ok(config.xdp.interfaces.clone())
+    }
+}
+
+/// Fails, before anything serves, where [`attach_xdp`] would fail for
+/// want of its interfaces: one that does not exist, or that holds an XDP
+/// program turnxd may not take (another turnxd's, or anyone's with
+/// `engine = "xdp"`).
+pub fn check_interfaces(relay: &XdpRelay, config: &Config) -> Result<()> {
+    let engine = config.offload.engine;
+    if engine == Engine::Tc {
+        return Ok(());
+    }
+    for name in interface_names(config)? {
+        match relay.check_attachable(&name) {
+            Err(XdpError::Occupied { owner, .. })
+                if engine == Engine::Auto && !owner.contains(relay_common::PROGRAM_NAME) => {}
+            Err(err) => return Err(err.into()),
+            Ok(()) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Attaches to every interface: a pinned link a previous turnxd left gets
+/// this turnxd's program in place of its own, atomically; elsewhere the
+/// programs attach anew. Fails with everything attached so far detached
+/// again (when the relay drops). Returns the pod interfaces to follow.
+pub fn attach_xdp(relay: &mut XdpRelay, config: &Config) -> Result<PodInterfaces> {
+    let names = interface_names(config)?;
     let engine = config.offload.engine;
     // With both engines, an interface without native XDP is the tc
     // engine's alone: generic XDP would only add its cost.
@@ -100,7 +132,7 @@ pub fn start_xdp(object: Option<&Path>, config: &Config) -> Result<(XdpRelay, Po
     } else {
         PodInterfaces::new(config.offload.pod_interfaces.clone(), names)
     };
-    Ok((relay, pods))
+    Ok(pods)
 }
 
 /// Attaches the tc engine to pods' veths that appeared since the last look

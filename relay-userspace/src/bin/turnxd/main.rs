@@ -5,7 +5,13 @@
 //! health checks, the credential service, the admin socket for turnxctl.
 //! SIGHUP (or a changed config file) reloads; SIGTERM drains, then exits;
 //! a second SIGTERM, or SIGINT, deletes every allocation and exits at once.
+//! `turnxctl stop --handover` (or SIGTERM, with `[handover] on_sigterm =
+//! "handover"`) exits leaving the allocations to the next turnxd (the
+//! handover file) and the kernel relaying their channels (pinned links and
+//! maps); `turnxctl stop --detach` stops as SIGINT does, `turnxctl drain`
+//! drains as SIGTERM does by default.
 
+mod handover;
 mod kernel;
 mod logs;
 mod operations;
@@ -23,10 +29,11 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use turnx::{
     addresses::{self, Families},
-    config::{Config, DEFAULT_CONFIG_TOML, Engine, overrides::Overrides},
+    config::{Config, DEFAULT_CONFIG_TOML, Engine, OnSigterm, overrides::Overrides},
     offload::{Eligibility, Offload},
     pod_interfaces::PodInterfaces,
     shell::{ShellConfig, TurnServer},
+    state_file::RelayState,
 };
 
 use self::{
@@ -126,6 +133,8 @@ impl Signals {
 enum Stop {
     /// A signal that stops at once.
     Signal(&'static str),
+    /// turnxctl asked for a stop that detaches (false) or a handover.
+    Asked { handover: bool },
     /// The drain finished: no allocation left.
     Drained,
     /// The drain deadline passed with allocations left.
@@ -134,13 +143,19 @@ enum Stop {
 
 async fn run(args: Args, config: Config, logs: &Logs) -> Result<()> {
     let mut signals = Signals::install()?;
+    tracing::info!(concat!("turnx ", env!("CARGO_PKG_VERSION"), " starting"));
     raise_open_file_limit();
-    let (relay, mut pods) = if config.xdp.enabled && config.offload.engine != Engine::Off {
-        let (relay, pods) = kernel::start_xdp(args.ebpf_object.as_deref(), &config)?;
-        (Some(Arc::new(Mutex::new(relay))), pods)
+    let mut handover = handover::Handover::open(&config.handover.state_file)?;
+    let previous = handover.as_ref().and_then(handover::Handover::previous);
+    // Loaded, not attached yet: a previous turnxd's programs go on relaying
+    // from the pinned maps until its allocations are back.
+    let relay = if config.xdp.enabled && config.offload.engine != Engine::Off {
+        let relay = kernel::load_xdp(args.ebpf_object.as_deref(), &config)?;
+        kernel::check_interfaces(&relay, &config)?;
+        Some(Arc::new(Mutex::new(relay)))
     } else {
         tracing::info!("XDP disabled by configuration");
-        (None, PodInterfaces::default())
+        None
     };
     let bound = addresses::relay_addresses(&config.server);
     let public = addresses::public_addresses(&config.server, bound)
@@ -151,14 +166,23 @@ async fn run(args: Args, config: Config, logs: &Logs) -> Result<()> {
         Offload::new(Box::new(Arc::clone(relay)), config.xdp.max_bindings, rules)
             .with_bandwidth(config.bandwidth())
     });
-    // Before serving, so the kernel relay can take the first bindings.
+    let turn = Arc::new(start_turn(&config, bound, public, offload, previous).await?);
+    // The handed-over channels are installed again: the rest of what the
+    // previous turnxd left goes, and this turnxd's programs take over its
+    // links.
     let mut egress = EgressState::default();
+    let mut pods = PodInterfaces::default();
     if let Some(relay) = &relay {
         let mut relay = relay.lock().expect("XDP lock");
+        let swept = relay.sweep_unowned()?;
+        if swept > 0 {
+            tracing::info!("removed {swept} kernel bindings that no allocation took over");
+        }
+        pods = kernel::attach_xdp(&mut relay, &config)?;
         follow_pods(&mut relay, &mut pods);
         refresh_egress(&mut relay, &mut egress);
+        relay.release_unclaimed_pins();
     }
-    let turn = Arc::new(start_turn(&config, bound, public, offload).await?);
     let state = DaemonState::new(
         config.clone(),
         Arc::clone(&turn),
@@ -185,20 +209,32 @@ async fn run(args: Args, config: Config, logs: &Logs) -> Result<()> {
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut fault = FaultSignal::new()?;
     let mut driver_errors = std::collections::HashMap::new();
+    let mut persist_ticker = ticker(handover::PERSIST_EVERY);
     let stop = loop {
         tokio::select! {
+            handover = state.stop_requested() => break Stop::Asked { handover },
+            _ = persist_ticker.tick(), if handover.is_some() => {
+                if let Some(handover) = &mut handover {
+                    handover.persist(&turn);
+                }
+            }
             _ = signals.terminate.recv() => {
+                // A stop asked for just before (a preStop hook) goes first.
+                if let Some(handover) = state.asked_stop() {
+                    break Stop::Asked { handover };
+                }
                 if drain_deadline.is_some() {
                     break Stop::Signal("a second SIGTERM");
                 }
-                let timeout = Duration::from_secs(state.config().drain.timeout_secs);
-                tracing::info!(
-                    "SIGTERM received: draining {} allocations for at most {timeout:?}; \
-                     new allocations are refused; SIGINT or another SIGTERM stops at once",
-                    turn.allocations()
-                );
-                state.start_draining();
-                drain_deadline = Some(tokio::time::Instant::now() + timeout);
+                if state.config().handover.on_sigterm == OnSigterm::Handover {
+                    tracing::info!("SIGTERM received: handing over ([handover] on_sigterm)");
+                    break Stop::Asked { handover: true };
+                }
+                drain_deadline = Some(start_drain(&state, &turn, "SIGTERM received"));
+                drain_ticker = ticker(DRAIN_CHECK);
+            }
+            () = state.drain_requested(), if drain_deadline.is_none() => {
+                drain_deadline = Some(start_drain(&state, &turn, "turnxctl asked for a drain"));
                 drain_ticker = ticker(DRAIN_CHECK);
             }
             _ = signals.interrupt.recv() => break Stop::Signal("SIGINT"),
@@ -245,7 +281,26 @@ async fn run(args: Args, config: Config, logs: &Logs) -> Result<()> {
     };
 
     state.stop_ready();
+    if let Stop::Asked { handover: true } = stop {
+        let handed = turn.stop_for_handover();
+        match &mut handover {
+            Some(handover) => handover.hand_over(&handed).await?,
+            None => tracing::warn!(
+                "no [handover] state_file: the next turnxd cannot take the {} allocations over; \
+                 the kernel relays their channels until their lifetimes end",
+                handed.allocations()
+            ),
+        }
+        if let Some(relay) = &relay {
+            let mut relay = relay.lock().expect("XDP lock");
+            log_counters(&relay);
+            relay.leave_for_handover();
+        }
+        tracing::info!("handed over: the kernel programs stay attached and relaying");
+        return Ok(());
+    }
     match stop {
+        Stop::Asked { .. } => tracing::info!("turnxctl asked for a stop, shutting down"),
         Stop::Signal(name) => tracing::info!("{name} received, shutting down"),
         Stop::Drained => tracing::info!("drained: no allocation left, shutting down"),
         Stop::DrainTimeout => tracing::info!(
@@ -264,7 +319,7 @@ async fn run(args: Args, config: Config, logs: &Logs) -> Result<()> {
     if let Some(relay) = &relay {
         let mut relay = relay.lock().expect("XDP lock");
         log_counters(&relay);
-        let failures = relay.detach_all();
+        let failures = relay.detach_and_unpin();
         for (interface, err) in &failures {
             tracing::error!("detaching XDP from {interface}: {err}");
         }
@@ -273,7 +328,24 @@ async fn run(args: Args, config: Config, logs: &Logs) -> Result<()> {
         }
         tracing::info!("XDP detached from every interface");
     }
+    // Nothing is left to take over.
+    if let Some(handover) = &handover {
+        handover.forget();
+    }
     Ok(())
+}
+
+/// Starts draining, saying `why`; returns when the drain ends at the
+/// latest.
+fn start_drain(state: &DaemonState, turn: &TurnServer, why: &str) -> tokio::time::Instant {
+    let timeout = Duration::from_secs(state.config().drain.timeout_secs);
+    tracing::info!(
+        "{why}: draining {} allocations for at most {timeout:?}; new allocations are \
+         refused; SIGINT or another SIGTERM stops at once",
+        turn.allocations()
+    );
+    state.start_draining();
+    tokio::time::Instant::now() + timeout
 }
 
 /// A ticker for the counter log lines every `secs` seconds, or one that
@@ -314,12 +386,14 @@ fn core_config(config: &Config, bound: Families, public: Families) -> turnx::tur
     server
 }
 
-/// Binds the TURN listeners and starts serving.
+/// Binds the TURN listeners and starts serving, with what a previous
+/// turnxd handed over.
 async fn start_turn(
     config: &Config,
     bound: Families,
     public: Families,
     offload: Option<Offload>,
+    previous: Option<RelayState>,
 ) -> Result<TurnServer> {
     let server = core_config(config, bound, public);
     if config.auth.users.is_empty() && config.auth.secrets.is_empty() {
@@ -344,7 +418,7 @@ async fn start_turn(
         );
     }
     let [first, last] = config.server.relay_ports;
-    TurnServer::start(
+    TurnServer::start_with(
         ShellConfig {
             listen: config.server.listen.clone(),
             tls_listen: config.server.tls_listen.clone(),
@@ -360,6 +434,7 @@ async fn start_turn(
             workers: config.workers(),
         },
         offload,
+        previous,
     )
     .await
     .context("starting the TURN server")
@@ -396,11 +471,10 @@ impl FaultSignal {
 
 /// Makes any panic, in any thread or task, end the process. A task that
 /// panics under the TURN core's lock would poison it, and the process would
-/// live on with its bpf links while timers and tasks die one by one: the
-/// kernel would go on relaying bindings past their expiry. When the process
-/// ends, the kernel detaches the programs with their links, and nothing is
-/// relayed for a dead daemon. (A restart reopens the pinned maps and clears
-/// the bindings left in them.)
+/// live on while timers and tasks die one by one. When the process ends,
+/// the pinned links keep the programs relaying its bindings, each only
+/// until the expiry its map entry carries; the next turnxd takes them over
+/// from the handover file, or removes them.
 fn fail_closed() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

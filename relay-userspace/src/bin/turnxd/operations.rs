@@ -37,6 +37,13 @@ pub struct DaemonState {
     credentials: Arc<CredentialService>,
     bound: Families,
     public: Families,
+    /// What turnxctl asked for, if it asked turnxd to stop: true for a
+    /// handover.
+    stop_request: Mutex<Option<bool>>,
+    /// Wakes the main loop when it does.
+    stop_asked: tokio::sync::Notify,
+    /// Wakes the main loop when turnxctl asks for a drain.
+    drain_asked: tokio::sync::Notify,
 }
 
 /// The endpoints' tasks and the admin socket; dropping it stops them.
@@ -89,6 +96,9 @@ impl DaemonState {
             credentials,
             bound,
             public,
+            stop_request: Mutex::new(None),
+            stop_asked: tokio::sync::Notify::new(),
+            drain_asked: tokio::sync::Notify::new(),
         })
     }
 
@@ -100,6 +110,26 @@ impl DaemonState {
     /// `/ready` succeeds from now on.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until turnxctl asks for a drain.
+    pub async fn drain_requested(&self) {
+        self.drain_asked.notified().await;
+    }
+
+    /// Whether turnxctl asked turnxd to stop: `Some(true)` for a handover.
+    pub fn asked_stop(&self) -> Option<bool> {
+        *self.stop_request.lock().expect("stop lock")
+    }
+
+    /// Waits until turnxctl asks turnxd to stop; true for a handover.
+    pub async fn stop_requested(&self) -> bool {
+        loop {
+            if let Some(handover) = self.asked_stop() {
+                return handover;
+            }
+            self.stop_asked.notified().await;
+        }
     }
 
     /// `/ready` fails from now on.
@@ -204,6 +234,19 @@ impl DaemonState {
 }
 
 impl AdminSource for DaemonState {
+    fn drain(&self) -> Value {
+        self.drain_asked.notify_one();
+        json!({ "draining": self.turn.allocations() })
+    }
+
+    fn stop(&self, handover: bool) -> Value {
+        *self.stop_request.lock().expect("stop lock") = Some(handover);
+        self.stop_asked.notify_one();
+        let how = if handover { "handover" } else { "detach" };
+        tracing::info!("turnxctl asked turnxd to stop ({how})");
+        json!({ "stopping": how })
+    }
+
     fn status(&self) -> Value {
         let config = self.config();
         let by_transport: serde_json::Map<String, Value> = self

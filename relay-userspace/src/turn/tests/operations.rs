@@ -365,6 +365,11 @@ fn public_addresses_are_advertised_and_mean_the_bound_ones() {
                 channel: 0x4000,
                 peer: bound_b
             },
+            Event::ChannelLifetime {
+                client: alice,
+                channel: 0x4000,
+                lifetime: Duration::from_secs(300)
+            },
             Event::PermissionCreated {
                 client: bob,
                 peer: bound_a.ip()
