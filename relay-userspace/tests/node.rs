@@ -278,18 +278,8 @@ impl Node {
     /// Asserts that no XDP error counter of the node's uplink and the pod's
     /// veth moved (`turnxctl status`, which reads what `ethtool -S` shows).
     fn assert_no_xdp_errors(&self) {
-        for interface in [&self.topology.uplink, &self.topology.pod_if] {
-            let status = common::turnxctl_status(&self.topology.node, interface);
-            let counters = status["driver_xdp_errors"].as_object().cloned();
-            let counters = counters.unwrap_or_default();
-            assert!(
-                !counters.is_empty(),
-                "no driver XDP counters for {interface}"
-            );
-            for (name, value) in counters {
-                assert_eq!(value.as_u64(), Some(0), "{interface}: {name}");
-            }
-        }
+        let interfaces = [&self.topology.uplink, &self.topology.pod_if];
+        common::assert_no_driver_xdp_errors(&self.topology.node, &interfaces);
     }
 
     /// Runs both clients to every place in both families, then stops

@@ -480,18 +480,8 @@ stats_interval_secs = 0
 
     /// Asserts that no XDP error counter of the relay's interfaces moved.
     fn assert_no_xdp_errors(&self) {
-        for interface in [&self.topology.relay_client_if, &self.topology.relay_pod_if] {
-            let status = common::turnxctl_status(&self.topology.relay, interface);
-            let counters = status["driver_xdp_errors"].as_object().cloned();
-            let counters = counters.unwrap_or_default();
-            assert!(
-                !counters.is_empty(),
-                "no driver XDP counters for {interface}"
-            );
-            for (name, value) in counters {
-                assert_eq!(value.as_u64(), Some(0), "{interface}: {name}");
-            }
-        }
+        let interfaces = [&self.topology.relay_client_if, &self.topology.relay_pod_if];
+        common::assert_no_driver_xdp_errors(&self.topology.relay, &interfaces);
     }
 
     /// Runs the load, restarts `daemon` as `how` (the next one runs

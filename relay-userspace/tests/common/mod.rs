@@ -85,6 +85,24 @@ pub fn turnxctl_status(ns: &Netns, interface: &str) -> serde_json::Value {
     report["interfaces"][0].clone()
 }
 
+/// Asserts that no driver XDP error counter of `interfaces` in `ns`
+/// moved (`turnxctl status`, which reads what `ethtool -S` shows), and
+/// that there are such counters to read.
+pub fn assert_no_driver_xdp_errors(ns: &Netns, interfaces: &[&String]) {
+    for interface in interfaces {
+        let status = turnxctl_status(ns, interface);
+        let counters = status["driver_xdp_errors"].as_object().cloned();
+        let counters = counters.unwrap_or_default();
+        assert!(
+            !counters.is_empty(),
+            "no driver XDP counters for {interface}"
+        );
+        for (name, value) in counters {
+            assert_eq!(value.as_u64(), Some(0), "{interface}: {name}");
+        }
+    }
+}
+
 /// A program that passes every frame, attached (native XDP) to `dev` in
 /// `ns`: a veth end with it receives what XDP sends, as a NIC does. It
 /// detaches when the handle drops.
