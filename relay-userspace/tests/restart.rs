@@ -132,14 +132,7 @@ fn bound_channels_lose_nothing_across_handover_crash_and_upgrade() {
         daemon = next;
     }
     // A stop that is no handover ends everything and removes every pin.
-    let output = relay
-        .topology
-        .relay
-        .command(env!("CARGO_BIN_EXE_turnxctl"))
-        .args(["stop", "--detach"])
-        .env("TURNXD_ADMIN_SOCKET", &relay.admin)
-        .output()
-        .unwrap();
+    let output = relay.turnxctl(&["stop", "--detach"]);
     assert!(output.status.success(), "turnxctl stop --detach");
     let exit = daemon.stop(0);
     assert!(
@@ -351,6 +344,18 @@ stats_interval_secs = 0
         Daemon::spawn(command).ready("turnxd ready")
     }
 
+    /// Runs turnxctl with `args` in the relay namespace, on the daemons'
+    /// admin socket.
+    fn turnxctl(&self, args: &[&str]) -> std::process::Output {
+        self.topology
+            .relay
+            .command(env!("CARGO_BIN_EXE_turnxctl"))
+            .args(args)
+            .env("TURNXD_ADMIN_SOCKET", &self.admin)
+            .output()
+            .expect("running turnxctl")
+    }
+
     /// Pinned maps of another shape where turnxd pins its own.
     fn leave_stale_maps(&self, object: &[u8]) {
         let options = turnx::xdp::LoadOptions {
@@ -426,14 +431,7 @@ stats_interval_secs = 0
             daemon.log()
         );
         let installed = common::wait_for(Duration::from_secs(5), || {
-            let status = self
-                .topology
-                .relay
-                .command(env!("CARGO_BIN_EXE_turnxctl"))
-                .args(["status", "--json"])
-                .env("TURNXD_ADMIN_SOCKET", &self.admin)
-                .output()
-                .ok()?;
+            let status = self.turnxctl(&["status", "--json"]);
             let status: serde_json::Value = serde_json::from_slice(&status.stdout).ok()?;
             let bindings = status["daemon"]["offload"]["bindings"].as_u64()?;
             (bindings as usize >= allocations).then_some(())
@@ -448,14 +446,7 @@ stats_interval_secs = 0
     /// The fewest datagrams the kernel relayed to the peer on any one
     /// channel, by `turnxctl allocations`.
     fn least_kernel_packets_per_channel(&self) -> u64 {
-        let output = self
-            .topology
-            .relay
-            .command(env!("CARGO_BIN_EXE_turnxctl"))
-            .args(["allocations", "--json"])
-            .env("TURNXD_ADMIN_SOCKET", &self.admin)
-            .output()
-            .unwrap();
+        let output = self.turnxctl(&["allocations", "--json"]);
         let allocations: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         let allocations = allocations.as_array().cloned().unwrap_or_default();
         assert_eq!(allocations.len(), CLIENTS, "{allocations:?}");
@@ -523,14 +514,7 @@ stats_interval_secs = 0
             let stopping = Instant::now();
             match how {
                 Restart::Handover => {
-                    let output = self
-                        .topology
-                        .relay
-                        .command(env!("CARGO_BIN_EXE_turnxctl"))
-                        .args(["stop", "--handover"])
-                        .env("TURNXD_ADMIN_SOCKET", &self.admin)
-                        .output()
-                        .unwrap();
+                    let output = self.turnxctl(&["stop", "--handover"]);
                     assert!(
                         output.status.success(),
                         "turnxctl stop --handover: {}",
